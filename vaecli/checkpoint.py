@@ -1,0 +1,225 @@
+"""Run folders and checkpoints: safetensors only (no pickle anywhere), atomic writes.
+
+runs/<name>/
+  config.yaml          resolved config
+  model.safetensors    weights; metadata: model spec, dataset config, seed, version, step
+  trainer.safetensors  optimizer tensors and RNG states; scalars in metadata
+  metrics.jsonl        one JSON object per logged step / epoch
+  samples/             grids written during training
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .atomic import atomic_write
+from .config import DatasetConfig
+from .errors import UsageError
+from .models import VAE, VAESpec, build
+
+FORMAT = "1"  # bump when the layout of the tensors or metadata changes incompatibly
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.safetensors"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+RUNS_DIR = Path("runs")
+MAX_METADATA_CHARS = 1_000_000  # a model spec is a few hundred bytes; refuse absurd headers
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on CPU) and the metadata of a safetensors file; bad files -> UsageError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"no checkpoint at {path}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory without {MODEL_FILE}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # SafetensorError, OSError, ...: the file is not a readable checkpoint
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"{path} is not a readable safetensors file ({reason})") from None
+    return tensors, metadata
+
+
+# ---------------------------------------------------------------------------------------------
+# Model files
+
+
+def save_model(path: Path, model: VAE, dataset: DatasetConfig, seed: int, step: int, epoch: int) -> None:
+    """Weights of the unwrapped module plus everything needed to rebuild it and its data."""
+    metadata = {
+        "vaecli.format": FORMAT,
+        "vaecli.version": __version__,
+        "vaecli.model": json.dumps(asdict(model.spec)),
+        "vaecli.dataset": json.dumps(asdict(dataset)),
+        "vaecli.seed": str(seed),
+        "vaecli.step": str(step),
+        "vaecli.epoch": str(epoch),
+    }
+    save_tensors(path, model.state_dict(), metadata)
+
+
+@dataclass
+class Loaded:
+    model: VAE
+    dataset: DatasetConfig
+    seed: int
+    step: int
+    path: Path  # the model.safetensors file
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+
+def _json_field(metadata: dict, key: str, path: Path) -> dict:
+    text = metadata.get(key)
+    if text is None:
+        raise UsageError(f"{path} has no '{key}' metadata: not a vaecli checkpoint")
+    if len(text) > MAX_METADATA_CHARS:
+        raise UsageError(f"{path}: '{key}' metadata is implausibly large; refusing to parse it")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise UsageError(f"{path}: '{key}' metadata is not valid JSON (corrupt checkpoint?)") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: '{key}' metadata is not a JSON object (corrupt checkpoint?)")
+    return value
+
+
+def _int_field(metadata: dict, key: str, path: Path) -> int:
+    try:
+        return int(metadata.get(key, "0"))
+    except ValueError:
+        raise UsageError(f"{path}: '{key}' metadata is not an integer (corrupt checkpoint?)") from None
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> Loaded:
+    """Rebuild the model from a run folder or model.safetensors alone, on any device."""
+    file = resolve(path)
+    tensors, metadata = read_tensors(file)
+    if "vaecli.format" not in metadata:
+        raise UsageError(f"{file} has no vaecli metadata: not a vaecli checkpoint")
+    if metadata["vaecli.format"] != FORMAT:
+        raise UsageError(
+            f"{file} is checkpoint format {metadata['vaecli.format']!r} (vaecli "
+            f"{metadata.get('vaecli.version', '?')}); this vaecli {__version__} reads format {FORMAT}"
+        )
+    spec_fields = _json_field(metadata, "vaecli.model", file)
+    data_fields = _json_field(metadata, "vaecli.dataset", file)
+    try:
+        spec = VAESpec(**spec_fields)
+        dataset = DatasetConfig(**data_fields)
+        model = build(spec)
+        model.load_state_dict(tensors, strict=True)
+    except (TypeError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0]
+        raise UsageError(f"{file}: weights and metadata do not describe a model this vaecli can build ({reason})") from None
+    model.to(device).eval()
+    return Loaded(model, dataset, _int_field(metadata, "vaecli.seed", file),
+                  _int_field(metadata, "vaecli.step", file), file)
+
+
+def latest_run(root: Path = RUNS_DIR) -> Path | None:
+    """The run folder under `root` whose model.safetensors was written most recently."""
+    if not root.is_dir():
+        return None
+    candidates = [p for p in root.glob(f"*/{MODEL_FILE}") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent if candidates else None
+
+
+def resolve(path: str | Path | None) -> Path:
+    """--ckpt: a run folder, a model.safetensors file, or None for the latest run under ./runs."""
+    if path is None:
+        run = latest_run()
+        if run is None:
+            raise UsageError(f"no trained run under ./{RUNS_DIR}; train one with 'vae train' or pass --ckpt PATH")
+        return run / MODEL_FILE
+    p = Path(path)
+    if p.is_dir():
+        if not (p / MODEL_FILE).is_file():
+            raise UsageError(f"{p} holds no {MODEL_FILE}; pass a run folder or a .safetensors file")
+        return p / MODEL_FILE
+    if not p.exists():
+        raise UsageError(f"no checkpoint at {p}")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer state
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Flatten optimizer.state_dict() into tensors plus a JSON-able remainder."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    """Inverse of optimizer_tensors: a dict for optimizer.load_state_dict."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in rest.get("scalars", {}).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_trainer(path: Path, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor],
+                 step: int, epoch: int) -> None:
+    tensors, rest = optimizer_tensors(optimizer)
+    tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    metadata = {"vaecli.format": FORMAT, "vaecli.step": str(step), "vaecli.epoch": str(epoch),
+                "vaecli.optimizer": json.dumps(rest)}
+    save_tensors(path, tensors, metadata)
+
+
+def load_trainer(path: Path) -> dict:
+    """{'optimizer': state_dict, 'rng': {name: tensor}, 'step': int, 'epoch': int}."""
+    tensors, metadata = read_tensors(path)
+    rest = _json_field(metadata, "vaecli.optimizer", path)
+    return {
+        "optimizer": optimizer_state(tensors, rest),
+        "rng": {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")},
+        "step": _int_field(metadata, "vaecli.step", path),
+        "epoch": _int_field(metadata, "vaecli.epoch", path),
+    }
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")

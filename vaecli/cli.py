@@ -1,0 +1,477 @@
+"""The `vae` command line. Only this module knows Typer and rich.
+
+Output rules: results go to stdout (a rich table, or exactly one JSON object with --json);
+progress and notes go to stderr. Errors are one line on stderr; exit 2 for usage errors,
+1 for runtime failures. torch is imported inside the commands, so `vae --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import UsageError, VaeError
+
+app = typer.Typer(
+    name="vae",
+    help="Train, sample and evaluate Variational Autoencoders.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+CKPT_HELP = "Run folder or model.safetensors (default: the latest run under ./runs)."
+DATA_ROOT_HELP = "Where the dataset lives (default: the checkpoint's, else $VAECLI_DATA or the cache dir)."
+DATASET_REF = re.compile(r"^(train|test):(\d+)$")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vaecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Train, sample and evaluate Variational Autoencoders."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _emit(result: dict, as_json: bool, table: Table | None = None) -> None:
+    """Exactly one JSON object on stdout with --json, else the human table."""
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    elif table is not None:
+        stdout.print(table)
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", min_width=len(title))
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _positive(name: str, value: float | int | None, minimum: float = 1, strict: bool = False) -> None:
+    if value is None:
+        return
+    if (value <= minimum) if strict else (value < minimum):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise UsageError(f"{name} must be {bound} (got {value})")
+
+
+def _load(ckpt: Optional[str], device: str):
+    from .checkpoint import load_model
+    from .train import pick_device
+
+    loaded = load_model(ckpt, device=pick_device(device))
+    return loaded
+
+
+def _dataset(loaded, split: str, data_root: Optional[str]):
+    """The checkpoint's dataset (its test split by default), optionally from another root."""
+    from dataclasses import replace
+
+    from . import data
+
+    cfg = replace(loaded.dataset, root=data_root) if data_root else loaded.dataset
+    return data.build(cfg, split, loaded.seed)
+
+
+def _inputs(refs: list[str], loaded, data_root: Optional[str]):
+    """Image files (converted to the model's shape) or dataset references like test:3."""
+    import torch
+
+    from .data.images import read_image
+
+    c, h, w = loaded.model.spec.image_shape
+    images, names = [], []
+    splits: dict[str, object] = {}
+    for ref in refs:
+        match = DATASET_REF.match(ref)
+        if match and not Path(ref).exists():
+            split, index = match.group(1), int(match.group(2))
+            if split not in splits:
+                splits[split] = _dataset(loaded, split, data_root)
+            dataset = splits[split]
+            if index >= len(dataset):
+                raise UsageError(f"{ref}: the {split} split has {len(dataset)} images (0..{len(dataset) - 1})")
+            images.append(dataset.to_float(dataset.images[index:index + 1])[0])
+        else:
+            x, note = read_image(ref, c, (h, w))
+            if note:
+                stderr.print(f"note: {ref}: {note} to match the model")
+            images.append(x)
+        names.append(ref)
+    return torch.stack(images).to(loaded.model.device), names
+
+
+def _default_out(loaded, name: str) -> Path:
+    return loaded.run_dir / name
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+class RichTrainProgress:
+    """train.Reporter on a rich progress bar (stderr); notes still print when it is off."""
+
+    def __init__(self, enabled: bool, quiet: bool):
+        self.enabled, self.quiet = enabled, quiet
+        self.progress = None
+
+    def start(self, total_steps: int, done_steps: int, run_dir: Path) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ELBO {task.fields[elbo]}  "
+                       "KL {task.fields[kl]}  {task.fields[ips]} img/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=stderr, transient=False,
+        )
+        self.task = self.progress.add_task("train", total=total_steps, completed=done_steps,
+                                           epoch="-", loss="-", elbo="-", kl="-", ips="-")
+        self.progress.start()
+
+    def advance(self, step: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step)
+
+    def metrics(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, epoch=epoch, loss=f"{values['loss']:.2f}",
+                                 elbo=f"{values['elbo']:.2f}", kl=f"{values['kl']:.2f}",
+                                 ips=f"{values.get('img_per_s', 0):,.0f}")
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            (self.progress.console if self.progress is not None else stderr).print(text)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _new_run_dir(cfg) -> Path:
+    from .checkpoint import RUNS_DIR
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = RUNS_DIR / f"{stamp}-{cfg.dataset.name}-{cfg.model.name}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+@app.command(context_settings={"help_option_names": ["--help", "-h"]})
+def train(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, metavar="OVERRIDES",
+        help="Config overrides, e.g. dataset=shapes model=conv beta=4 trainer.epochs=20."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: runs/<time>-<dataset>-<model>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the composed config and exit."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the summary) on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, notes or table."),
+) -> None:
+    """Train a VAE. The run folder holds config.yaml, model.safetensors, metrics.jsonl, samples/."""
+    from .config import load_config, resume_config
+
+    overrides = overrides or []
+    if resume is not None and run_dir is not None:
+        raise UsageError("--resume DIR continues that run in place; drop --run-dir")
+    composed = resume_config(resume, overrides) if resume is not None else load_config(overrides)
+    if print_config:
+        sys.stdout.write(composed.to_yaml())
+        return
+    if resume is not None:
+        target = resume
+    else:
+        target = run_dir or _new_run_dir(composed.cfg)
+        if (target / "model.safetensors").exists():
+            raise UsageError(f"{target} already holds a run; continue it with --resume {target} "
+                             "or choose another --run-dir")
+
+    from .train import fit
+
+    reporter = RichTrainProgress(enabled=stderr.is_terminal and not quiet and not as_json,
+                                 quiet=quiet or as_json)
+    try:
+        summary = fit(composed, target, resume=resume is not None, reporter=reporter)
+    finally:
+        reporter.stop()
+    if quiet and not as_json:
+        print(summary["run_dir"])
+        return
+    ips = summary["img_per_s"]
+    table = _table(f"vae train: {summary['dataset']} / {summary['model']} on {summary['device']}", [
+        ("test ELBO", f"{summary['test_elbo']:.2f} nats"),
+        ("test KL", f"{summary['test_kl']:.2f} nats"),
+        ("test recon", f"{summary['test_recon']:.2f} nats"),
+        ("steps", str(summary["step"])),
+        ("train time", f"{summary['train_seconds']:.1f} s"),
+        ("images/s", f"{ips:,.0f}" if ips else "-"),
+        ("run", summary["run_dir"]),
+    ])
+    _emit(summary, as_json, table)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample / reconstruct / interpolate
+
+
+@app.command()
+def sample(
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    n: int = typer.Option(64, "--n", help="Number of samples."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Scales the prior's sigma."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the prior draws."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/sample.png)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Draw n images from the prior, decoded to the likelihood's mean, as one PNG grid."""
+    _positive("--n", n)
+    _positive("--temperature", temperature, 0, strict=True)
+    import torch
+
+    from .data.images import grid_rows, save_grid
+
+    loaded = _load(ckpt, device)
+    generator = torch.Generator(device=loaded.model.device).manual_seed(seed)
+    images = loaded.model.sample(n, temperature=temperature, generator=generator)
+    path = save_grid(images, out or _default_out(loaded, "sample.png"), nrow=grid_rows(n))
+    result = {"out": str(path), "n": n, "temperature": temperature, "seed": seed, "ckpt": str(loaded.path)}
+    if not as_json:
+        stdout.print(f"wrote {n} samples to {path}")
+    _emit(result, as_json)
+
+
+@app.command()
+def reconstruct(
+    images: Optional[List[str]] = typer.Argument(
+        None, metavar="IMAGES", help="Image files, or test:N / train:N for dataset images."),
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    n: int = typer.Option(16, "--n", help="Test images to use when no IMAGES are given."),
+    samples: int = typer.Option(64, "--samples", help="Posterior samples per image for the -ELBO estimate."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/reconstruction.png)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Originals above their reconstructions in one PNG, with the -ELBO of each image."""
+    _positive("--n", n)
+    _positive("--samples", samples)
+    import torch
+
+    from . import objectives
+    from .data.images import save_grid
+
+    loaded = _load(ckpt, device)
+    refs = list(images) if images else [f"test:{i}" for i in range(n)]
+    if not images:
+        available = len(_dataset(loaded, "test", data_root))
+        refs = refs[:available]
+    x, names = _inputs(refs, loaded, data_root)
+    torch.manual_seed(0)
+    model = loaded.model
+    recon = model.reconstruct(x)
+    neg_elbo = (-objectives.iwae_bound(model, x, samples)["elbo"]).tolist()
+    cols = min(len(x), 8)
+    rows = []
+    for start in range(0, len(x), cols):  # each row of originals directly above its reconstructions
+        block = slice(start, start + cols)
+        pad = cols - len(x[block])
+        filler = torch.zeros((pad, *x.shape[1:]), device=x.device)
+        rows += [torch.cat([x[block], filler]), torch.cat([recon[block], filler])]
+    path = save_grid(torch.cat(rows), out or _default_out(loaded, "reconstruction.png"), nrow=cols)
+    per_image = [{"image": name, "neg_elbo": value} for name, value in zip(names, neg_elbo)]
+    result = {"out": str(path), "n": len(x), "images": per_image,
+              "mean_neg_elbo": sum(neg_elbo) / len(neg_elbo), "ckpt": str(loaded.path)}
+    if not as_json:
+        title = f"reconstructions -> {path}"
+        table = Table(title=title, title_justify="left", min_width=len(title))
+        table.add_column("image")
+        table.add_column("-ELBO (nats)", justify="right")
+        for row in per_image:
+            table.add_row(row["image"], f"{row['neg_elbo']:.2f}")
+        table.add_row("mean", f"{result['mean_neg_elbo']:.2f}", style="bold")
+        stdout.print(table)
+    _emit(result, as_json)
+
+
+@app.command()
+def interpolate(
+    a: str = typer.Argument(..., help="First image file (or test:N / train:N)."),
+    b: str = typer.Argument(..., help="Second image file (or test:N / train:N)."),
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    steps: int = typer.Option(10, "--steps", help="Points on the path, endpoints included."),
+    slerp: bool = typer.Option(False, "--slerp", help="Spherical instead of linear interpolation."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/interpolation.png)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Decode a path between the posterior means of two images, saved as a strip PNG."""
+    _positive("--steps", steps, 2)
+    import torch
+
+    from . import latent
+    from .data.images import save_grid
+
+    loaded = _load(ckpt, device)
+    x, _ = _inputs([a, b], loaded, data_root)
+    model = loaded.model
+    with torch.no_grad():
+        mu = model.encode(x).mean
+        path_fn = latent.slerp if slerp else latent.lerp
+        frames = model.decode(path_fn(mu[0], mu[1], steps)).mean.clamp(0, 1)
+    path = save_grid(frames, out or _default_out(loaded, "interpolation.png"), nrow=steps)
+    method = "slerp" if slerp else "lerp"
+    if not as_json:
+        stdout.print(f"wrote a {steps}-step {method} strip to {path}")
+    _emit({"out": str(path), "steps": steps, "method": method, "a": a, "b": b, "ckpt": str(loaded.path)}, as_json)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval-iwae
+
+
+@app.command("eval-iwae")
+def eval_iwae(
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    k: int = typer.Option(5000, "--k", help="Importance samples per image."),
+    n: Optional[int] = typer.Option(None, "--n", help="Use only the first N images of the split."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
+    split: str = typer.Option("test", "--split", help="test or train."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the importance samples."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """ELBO and the IWAE bound log (1/k) sum p(x,z_k)/q(z_k|x) (Burda et al. 2015), nats/image."""
+    _positive("--k", k)
+    _positive("--n", n)
+    _positive("--batch-size", batch_size)
+    if split not in ("test", "train"):
+        raise UsageError(f"--split must be test or train (got {split!r})")
+    import torch
+
+    from .evaluate import iwae_dataset
+
+    loaded = _load(ckpt, device)
+    data = _dataset(loaded, split, data_root).head(n)
+    torch.manual_seed(seed)
+    progress = None
+    if stderr.is_terminal and not quiet and not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn(f"[bold]eval-iwae k={k}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("images  ETA"), TimeRemainingColumn(), console=stderr)
+        task = progress.add_task("eval", total=len(data))
+        progress.start()
+    try:
+        result = iwae_dataset(loaded.model, data, k, batch_size,
+                              on_batch=(lambda m: progress.advance(task, m)) if progress else None)
+    finally:
+        if progress is not None:
+            progress.stop()
+    result.update({"split": split, "ckpt": str(loaded.path), "dataset": loaded.dataset.name})
+    table = _table(f"eval-iwae: {loaded.dataset.name} {split}, n={result['n']}, k={k}", [
+        ("ELBO", f"{result['elbo']:.2f} ± {result['elbo_se']:.2f} nats"),
+        (f"IWAE (k={k})", f"{result['iwae']:.2f} ± {result['iwae_se']:.2f} nats"),
+        ("-log p(x) <=", f"{result['nll']:.2f} nats = {result['bits_per_dim']:.4f} bits/dim"),
+        ("KL", f"{result['kl']:.2f} nats"),
+        ("recon", f"{result['recon']:.2f} nats"),
+        ("time", f"{result['seconds']:.1f} s ({result['samples_per_s']:,.0f} samples/s)"),
+    ])
+    _emit(result, as_json, table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _click_exceptions():
+    try:  # typer >= 0.16 vendors click as typer._click
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _fail(message: str, code: int) -> int:
+    stderr.print(f"vae: error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app and map every failure to one line + exit code."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    cx = _click_exceptions()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="vae", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except cx.UsageError as e:
+        where = f"{e.ctx.command_path} --help" if getattr(e, "ctx", None) else "vae --help"
+        return _fail(f"{e.format_message()} (see '{where}')", 2)
+    except cx.ClickException as e:
+        return _fail(e.format_message(), e.exit_code)
+    except cx.Abort:
+        return _fail("aborted", 130)
+    except UsageError as e:
+        return _fail(str(e), 2)
+    except VaeError as e:
+        return _fail(str(e), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        return 1
+    except Exception as e:
+        interrupted = _interrupted(e)
+        if interrupted is not None:
+            return interrupted
+        if type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError):
+            return _fail("out of memory; lower trainer.batch_size / --batch-size", 1)
+        raise
+
+
+def _interrupted(e: Exception) -> int | None:
+    """train.Interrupted -> its message and 128 + signal number (130 SIGINT, 143 SIGTERM)."""
+    if type(e).__name__ != "Interrupted" or not hasattr(e, "signum"):
+        return None
+    stderr.print(str(e), markup=False, highlight=False, soft_wrap=True)
+    return 128 + int(e.signum)

@@ -1,0 +1,334 @@
+"""Config schema and composition.
+
+The YAML tree under conf/ is composed with Hydra's Compose API, then merged onto the typed
+dataclasses below, so a wrong type fails here and everything downstream gets plain dataclasses.
+Only this module (and cli.py, for errors) knows Hydra and OmegaConf.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from .errors import UsageError
+
+GROUPS = ("dataset", "model", "likelihood", "trainer")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class DatasetConfig:
+    """One schema for every dataset; each conf/dataset/*.yaml sets the keys that apply to it."""
+
+    name: str = "mnist"
+    root: Optional[str] = None  # None: $VAECLI_DATA, else the user cache dir
+    limit: Optional[int] = None  # first N training images only
+    binarize: Optional[str] = None  # binarized_mnist: dynamic | static
+    path: Optional[str] = None  # folder: directory of images
+    image_size: Optional[int] = None  # folder, shapes
+    channels: Optional[int] = None  # folder: 1 or 3
+    scales: Optional[int] = None  # shapes: factor grid sizes
+    rotations: Optional[int] = None
+    positions: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    latent_dim: int = 20
+    hidden: List[int] = field(default_factory=lambda: [400])
+
+
+@dataclass
+class LikelihoodConfig:
+    name: str = "bernoulli"
+    sigma: Optional[float] = None  # gaussian: fixed standard deviation
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    device: str = "auto"
+    num_workers: int = 2
+    sample_every: int = 1
+    checkpoint_every: int = 1
+    log_every: int = 50
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    beta: float = 1.0
+    seed: int = 0
+
+
+def config_dir() -> Path:
+    """conf/ inside an installed wheel (vaecli/conf), else the source checkout's conf/."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"vaecli's conf/ folder is missing from {package} (broken install?)")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+
+
+def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """KEY=VALUE strings -> (key, python value), with Hydra's override grammar for values."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        if "=" not in text:
+            raise UsageError(f"override '{text}' is not KEY=VALUE (e.g. beta=4 or dataset=shapes)")
+        try:
+            (override,) = parser.parse_overrides([text])
+        except Exception as e:  # hydra's OverrideParseException; its message spans several lines
+            reason = str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else str(e)
+            raise UsageError(f"cannot parse override '{text}': {reason.strip()}") from None
+        if override.is_add() or override.is_delete() or override.package is not None:
+            raise UsageError(f"override '{text}': only plain KEY=VALUE overrides are supported")
+        parsed.append((override.key_or_group, override.value()))
+    return parsed
+
+
+def _check_keys(reference: dict, parsed: list[tuple[str, Any]]) -> None:
+    """Every overridden key must exist in `reference` (the config it will be applied to)."""
+    for key, _ in parsed:
+        node: Any = reference
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(parts[:depth])
+                valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(none: not a section)"
+                scope = f"in '{where}'" if where else "at the top level"
+                raise UsageError(f"unknown key '{key}'; valid keys {scope}: {valid}")
+            node = node[part]
+        if len(parts) == 2 and parts[0] in GROUPS and parts[1] == "name":
+            raise UsageError(f"choose the option with {parts[0]}=NAME, not {key}=")
+        if isinstance(node, dict) and key not in GROUPS:
+            raise UsageError(f"'{key}' is a section; set one of its keys: {', '.join(sorted(node))}")
+
+
+def _typed(raw: dict) -> "Any":
+    """Merge a plain dict onto the schema; a wrong type becomes a UsageError naming the key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), raw)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        value = getattr(e, "value", None)
+        expected = _expected_type(key)
+        raise UsageError(f"invalid value for {key}: {value!r} is not {expected}") from None
+
+
+def _expected_type(key: str) -> str:
+    import typing
+
+    cls: Any = Config
+    hint: Any = None
+    for part in re.sub(r"\[\d+\]", "", key).split("."):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return "valid here"
+        hint = cls = hints[part]
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(hint) is typing.Union else hint
+    if typing.get_origin(base) in (list, List):
+        return "a list of integers, e.g. [400] or [512,256]"
+    return names.get(base, "valid here")
+
+
+def _prune(typed: dict, reference: dict) -> dict:
+    """Drop schema keys that the chosen group option does not use (None and absent from YAML)."""
+    out = {}
+    for key, value in typed.items():
+        ref = reference.get(key) if isinstance(reference, dict) else None
+        if isinstance(value, dict):
+            out[key] = _prune(value, ref or {})
+        elif value is not None or (isinstance(reference, dict) and key in reference):
+            out[key] = value
+    return out
+
+
+@dataclass
+class Composed:
+    """A validated config: `cfg` for the code, `tree` (plain dict) for YAML and run folders."""
+
+    cfg: Config
+    tree: dict
+
+    def to_yaml(self) -> str:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_yaml(OmegaConf.create(self.tree))
+
+
+def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
+    """Compose conf/config.yaml with `overrides` (Hydra syntax) into a validated Config."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    parsed = _parse_overrides(list(overrides))
+    selections = []
+    for key, value in parsed:
+        if key in GROUPS:
+            options = group_options(key)
+            if value not in options:
+                raise UsageError(f"unknown {key} '{value}'; choose one of: {', '.join(options)}")
+            selections.append(f"{key}={value}")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        defaults = OmegaConf.to_container(compose("config", overrides=selections), resolve=True)
+        _check_keys(defaults, parsed)
+        try:
+            composed = compose("config", overrides=list(overrides))
+        except Exception as e:  # composition errors are usage errors; keep their first line
+            raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
+    raw = OmegaConf.to_container(composed, resolve=True)
+    return _finish(raw, reference=raw)
+
+
+def apply_overrides(saved: dict, overrides: list[str] | tuple[str, ...]) -> Composed:
+    """Apply overrides to a saved run config (for --resume): no group changes, keys must exist."""
+    from omegaconf import OmegaConf
+
+    parsed = _parse_overrides(list(overrides))
+    for key, _ in parsed:
+        if key in GROUPS:
+            raise UsageError(f"cannot switch {key} when resuming; start a new run instead")
+    _check_keys(saved, parsed)
+    conf = OmegaConf.create(saved)
+    for key, value in parsed:
+        OmegaConf.update(conf, key, value, merge=False)
+    return _finish(OmegaConf.to_container(conf, resolve=True), reference=saved)
+
+
+def _finish(raw: dict, reference: dict) -> Composed:
+    from omegaconf import OmegaConf
+
+    typed = _typed(raw)
+    cfg: Config = OmegaConf.to_object(typed)
+    validate(cfg)
+    tree = _prune(OmegaConf.to_container(typed), reference)
+    return Composed(cfg=cfg, tree=tree)
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types cannot express; each failure names the key and a valid value."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UsageError(message)
+
+    d, m, t, lik = cfg.dataset, cfg.model, cfg.trainer, cfg.likelihood
+    need(cfg.beta >= 0, f"beta must be >= 0 (got {cfg.beta})")
+    need(m.latent_dim >= 1, f"model.latent_dim must be >= 1 (got {m.latent_dim})")
+    need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden),
+         f"model.hidden must list positive widths, e.g. [400] (got {m.hidden})")
+    need(t.epochs >= 1, f"trainer.epochs must be >= 1 (got {t.epochs})")
+    need(t.batch_size >= 1, f"trainer.batch_size must be >= 1 (got {t.batch_size})")
+    need(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1 (got {t.eval_batch_size})")
+    need(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
+    need(t.device in DEVICES, f"trainer.device must be one of {', '.join(DEVICES)} (got {t.device!r})")
+    need(t.num_workers >= 0, f"trainer.num_workers must be >= 0 (got {t.num_workers})")
+    need(t.sample_every >= 0, f"trainer.sample_every must be >= 0 (got {t.sample_every})")
+    need(t.checkpoint_every >= 0, f"trainer.checkpoint_every must be >= 0 (got {t.checkpoint_every})")
+    need(t.log_every >= 1, f"trainer.log_every must be >= 1 (got {t.log_every})")
+    need(d.limit is None or d.limit >= 1, f"dataset.limit must be >= 1 or null (got {d.limit})")
+    if d.name == "binarized_mnist":
+        need(d.binarize in ("dynamic", "static"),
+             f"dataset.binarize must be dynamic or static (got {d.binarize!r})")
+    if d.name == "folder":
+        need(bool(d.path), "dataset=folder needs dataset.path=DIR (a folder of PNG/JPEG images)")
+        need(d.channels in (1, 3), f"dataset.channels must be 1 or 3 (got {d.channels})")
+    if d.image_size is not None:
+        need(4 <= d.image_size <= 1024, f"dataset.image_size must be in 4..1024 (got {d.image_size})")
+    for key in ("scales", "rotations", "positions"):
+        value = getattr(d, key)
+        need(value is None or value >= 1, f"dataset.{key} must be >= 1 (got {value})")
+    if lik.name == "gaussian":
+        need(lik.sigma is not None and lik.sigma > 0, f"likelihood.sigma must be > 0 (got {lik.sigma})")
+
+
+def data_root(cfg: DatasetConfig) -> Path:
+    """Where datasets are downloaded: dataset.root, else $VAECLI_DATA, else the user cache dir."""
+    if cfg.root:
+        return Path(cfg.root).expanduser()
+    if os.environ.get("VAECLI_DATA"):
+        return Path(os.environ["VAECLI_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "vaecli" / "data"
+
+
+def to_dict(obj: Any) -> dict:
+    return asdict(obj)
+
+
+# Keys that fix the model's shape or the data order; --resume refuses to change them.
+FROZEN_ON_RESUME = ("dataset", "model", "likelihood", "seed", "trainer.batch_size")
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _first_difference(a: Any, b: Any, prefix: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{prefix}.{key}")
+            if found:
+                return found
+        return None
+    return prefix if a != b else None
+
+
+def load_saved(path: Path) -> dict:
+    """A run's config.yaml as a plain dict; a missing or broken file is a UsageError."""
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        raise UsageError(f"{path.parent} is not a vaecli run folder (no {path.name}); nothing to resume")
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:
+        raise UsageError(f"{path} is not a readable config ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"{path} is not a vaecli config (not a mapping)")
+    return saved
+
+
+def resume_config(run_dir: Path, overrides: list[str] | tuple[str, ...]) -> Composed:
+    """The saved config of `run_dir` with `overrides` applied; model/data changes are refused."""
+    saved = load_saved(Path(run_dir) / "config.yaml")
+    before = _finish(saved, reference=saved).tree
+    after = apply_overrides(saved, overrides)
+    for key in FROZEN_ON_RESUME:
+        changed = _first_difference(_get(before, key), _get(after.tree, key), key)
+        if changed:
+            raise UsageError(
+                f"cannot change {changed} when resuming ({_get(before, changed)!r} -> "
+                f"{_get(after.tree, changed)!r}): it changes the model or the data order; start a new run"
+            )
+    return after
