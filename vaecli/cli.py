@@ -445,12 +445,15 @@ def run(argv: list[str] | None = None) -> int:
     try:
         result = command.main(args=argv, prog_name="vae", standalone_mode=False)
         return result if isinstance(result, int) else 0
+    except cx.NoArgsIsHelpError as e:  # bare `vae`: show the help, not an error
+        print(e.ctx.get_help() if getattr(e, "ctx", None) else e.format_message())
+        return 0
     except cx.UsageError as e:
         where = f"{e.ctx.command_path} --help" if getattr(e, "ctx", None) else "vae --help"
         return _fail(f"{e.format_message()} (see '{where}')", 2)
     except cx.ClickException as e:
         return _fail(e.format_message(), e.exit_code)
-    except cx.Abort:
+    except typer.Abort:
         return _fail("aborted", 130)
     except UsageError as e:
         return _fail(str(e), 2)

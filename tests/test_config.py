@@ -1,0 +1,130 @@
+"""Every config file composes, validates and builds; bad overrides are usage errors."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaecli import data, models
+from vaecli.config import GROUPS, config_dir, group_options, load_config, resume_config
+from vaecli.errors import UsageError
+
+
+def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones():
+    assert set(group_options("dataset")) == {"mnist", "binarized_mnist", "fashion_mnist", "cifar10", "folder", "shapes"}
+    assert set(group_options("model")) == {"mlp", "conv"}
+    assert set(group_options("likelihood")) == {"bernoulli", "gaussian"}
+    cfg = load_config().cfg
+    assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == ("mnist", "mlp", "bernoulli")
+    assert (cfg.beta, cfg.seed, cfg.model.latent_dim, cfg.model.hidden) == (1.0, 0, 20, [400])
+
+
+def write_fake_cifar(root):
+    """CIFAR-10's python layout (pickled batches): the format torchvision's loader reads."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": list(range(4))}
+        (base / name).write_bytes(pickle.dumps(batch))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+def write_image_folder(path, n=12):
+    path.mkdir(parents=True)
+    for i in range(n):
+        mode = ["RGB", "L", "RGBA"][i % 3]
+        Image.new(mode, (40 + i, 30 + 2 * i), color=(i * 20) if mode == "L" else (i * 20, 50, 200, 255)[:len(mode)]).save(path / f"im{i}.png")
+    return path
+
+
+@pytest.mark.parametrize("dataset", group_options("dataset"))
+@pytest.mark.parametrize("model", group_options("model"))
+def test_each_dataset_and_model_composes_and_builds(dataset, model, data_root, tmp_path, monkeypatch):
+    overrides = [f"dataset={dataset}", f"model={model}", f"dataset.root={data_root}"]
+    if dataset == "cifar10":
+        write_fake_cifar(tmp_path)
+        overrides[-1] = f"dataset.root={tmp_path}"
+        # Our fake batches cannot match the official md5 sums; everything else is torchvision's loader.
+        import torchvision.datasets.cifar as cifar
+        monkeypatch.setattr(cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    if dataset == "folder":
+        overrides.append(f"dataset.path={write_image_folder(tmp_path / 'images')}")
+        overrides.append("dataset.image_size=16")
+    composed = load_config(overrides)
+    cfg = composed.cfg
+    train = data.build(cfg.dataset, "train", cfg.seed)
+    test = data.build(cfg.dataset, "test", cfg.seed)
+    assert train.images.dtype == torch.uint8 and len(train) > 0 and len(test) > 0
+    spec = models.spec_from_config(cfg.model, cfg.likelihood, train.image_shape)
+    model = models.build(spec)
+    x = train.to_float(train.images[:4])
+    assert model.decode(model.encode(x).rsample()).mean.shape == x.shape
+    assert f"name: {dataset}" in composed.to_yaml()
+
+
+@pytest.mark.parametrize("likelihood", group_options("likelihood"))
+def test_each_likelihood_composes_and_trains_one_step(likelihood):
+    cfg = load_config(["dataset=shapes", f"likelihood={likelihood}"]).cfg
+    spec = models.spec_from_config(cfg.model, cfg.likelihood, (1, 32, 32))
+    model = models.build(spec)
+    from vaecli import objectives
+    loss, metrics = objectives.elbo(model, torch.rand(8, 1, 32, 32))
+    loss.backward()
+    assert torch.isfinite(loss) and set(metrics) == {"loss", "elbo", "recon", "kl"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["foo=1"], "unknown key 'foo'; valid keys at the top level: beta, dataset"),
+    (["trainer.foo=1"], "valid keys in 'trainer': batch_size"),
+    (["dataset=nope"], "unknown dataset 'nope'; choose one of: binarized_mnist"),
+    (["beta=abc"], "invalid value for beta: 'abc' is not a number"),
+    (["trainer.epochs=1.5"], "trainer.epochs: 1.5 is not an integer"),
+    (["model.hidden=abc"], "model.hidden"),
+    (["beta"], "not KEY=VALUE"),
+    (["beta=-1"], "beta must be >= 0"),
+    (["model.latent_dim=0"], "model.latent_dim must be >= 1"),
+    (["trainer.lr=0"], "trainer.lr must be > 0"),
+    (["trainer.device=tpu"], "trainer.device must be one of"),
+    (["dataset.binarize=static"], "unknown key 'dataset.binarize'"),  # mnist has no binarize key
+    (["dataset=folder"], "needs dataset.path"),
+    (["dataset.name=shapes"], "dataset=NAME"),
+    (["+extra=1"], "only plain KEY=VALUE"),
+])
+def test_bad_overrides_are_usage_errors_that_say_what_is_valid(overrides, message):
+    with pytest.raises(UsageError) as err:
+        load_config(overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_overrides_reach_the_typed_config():
+    cfg = load_config(["dataset=binarized_mnist", "dataset.binarize=static", "beta=4",
+                       "model.hidden=[64,32]", "trainer.lr=3e-4", "dataset.limit=100"]).cfg
+    assert cfg.dataset.binarize == "static" and cfg.beta == 4.0 and isinstance(cfg.beta, float)
+    assert cfg.model.hidden == [64, 32] and cfg.trainer.lr == 3e-4 and cfg.dataset.limit == 100
+
+
+def test_printed_config_omits_keys_the_chosen_dataset_does_not_use():
+    text = load_config(["dataset=mnist"]).to_yaml()
+    assert "binarize" not in text and "path" not in text and "beta: 1.0" in text
+
+
+def test_resume_config_allows_more_epochs_and_refuses_model_changes(tmp_path):
+    (tmp_path / "config.yaml").write_text(load_config(["dataset=shapes"]).to_yaml())
+    assert resume_config(tmp_path, ["trainer.epochs=20"]).cfg.trainer.epochs == 20
+    for override in ("model.latent_dim=3", "model.hidden=[8]", "dataset.limit=5", "seed=1", "trainer.batch_size=7"):
+        with pytest.raises(UsageError, match="when resuming"):
+            resume_config(tmp_path, [override])
+    with pytest.raises(UsageError, match="cannot switch model"):
+        resume_config(tmp_path, ["model=conv"])
+
+
+def test_config_dir_is_found_and_holds_every_group():
+    root = config_dir()
+    assert (root / "config.yaml").is_file()
+    assert all((root / group).is_dir() for group in GROUPS)

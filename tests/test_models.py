@@ -1,0 +1,134 @@
+"""Model and objective properties: shapes, KL >= 0, the IWAE bound, likelihoods, latent paths."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import kl_divergence
+
+from vaecli import latent, objectives
+from vaecli.models import VAESpec, build
+
+SHAPES = [("mlp", (1, 28, 28), [64]), ("conv", (1, 28, 28), [8, 16]), ("conv", (3, 32, 32), [8, 16]),
+          ("conv", (1, 7, 9), [4])]
+
+
+@pytest.mark.parametrize("arch, shape, hidden", SHAPES)
+def test_shapes_of_posterior_likelihood_samples_and_reconstructions(arch, shape, hidden):
+    torch.manual_seed(0)
+    model = build(VAESpec(arch, shape, latent_dim=5, hidden=hidden))
+    x = torch.rand(6, *shape)
+    q = model.encode(x)
+    assert q.batch_shape == (6,) and q.event_shape == (5,)
+    p = model.decode(q.rsample())
+    assert p.batch_shape == (6,) and p.event_shape == shape
+    assert p.log_prob(x).shape == (6,)
+    assert model.decode(torch.randn(3, 6, 5)).batch_shape == (3, 6)  # extra leading dims
+    assert model.sample(7).shape == (7, *shape)
+    recon = model.reconstruct(x)
+    assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
+
+
+def test_classic_mlp_has_the_784_400_20_shape():
+    model = build(VAESpec("mlp", (1, 28, 28)))
+    linear = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(784, 400), (400, 40)]
+
+
+def test_kl_is_nonnegative_and_zero_when_posterior_equals_prior():
+    torch.manual_seed(0)
+    model = build(VAESpec("mlp", (1, 28, 28), latent_dim=8, hidden=[32]))
+    _, metrics = objectives.elbo(model, torch.rand(64, 1, 28, 28))
+    assert metrics["kl"] >= 0
+    q = model.prior()  # KL(p || p) = 0 exactly in closed form
+    assert kl_divergence(q, model.prior()).abs().max() < 1e-6
+
+
+def test_loss_is_recon_plus_beta_kl_and_elbo_is_reported_at_beta_one():
+    torch.manual_seed(0)
+    model = build(VAESpec("mlp", (1, 28, 28), latent_dim=8, hidden=[32]))
+    x = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(1)
+    loss, m = objectives.elbo(model, x, beta=4.0)
+    assert torch.allclose(loss, m["recon"] + 4.0 * m["kl"], rtol=1e-5)
+    assert torch.allclose(m["elbo"], -(m["recon"] + m["kl"]), rtol=1e-5)
+
+
+def test_bernoulli_log_prob_is_negative_binary_cross_entropy():
+    torch.manual_seed(0)
+    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=2, hidden=[8]))
+    logits = torch.randn(3, 1, 4, 4)
+    x = torch.rand(3, 1, 4, 4)
+    expected = (x * torch.log(torch.sigmoid(logits)) + (1 - x) * torch.log(1 - torch.sigmoid(logits))).sum((1, 2, 3))
+    assert torch.allclose(model.likelihood(logits).log_prob(x), expected, atol=1e-4)
+
+
+def test_gaussian_log_prob_matches_the_normal_density():
+    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=2, hidden=[8], likelihood="gaussian", sigma=0.3))
+    mean, x = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+    expected = (-0.5 * ((x - mean) / 0.3) ** 2 - math.log(0.3) - 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
+    assert torch.allclose(model.likelihood(mean).log_prob(x), expected, atol=1e-4)
+
+
+def test_bernoulli_probabilities_sum_to_one_over_all_binary_images():
+    model = build(VAESpec("mlp", (1, 2, 2), latent_dim=2, hidden=[4]))
+    logits = torch.randn(1, 1, 2, 2)
+    images = torch.tensor([[(i >> b) & 1 for b in range(4)] for i in range(16)], dtype=torch.float).view(16, 1, 2, 2)
+    total = model.likelihood(logits.expand(16, 1, 2, 2)).log_prob(images).exp().sum()
+    assert torch.allclose(total, torch.tensor(1.0), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    model = build(VAESpec("mlp", (1, 8, 8), latent_dim=3, hidden=[16]))
+    x = (torch.rand(32, 1, 8, 8) > 0.5).float()
+    return model, x
+
+
+def test_iwae_bound_tightens_with_k(small_model):
+    model, x = small_model
+    torch.manual_seed(0)
+    bounds = [objectives.iwae_bound(model, x, k)["iwae"].mean().item() for k in (1, 10, 100)]
+    assert bounds[0] < bounds[1] < bounds[2]
+
+
+def test_iwae_is_at_least_the_elbo_on_average(small_model):
+    model, x = small_model
+    torch.manual_seed(0)
+    r = objectives.iwae_bound(model, x, 50)
+    assert r["iwae"].mean() >= r["elbo"].mean()
+
+
+def test_iwae_with_k_1_equals_the_elbo_in_expectation(small_model):
+    model, x = small_model
+    torch.manual_seed(0)
+    draws = torch.stack([objectives.iwae_bound(model, x, 1)["iwae"].mean() for _ in range(400)])
+    reference = torch.stack([objectives.iwae_bound(model, x, 1)["elbo"].mean() for _ in range(400)])
+    se = math.sqrt(draws.var() / 400 + reference.var() / 400)
+    assert abs(draws.mean() - reference.mean()) < 4 * se
+
+
+def test_iwae_chunking_changes_nothing_but_memory(small_model):
+    model, x = small_model
+    torch.manual_seed(5)
+    whole = objectives.iwae_bound(model, x, 64)
+    torch.manual_seed(5)
+    chunked = objectives.iwae_bound(model, x, 64, chunk=64)
+    assert torch.allclose(whole["iwae"], chunked["iwae"])
+    # Different chunk sizes draw different samples; the estimates must still agree closely.
+    torch.manual_seed(6)
+    small = objectives.iwae_bound(model, x, 64, chunk=5)
+    assert (small["iwae"] - whole["iwae"]).abs().mean() < 0.5
+
+
+def test_lerp_and_slerp_include_endpoints_and_slerp_keeps_norm_for_equal_radii():
+    a, b = torch.randn(16), torch.randn(16)
+    b = b / b.norm() * a.norm()
+    for path in (latent.lerp(a, b, 7), latent.slerp(a, b, 7)):
+        assert path.shape == (7, 16)
+        assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    norms = latent.slerp(a, b, 7).norm(dim=1)
+    assert torch.allclose(norms, a.norm().expand(7), rtol=1e-4)
+    assert latent.lerp(a, b, 7).norm(dim=1)[3] < a.norm()  # the straight line cuts inside
+    assert torch.allclose(latent.slerp(a, a, 3)[1], a)  # parallel: no NaN
