@@ -1,0 +1,150 @@
+"""The `vae` command line, run as a real subprocess on tiny generated data."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import TINY, assert_one_line_error, one_json, vae
+
+
+def png_size(path):
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.format, im.size
+
+
+def test_help_and_version_do_not_import_torch():
+    code = ("import sys; from vaecli.cli import run; rc = run(['--help']); "
+            "rc2 = run(['train', '--help']); assert rc == rc2 == 0; "
+            "print('torch' in sys.modules, 'hydra' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False False"
+    version = vae("--version")
+    assert version.returncode == 0 and version.stdout.startswith("vaecli ")
+
+
+def test_train_json_summary_and_run_folder(trained_run):
+    assert (trained_run / "model.safetensors").is_file() and (trained_run / "config.yaml").is_file()
+    assert (trained_run / "samples" / "epoch_001.png").is_file()
+
+
+def test_train_json_prints_exactly_one_object(env, tmp_path):
+    result = vae("train", *TINY, "dataset.limit=64", "--run-dir", str(tmp_path / "r"), "--json", env=env, cwd=tmp_path)
+    summary = one_json(result)
+    assert {"test_elbo", "test_kl", "test_recon", "train_seconds", "img_per_s", "run_dir"} <= set(summary)
+    assert summary["step"] == 2 and summary["test_elbo"] < 0
+
+
+def test_print_config_prints_yaml_and_exits_zero(env):
+    result = vae("train", "dataset=shapes", "beta=4", "--print-config", env=env)
+    assert result.returncode == 0
+    assert "beta: 4.0" in result.stdout and "name: shapes" in result.stdout
+
+
+def test_bad_override_exits_2_with_one_line_listing_valid_keys(env):
+    assert_one_line_error(vae("train", "trainer.epoch=3", env=env), 2, "unknown key 'trainer.epoch'", "epochs")
+    assert_one_line_error(vae("train", "model=transformer", env=env), 2, "choose one of: conv, mlp")
+    assert_one_line_error(vae("train", "beta=big", env=env), 2, "beta")
+    assert_one_line_error(vae("sample", "--bogus", env=env), 2, "--bogus")
+
+
+def test_missing_checkpoint_and_no_runs_are_clear_errors(env, tmp_path):
+    assert_one_line_error(vae("sample", "--ckpt", str(tmp_path / "nope"), env=env), 2, "no checkpoint at")
+    assert_one_line_error(vae("sample", env=env, cwd=tmp_path), 2, "no trained run under ./runs")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    assert_one_line_error(vae("eval-iwae", "--ckpt", str(tmp_path / "junk.safetensors"), env=env), 2,
+                          "not a readable safetensors file")
+
+
+def test_sample_writes_a_grid_and_defaults_to_the_latest_run(trained_run, env, tmp_path):
+    out = tmp_path / "s" / "grid.png"  # a missing folder is created
+    result = one_json(vae("sample", "--n", "9", "--temperature", "0.7", "--out", str(out), "--json",
+                          cwd=trained_run.parent.parent, env=env))
+    assert result["n"] == 9 and result["ckpt"].endswith("tiny/model.safetensors")
+    fmt, (w, h) = png_size(out)
+    assert fmt == "PNG" and (w, h) == (3 * 28 + 4 * 2, 3 * 28 + 4 * 2)  # 3x3 grid, padding 2
+    assert_one_line_error(vae("sample", "--ckpt", str(trained_run), "--temperature", "0", env=env), 2, "--temperature")
+
+
+def test_sample_is_reproducible_with_a_seed(trained_run, env, tmp_path):
+    for name in ("a", "b"):
+        vae("sample", "--ckpt", str(trained_run), "--n", "4", "--seed", "3", "--out", str(tmp_path / f"{name}.png"), env=env)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_reconstruct_test_images_and_files_of_any_mode(trained_run, env, tmp_path):
+    out = tmp_path / "rec.png"
+    result = one_json(vae("reconstruct", "--ckpt", str(trained_run), "--n", "4", "--out", str(out), "--json", env=env))
+    assert result["n"] == 4 and len(result["images"]) == 4 and all(r["neg_elbo"] > 0 for r in result["images"])
+    assert png_size(out)[1] == (4 * 28 + 5 * 2, 2 * 28 + 3 * 2)  # originals row above reconstructions row
+    rgba = tmp_path / "big.png"
+    Image.new("RGBA", (50, 40), (255, 0, 0, 128)).save(rgba)
+    human = vae("reconstruct", str(rgba), "test:1", "--ckpt", str(trained_run), "--out", str(out), env=env)
+    assert human.returncode == 0, human.stderr
+    assert "converted 50x40 RGBA to 28x28 grey" in human.stderr and "-ELBO" in human.stdout
+
+
+def test_interpolate_lerp_and_slerp_strips(trained_run, env, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    Image.new("L", (28, 28), 0).save(a)
+    Image.new("RGB", (64, 64), (200, 200, 200)).save(b)
+    for flag in ([], ["--slerp"]):
+        out = tmp_path / f"strip{len(flag)}.png"
+        result = one_json(vae("interpolate", str(a), str(b), "--ckpt", str(trained_run), "--steps", "6",
+                              "--out", str(out), "--json", *flag, env=env))
+        assert result["method"] == ("slerp" if flag else "lerp") and result["steps"] == 6
+        assert png_size(out)[1] == (6 * 28 + 7 * 2, 28 + 2 * 2)
+    assert_one_line_error(vae("interpolate", str(a), str(tmp_path / "missing.png"), "--ckpt", str(trained_run), env=env),
+                          2, "image not found")
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    assert_one_line_error(vae("interpolate", str(a), str(tmp_path / "bad.png"), "--ckpt", str(trained_run), env=env),
+                          2, "not an image")
+    assert_one_line_error(vae("interpolate", str(a), str(tmp_path), "--ckpt", str(trained_run), env=env),
+                          2, "is a directory")
+    assert_one_line_error(vae("interpolate", str(a), str(b), "--ckpt", str(trained_run), "--steps", "1", env=env),
+                          2, "--steps must be >= 2")
+
+
+def test_eval_iwae_json_has_the_documented_keys_and_a_tighter_bound(trained_run, env):
+    result = one_json(vae("eval-iwae", "--ckpt", str(trained_run), "--k", "200", "--n", "32", "--batch-size", "7",
+                          "--json", env=env))
+    assert {"elbo", "iwae", "k", "n", "elbo_se", "iwae_se", "kl", "recon", "bits_per_dim"} <= set(result)
+    assert result["k"] == 200 and result["n"] == 32
+    assert result["iwae"] >= result["elbo"] - 2 * result["elbo_se"]
+    assert result["bits_per_dim"] > 0 and result["kl"] > 0
+    assert abs(result["elbo"] + result["recon"] + result["kl"]) < 1e-6 * abs(result["elbo"]) + 1e-6
+
+
+def test_eval_iwae_human_table(trained_run, env):
+    result = vae("eval-iwae", "--ckpt", str(trained_run), "--k", "10", "--n", "8", env=env)
+    assert result.returncode == 0, result.stderr
+    for needle in ("ELBO", "IWAE (k=10)", "bits/dim", "KL", "recon"):
+        assert needle in result.stdout
+
+
+def test_resume_via_cli_continues_and_refuses_model_changes(env, tmp_path):
+    run = tmp_path / "r"
+    one_json(vae("train", *TINY, "dataset.limit=64", "--run-dir", str(run), "--json", env=env))
+    resumed = one_json(vae("train", "trainer.epochs=2", "--resume", str(run), "--json", env=env))
+    assert resumed["step"] == 4 and resumed["epochs"] == 2
+    assert_one_line_error(vae("train", "model.latent_dim=9", "--resume", str(run), env=env), 2, "when resuming")
+    assert_one_line_error(vae("train", "--resume", str(tmp_path / "none"), env=env), 2, "not a vaecli run folder")
+    assert_one_line_error(vae("train", *TINY, "--run-dir", str(run), env=env), 2, "already holds a run")
+
+
+def test_missing_dataset_offline_exits_1_with_the_fix(tmp_path):
+    env = dict(os.environ, VAECLI_DATA=str(tmp_path / "empty"))
+    assert_one_line_error(vae("train", "trainer.epochs=1", env=env), 1, "MNIST not found under", "dataset=shapes")
+
+
+def test_python_dash_m_entry_point_and_console_script_agree():
+    script = os.path.join(os.path.dirname(sys.executable), "vae")
+    if not os.path.exists(script):
+        pytest.skip("console script not installed (not an installed package)")
+    out = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == vae("--version").stdout
