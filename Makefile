@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vaecli-installed
 DEMO   := runs/demo
 
-.PHONY: install test test-all demo clean help
+.PHONY: install test test-slow test-all demo clean help
 
 help:
 	@echo "make install   create $(VENV) and install vaecli with its dev extra"
 	@echo "make test      install if needed, then run the fast test suite"
-	@echo "make test-all  also the slow end-to-end tests"
+	@echo "make test-slow only the slow tests (real MNIST when ../shared/data has it)"
+	@echo "make test-all  fast and slow tests"
 	@echo "make demo      train on the offline shapes dataset and write pictures to $(DEMO)/"
 
 install: $(STAMP)
@@ -25,16 +26,19 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
 test-all: install
 	$(BIN)/python -m pytest -q
 
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/vae train dataset=shapes model=conv trainer.epochs=8 --run-dir $(DEMO)
+	$(BIN)/vae train dataset=shapes model=conv trainer.epochs=30 --run-dir $(DEMO)
 	$(BIN)/vae sample --ckpt $(DEMO) --n 64 --out $(DEMO)/samples.png
 	$(BIN)/vae reconstruct --ckpt $(DEMO) --n 16 --out $(DEMO)/reconstructions.png
 	$(BIN)/vae interpolate test:0 test:1 --ckpt $(DEMO) --steps 10 --slerp --out $(DEMO)/interpolation.png
-	$(BIN)/vae eval-iwae --ckpt $(DEMO) --k 500 --n 1000
+	$(BIN)/vae eval-iwae --ckpt $(DEMO) --k 100
 	@echo "demo pictures: $(DEMO)/samples.png $(DEMO)/reconstructions.png $(DEMO)/interpolation.png"
 
 clean:

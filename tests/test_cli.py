@@ -148,3 +148,29 @@ def test_python_dash_m_entry_point_and_console_script_agree():
         pytest.skip("console script not installed (not an installed package)")
     out = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == vae("--version").stdout
+
+
+def test_sigterm_during_training_checkpoints_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "r"
+    args = [sys.executable, "-m", "vaecli", "train", "dataset=shapes", "model.hidden=[32]",
+            "model.latent_dim=4", "trainer.epochs=50", "trainer.batch_size=16", "trainer.log_every=1",
+            "--run-dir", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert f"resume with: vae train --resume {run}" in err
+    from vaecli import checkpoint
+
+    step = checkpoint.load_model(run).step
+    assert 0 < step == checkpoint.load_trainer(run / "trainer.safetensors")["step"]
+    assert not list(run.glob(".*.tmp"))
+    resumed = one_json(vae("train", "trainer.epochs=1", "--resume", str(run), "--json"))
+    assert resumed["step"] >= step
