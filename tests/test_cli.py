@@ -174,3 +174,14 @@ def test_sigterm_during_training_checkpoints_and_the_run_resumes(tmp_path):
     assert not list(run.glob(".*.tmp"))
     resumed = one_json(vae("train", "trainer.epochs=1", "--resume", str(run), "--json"))
     assert resumed["step"] >= step
+
+
+def test_json_is_strict_even_when_a_figure_is_undefined(trained_run, data_root, capsys, monkeypatch):
+    import json
+
+    from vaecli.cli import run
+
+    monkeypatch.setenv("VAECLI_DATA", str(data_root))
+    assert run(["eval-iwae", "--ckpt", str(trained_run), "--k", "5", "--n", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert result["n"] == 1 and result["elbo_se"] is None and result["iwae_se"] is None

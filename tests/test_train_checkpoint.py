@@ -177,3 +177,25 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(target, half_write)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_folder_dataset_resizes_skips_corrupt_files_and_rejects_empty_folders(tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "imgs" / "nested"
+    images.mkdir(parents=True)
+    for i in range(20):
+        Image.new("RGB", (30 + 7 * i, 20 + 3 * i), (12 * i, 0, 0)).save(images / f"{i}.png")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (images / "notes.txt").write_text("ignored")
+    cfg = load_config(["dataset=folder", f"dataset.path={tmp_path / 'imgs'}", "dataset.image_size=8",
+                       "dataset.channels=1"]).cfg.dataset
+    train_set, test_set = data.build(cfg, "train"), data.build(cfg, "test")
+    assert train_set.images.shape[1:] == (1, 8, 8) and train_set.images.dtype == torch.uint8
+    assert len(train_set) + len(test_set) == 20  # 21 image files, the broken one skipped
+    assert "skipped 1 unreadable file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    for path, message in ((tmp_path / "empty", "no PNG/JPEG images"), (tmp_path / "missing", "does not exist")):
+        bad = load_config(["dataset=folder", f"dataset.path={path}"]).cfg.dataset
+        with pytest.raises(UsageError, match=message):
+            data.build(bad, "train")

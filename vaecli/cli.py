@@ -8,6 +8,7 @@ progress and notes go to stderr. Errors are one line on stderr; exit 2 for usage
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -59,10 +60,25 @@ def _root(
 def _emit(result: dict, as_json: bool, table: Table | None = None) -> None:
     """Exactly one JSON object on stdout with --json, else the human table."""
     if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.write(json.dumps(_finite(result), allow_nan=False) + "\n")
         sys.stdout.flush()
     elif table is not None:
         stdout.print(table)
+
+
+def _finite(value):
+    """NaN/inf -> null, so --json output is strict JSON (jq and JSON.parse reject NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _se(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "n/a (one image)"
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -100,15 +116,17 @@ def _dataset(loaded, split: str, data_root: Optional[str]):
     return data.build(cfg, split, loaded.seed)
 
 
-def _inputs(refs: list[str], loaded, data_root: Optional[str]):
-    """Image files (converted to the model's shape) or dataset references like test:3."""
+def _inputs(refs: list[str], loaded, data_root: Optional[str], splits: Optional[dict] = None):
+    """Image files (converted to the model's shape) or dataset references like test:3.
+
+    `splits` caches loaded dataset splits by name across calls."""
     import torch
 
     from .data.images import read_image
 
     c, h, w = loaded.model.spec.image_shape
     images, names = [], []
-    splits: dict[str, object] = {}
+    splits = {} if splits is None else splits
     for ref in refs:
         match = DATASET_REF.match(ref)
         if match and not Path(ref).exists():
@@ -296,11 +314,13 @@ def reconstruct(
     from .data.images import save_grid
 
     loaded = _load(ckpt, device)
-    refs = list(images) if images else [f"test:{i}" for i in range(n)]
-    if not images:
-        available = len(_dataset(loaded, "test", data_root))
-        refs = refs[:available]
-    x, names = _inputs(refs, loaded, data_root)
+    splits: dict = {}
+    if images:
+        refs = list(images)
+    else:
+        splits["test"] = _dataset(loaded, "test", data_root)
+        refs = [f"test:{i}" for i in range(min(n, len(splits["test"])))]
+    x, names = _inputs(refs, loaded, data_root, splits)
     torch.manual_seed(0)
     model = loaded.model
     recon = model.reconstruct(x)
@@ -407,8 +427,8 @@ def eval_iwae(
             progress.stop()
     result.update({"split": split, "ckpt": str(loaded.path), "dataset": loaded.dataset.name})
     table = _table(f"eval-iwae: {loaded.dataset.name} {split}, n={result['n']}, k={k}", [
-        ("ELBO", f"{result['elbo']:.2f} ± {result['elbo_se']:.2f} nats"),
-        (f"IWAE (k={k})", f"{result['iwae']:.2f} ± {result['iwae_se']:.2f} nats"),
+        ("ELBO", f"{result['elbo']:.2f} ± {_se(result['elbo_se'])} nats"),
+        (f"IWAE (k={k})", f"{result['iwae']:.2f} ± {_se(result['iwae_se'])} nats"),
         ("-log p(x) <=", f"{result['nll']:.2f} nats = {result['bits_per_dim']:.4f} bits/dim"),
         ("KL", f"{result['kl']:.2f} nats"),
         ("recon", f"{result['recon']:.2f} nats"),
