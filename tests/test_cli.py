@@ -135,6 +135,7 @@ def test_resume_via_cli_continues_and_refuses_model_changes(env, tmp_path):
     assert_one_line_error(vae("train", "model.latent_dim=9", "--resume", str(run), env=env), 2, "when resuming")
     assert_one_line_error(vae("train", "--resume", str(tmp_path / "none"), env=env), 2, "not a vaecli run folder")
     assert_one_line_error(vae("train", *TINY, "--run-dir", str(run), env=env), 2, "already holds a run")
+    assert_one_line_error(vae("train", *TINY, "--run-dir", str(run / "config.yaml"), env=env), 2, "is not a folder")
 
 
 def test_missing_dataset_offline_exits_1_with_the_fix(tmp_path):
@@ -185,3 +186,8 @@ def test_json_is_strict_even_when_a_figure_is_undefined(trained_run, data_root, 
     assert run(["eval-iwae", "--ckpt", str(trained_run), "--k", "5", "--n", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
     assert result["n"] == 1 and result["elbo_se"] is None and result["iwae_se"] is None
+
+
+def test_unknown_device_is_a_usage_error(trained_run, env):
+    assert_one_line_error(vae("sample", "--ckpt", str(trained_run), "--device", "tpu", env=env), 2,
+                          "device must be one of auto, cpu, cuda, mps")

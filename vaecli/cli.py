@@ -234,6 +234,8 @@ def train(
         target = resume
     else:
         target = run_dir or _new_run_dir(composed.cfg)
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"--run-dir {target} exists and is not a folder")
         if (target / "model.safetensors").exists():
             raise UsageError(f"{target} already holds a run; continue it with --resume {target} "
                              "or choose another --run-dir")

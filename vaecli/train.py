@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, data, evaluate, models, objectives
-from .config import Composed
+from .config import DEVICES, Composed
 from .data.images import save_grid
 from .errors import UsageError, VaeError
 
@@ -45,6 +45,9 @@ class Interrupted(Exception):
 
 
 def pick_device(name: str) -> torch.device:
+    """auto -> cuda, then mps, then cpu; an explicit device that is missing is a UsageError."""
+    if name not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)} (got {name!r})")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -131,7 +134,10 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
             group["lr"] = t.lr
         set_rng_state(state["rng"], device)
         step = state["step"]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VaeError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
     checkpoint.write_text(run_dir / checkpoint.CONFIG_FILE, composed.to_yaml())
 
     n, batch = len(train_set), t.batch_size
