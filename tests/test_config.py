@@ -15,8 +15,11 @@ from vaecli.errors import UsageError
 
 def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones():
     assert set(group_options("dataset")) == {"mnist", "binarized_mnist", "fashion_mnist", "cifar10", "folder", "shapes"}
-    assert set(group_options("model")) == {"mlp", "conv"}
-    assert set(group_options("likelihood")) == {"bernoulli", "gaussian"}
+    assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae"}
+    assert set(group_options("likelihood")) == {"bernoulli", "cbernoulli", "gaussian", "gaussian_learned", "logistic"}
+    assert set(group_options("prior")) == {"normal", "mog", "vamp"}
+    assert set(group_options("objective")) == {"elbo", "iwae"}
+    assert set(group_options("experiment")) == {"burda_vae", "burda_iwae", "burda_hvae", "beta_vae_shapes"}
     cfg = load_config().cfg
     assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == ("mnist", "mlp", "bernoulli")
     assert (cfg.beta, cfg.seed, cfg.model.latent_dim, cfg.model.hidden) == (1.0, 0, 20, [400])
@@ -60,17 +63,19 @@ def test_each_dataset_and_model_composes_and_builds(dataset, model, data_root, t
     train = data.build(cfg.dataset, "train", cfg.seed)
     test = data.build(cfg.dataset, "test", cfg.seed)
     assert train.images.dtype == torch.uint8 and len(train) > 0 and len(test) > 0
-    spec = models.spec_from_config(cfg.model, cfg.likelihood, train.image_shape)
+    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, train.image_shape, train.num_classes)
     model = models.build(spec)
     x = train.to_float(train.images[:4])
-    assert model.decode(model.encode(x).rsample()).mean.shape == x.shape
+    y = train.labels[:4] if model.conditional else None
+    assert model.decode(model.latent_mean(x, y), y).mean.shape == x.shape
+    assert model.terms(x, y)["log_px"].shape == (4,)
     assert f"name: {dataset}" in composed.to_yaml()
 
 
 @pytest.mark.parametrize("likelihood", group_options("likelihood"))
 def test_each_likelihood_composes_and_trains_one_step(likelihood):
     cfg = load_config(["dataset=shapes", f"likelihood={likelihood}"]).cfg
-    spec = models.spec_from_config(cfg.model, cfg.likelihood, (1, 32, 32))
+    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, 32, 32))
     model = models.build(spec)
     from vaecli import objectives
     loss, metrics = objectives.elbo(model, torch.rand(8, 1, 32, 32))
@@ -79,8 +84,8 @@ def test_each_likelihood_composes_and_trains_one_step(likelihood):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["foo=1"], "unknown key 'foo'; valid keys at the top level: beta, dataset"),
-    (["trainer.foo=1"], "valid keys in 'trainer': batch_size"),
+    (["foo=1"], "unknown key 'foo'; valid keys at the top level: beta, dataset, kl, likelihood"),
+    (["trainer.foo=1"], "valid keys in 'trainer': adam_eps, batch_size"),
     (["dataset=nope"], "unknown dataset 'nope'; choose one of: binarized_mnist"),
     (["beta=abc"], "invalid value for beta: 'abc' is not a number"),
     (["trainer.epochs=1.5"], "trainer.epochs: 1.5 is not an integer"),

@@ -31,8 +31,8 @@ def test_shapes_of_posterior_likelihood_samples_and_reconstructions(arch, shape,
 
 def test_classic_mlp_has_the_784_400_20_shape():
     model = build(VAESpec("mlp", (1, 28, 28)))
-    linear = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linear] == [(784, 400), (400, 40)]
+    linear = [m for m in [*model.encoder.modules(), model.head] if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(784, 400), (400, 40)]  # mu, logvar
 
 
 def test_kl_is_nonnegative_and_zero_when_posterior_equals_prior():

@@ -116,16 +116,35 @@ def _dataset(loaded, split: str, data_root: Optional[str]):
     return data.build(cfg, split, loaded.seed)
 
 
-def _inputs(refs: list[str], loaded, data_root: Optional[str], splits: Optional[dict] = None):
+def _label(model, label: Optional[str], allow_all: bool = False) -> Optional[int | str]:
+    """--label: a class index (or 'all' where allowed) for a conditional model, else None."""
+    if label is None:
+        return None
+    if not model.conditional:
+        raise UsageError("--label needs a conditional model (train with model.conditional=true)")
+    if allow_all and label == "all":
+        return "all"
+    classes = model.spec.num_classes
+    if not label.isdigit() or int(label) >= classes:
+        choices = f"0..{classes - 1}" + (" or all" if allow_all else "")
+        raise UsageError(f"--label must be a class index {choices} (got {label!r})")
+    return int(label)
+
+
+def _inputs(refs: list[str], loaded, data_root: Optional[str], splits: Optional[dict] = None,
+            label: Optional[int] = None):
     """Image files (converted to the model's shape) or dataset references like test:3.
 
-    `splits` caches loaded dataset splits by name across calls."""
+    Returns images (B, C, H, W), their names, and their labels (B,) for a conditional model
+    (a dataset image's own label; `label` for files), else None. `splits` caches dataset splits.
+    """
     import torch
 
     from .data.images import read_image
 
-    c, h, w = loaded.model.spec.image_shape
-    images, names = [], []
+    model = loaded.model
+    c, h, w = model.spec.image_shape
+    images, names, labels = [], [], []
     splits = {} if splits is None else splits
     for ref in refs:
         match = DATASET_REF.match(ref)
@@ -137,13 +156,21 @@ def _inputs(refs: list[str], loaded, data_root: Optional[str], splits: Optional[
             if index >= len(dataset):
                 raise UsageError(f"{ref}: the {split} split has {len(dataset)} images (0..{len(dataset) - 1})")
             images.append(dataset.to_float(dataset.images[index:index + 1])[0])
+            own = int(dataset.labels[index]) if dataset.labels is not None else None
+            labels.append(own if label is None else label)
         else:
             x, note = read_image(ref, c, (h, w))
             if note:
                 stderr.print(f"note: {ref}: {note} to match the model")
             images.append(x)
+            labels.append(label)
         names.append(ref)
-    return torch.stack(images).to(loaded.model.device), names
+    y = None
+    if model.conditional:
+        if any(v is None for v in labels):
+            raise UsageError("this conditional model needs a class for image files: pass --label N")
+        y = torch.tensor(labels, device=model.device)
+    return torch.stack(images).to(model.device), names, y
 
 
 def _default_out(loaded, name: str) -> Path:
@@ -274,11 +301,14 @@ def sample(
     n: int = typer.Option(64, "--n", help="Number of samples."),
     temperature: float = typer.Option(1.0, "--temperature", help="Scales the prior's sigma."),
     seed: int = typer.Option(0, "--seed", help="Seed for the prior draws."),
+    label: Optional[str] = typer.Option(None, "--label", help="Conditional models: a class, or 'all' for one row per class (default)."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/sample.png)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Draw n images from the prior, decoded to the likelihood's mean, as one PNG grid."""
+    """Draw n images from the prior, decoded to the likelihood's mean, as one PNG grid.
+
+    For a conditional model, n per class (one row each) unless --label picks one class."""
     _positive("--n", n)
     _positive("--temperature", temperature, 0, strict=True)
     import torch
@@ -286,10 +316,20 @@ def sample(
     from .data.images import grid_rows, save_grid
 
     loaded = _load(ckpt, device)
-    generator = torch.Generator(device=loaded.model.device).manual_seed(seed)
-    images = loaded.model.sample(n, temperature=temperature, generator=generator)
-    path = save_grid(images, out or _default_out(loaded, "sample.png"), nrow=grid_rows(n))
-    result = {"out": str(path), "n": n, "temperature": temperature, "seed": seed, "ckpt": str(loaded.path)}
+    model = loaded.model
+    which = _label(model, label, allow_all=True)
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    y, nrow = None, grid_rows(n)
+    if model.conditional and which in (None, "all"):  # n per class, one row per class
+        classes = model.spec.num_classes
+        y = torch.arange(classes, device=model.device).repeat_interleave(n)
+        nrow, n = n, n * classes
+    elif model.conditional:
+        y = torch.full((n,), which, device=model.device)
+    images = model.sample(n, temperature=temperature, generator=generator, y=y)
+    path = save_grid(images, out or _default_out(loaded, "sample.png"), nrow=nrow)
+    result = {"out": str(path), "n": n, "temperature": temperature, "seed": seed, "ckpt": str(loaded.path),
+              "label": "all" if model.conditional and which in (None, "all") else which}
     if not as_json:
         stdout.print(f"wrote {n} samples to {path}")
     _emit(result, as_json)
@@ -302,12 +342,14 @@ def reconstruct(
     ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     n: int = typer.Option(16, "--n", help="Test images to use when no IMAGES are given."),
     samples: int = typer.Option(64, "--samples", help="Posterior samples per image for the -ELBO estimate."),
+    label: Optional[str] = typer.Option(None, "--label", help="Conditional models: the class of the image files."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/reconstruction.png)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Originals above their reconstructions in one PNG, with the -ELBO of each image."""
+    """Originals above their reconstructions in one PNG, with the -ELBO of each image
+    (-log p(x|z) for an autoencoder)."""
     _positive("--n", n)
     _positive("--samples", samples)
     import torch
@@ -322,11 +364,16 @@ def reconstruct(
     else:
         splits["test"] = _dataset(loaded, "test", data_root)
         refs = [f"test:{i}" for i in range(min(n, len(splits["test"])))]
-    x, names = _inputs(refs, loaded, data_root, splits)
-    torch.manual_seed(0)
     model = loaded.model
-    recon = model.reconstruct(x)
-    neg_elbo = (-objectives.iwae_bound(model, x, samples)["elbo"]).tolist()
+    x, names, y = _inputs(refs, loaded, data_root, splits, _label(model, label))
+    torch.manual_seed(0)
+    recon = model.reconstruct(x, y)
+    if model.stochastic:
+        neg_elbo = (-objectives.iwae_bound(model, x, samples, y=y)["elbo"]).tolist()
+    else:  # an autoencoder has no ELBO: report its reconstruction loss, -log p(x|z)
+        with torch.no_grad():
+            neg_elbo = (-model.terms(x, y)["log_px"]).tolist()
+    measure = "-ELBO" if model.stochastic else "-log p(x|z)"
     cols = min(len(x), 8)
     rows = []
     for start in range(0, len(x), cols):  # each row of originals directly above its reconstructions
@@ -335,17 +382,18 @@ def reconstruct(
         filler = torch.zeros((pad, *x.shape[1:]), device=x.device)
         rows += [torch.cat([x[block], filler]), torch.cat([recon[block], filler])]
     path = save_grid(torch.cat(rows), out or _default_out(loaded, "reconstruction.png"), nrow=cols)
-    per_image = [{"image": name, "neg_elbo": value} for name, value in zip(names, neg_elbo)]
+    key = "neg_elbo" if model.stochastic else "neg_log_px"
+    per_image = [{"image": name, key: value} for name, value in zip(names, neg_elbo)]
     result = {"out": str(path), "n": len(x), "images": per_image,
-              "mean_neg_elbo": sum(neg_elbo) / len(neg_elbo), "ckpt": str(loaded.path)}
+              f"mean_{key}": sum(neg_elbo) / len(neg_elbo), "ckpt": str(loaded.path)}
     if not as_json:
         title = f"reconstructions -> {path}"
         table = Table(title=title, title_justify="left", min_width=len(title))
         table.add_column("image")
-        table.add_column("-ELBO (nats)", justify="right")
+        table.add_column(f"{measure} (nats)", justify="right")
         for row in per_image:
-            table.add_row(row["image"], f"{row['neg_elbo']:.2f}")
-        table.add_row("mean", f"{result['mean_neg_elbo']:.2f}", style="bold")
+            table.add_row(row["image"], f"{row[key]:.2f}")
+        table.add_row("mean", f"{result[f'mean_{key}']:.2f}", style="bold")
         stdout.print(table)
     _emit(result, as_json)
 
@@ -357,6 +405,7 @@ def interpolate(
     ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
     steps: int = typer.Option(10, "--steps", help="Points on the path, endpoints included."),
     slerp: bool = typer.Option(False, "--slerp", help="Spherical instead of linear interpolation."),
+    label: Optional[str] = typer.Option(None, "--label", help="Conditional models: the class to decode with (default: A's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/interpolation.png)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
@@ -370,12 +419,13 @@ def interpolate(
     from .data.images import save_grid
 
     loaded = _load(ckpt, device)
-    x, _ = _inputs([a, b], loaded, data_root)
     model = loaded.model
+    x, _, y = _inputs([a, b], loaded, data_root, label=_label(model, label))
     with torch.no_grad():
-        mu = model.encode(x).mean
+        mu = model.latent_mean(x, y)
         path_fn = latent.slerp if slerp else latent.lerp
-        frames = model.decode(path_fn(mu[0], mu[1], steps)).mean.clamp(0, 1)
+        path_y = None if y is None else y[0].expand(steps)  # decode the whole path as A's class
+        frames = model.decode(path_fn(mu[0], mu[1], steps), path_y).mean.clamp(0, 1)
     path = save_grid(frames, out or _default_out(loaded, "interpolation.png"), nrow=steps)
     method = "slerp" if slerp else "lerp"
     if not as_json:
@@ -411,6 +461,9 @@ def eval_iwae(
     from .evaluate import iwae_dataset
 
     loaded = _load(ckpt, device)
+    if not loaded.model.stochastic:
+        raise UsageError(f"{loaded.path} is a deterministic autoencoder (model=ae): it has no ELBO or "
+                         "IWAE bound; eval-iwae needs a VAE")
     data = _dataset(loaded, split, data_root).head(n)
     torch.manual_seed(seed)
     progress = None

@@ -15,8 +15,13 @@ from typing import Any, List, Optional
 
 from .errors import UsageError
 
-GROUPS = ("dataset", "model", "likelihood", "trainer")
+GROUPS = ("dataset", "model", "likelihood", "prior", "objective", "trainer")
+SELECT_ONLY = ("experiment",)  # groups that only preset other keys (`# @package _global_`)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+NETWORKS = ("mlp", "conv", "resnet")
+ACTIVATIONS = ("relu", "tanh", "elu")
+LR_SCHEDULES = ("constant", "burda")
+KL_SCHEDULES = ("constant", "linear", "cyclic")
 
 
 @dataclass
@@ -37,15 +42,43 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
+    name: str = "mlp"  # mlp | conv | resnet | ae | hvae
     latent_dim: int = 20
     hidden: List[int] = field(default_factory=lambda: [400])
+    activation: str = "relu"
+    conditional: bool = False
+    network: Optional[str] = None  # ae, hvae: mlp | conv | resnet
+    latent_dim2: Optional[int] = None  # hvae: z2
+    hidden2: Optional[List[int]] = None  # hvae: z1 <-> z2 MLPs
 
 
 @dataclass
 class LikelihoodConfig:
     name: str = "bernoulli"
-    sigma: Optional[float] = None  # gaussian: fixed standard deviation
+    sigma: Optional[float] = None  # gaussian: fixed sigma; gaussian_learned: initial sigma
+    per_pixel: Optional[bool] = None  # gaussian_learned
+    mixtures: Optional[int] = None  # logistic
+
+
+@dataclass
+class PriorConfig:
+    name: str = "normal"
+    components: Optional[int] = None  # mog, vamp
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "elbo"
+    k: Optional[int] = None  # iwae: importance samples
+
+
+@dataclass
+class KLConfig:
+    schedule: str = "constant"
+    warmup_steps: int = 10000
+    cycles: int = 4
+    ratio: float = 0.5
+    free_bits: float = 0.0
 
 
 @dataclass
@@ -59,6 +92,8 @@ class TrainerConfig:
     checkpoint_every: int = 1
     log_every: int = 50
     eval_batch_size: int = 1000
+    adam_eps: float = 1e-8
+    lr_schedule: str = "constant"
 
 
 @dataclass
@@ -66,7 +101,10 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
     beta: float = 1.0
     seed: int = 0
 
@@ -111,6 +149,8 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 def _check_keys(reference: dict, parsed: list[tuple[str, Any]]) -> None:
     """Every overridden key must exist in `reference` (the config it will be applied to)."""
     for key, _ in parsed:
+        if key in SELECT_ONLY:
+            continue
         node: Any = reference
         parts = key.split(".")
         for depth, part in enumerate(parts):
@@ -191,7 +231,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
     parsed = _parse_overrides(list(overrides))
     selections = []
     for key, value in parsed:
-        if key in GROUPS:
+        if key in GROUPS + SELECT_ONLY:
             options = group_options(key)
             if value not in options:
                 raise UsageError(f"unknown {key} '{value}'; choose one of: {', '.join(options)}")
@@ -213,7 +253,7 @@ def apply_overrides(saved: dict, overrides: list[str] | tuple[str, ...]) -> Comp
 
     parsed = _parse_overrides(list(overrides))
     for key, _ in parsed:
-        if key in GROUPS:
+        if key in GROUPS + SELECT_ONLY:
             raise UsageError(f"cannot switch {key} when resuming; start a new run instead")
     _check_keys(saved, parsed)
     conf = OmegaConf.create(saved)
@@ -265,8 +305,50 @@ def validate(cfg: Config) -> None:
     for key in ("scales", "rotations", "positions"):
         value = getattr(d, key)
         need(value is None or value >= 1, f"dataset.{key} must be >= 1 (got {value})")
-    if lik.name == "gaussian":
+    if lik.name in ("gaussian", "gaussian_learned"):
         need(lik.sigma is not None and lik.sigma > 0, f"likelihood.sigma must be > 0 (got {lik.sigma})")
+    if lik.name == "logistic":
+        need(lik.mixtures is not None and lik.mixtures >= 1, f"likelihood.mixtures must be >= 1 (got {lik.mixtures})")
+    _validate_model(cfg, need)
+    need(t.adam_eps > 0, f"trainer.adam_eps must be > 0 (got {t.adam_eps})")
+    need(t.lr_schedule in LR_SCHEDULES,
+         f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})")
+
+
+def _validate_model(cfg: Config, need) -> None:
+    """Model, prior, objective and KL settings, and the combinations that make no sense."""
+    m, p, o, kl = cfg.model, cfg.prior, cfg.objective, cfg.kl
+    need(m.activation in ACTIVATIONS, f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {m.activation!r})")
+    if m.name in ("ae", "hvae"):
+        need(m.network in NETWORKS, f"model.network must be one of {', '.join(NETWORKS)} (got {m.network!r})")
+    if m.name == "hvae":
+        need((m.latent_dim2 or 0) >= 1, f"model.latent_dim2 must be >= 1 (got {m.latent_dim2})")
+        need(bool(m.hidden2) and all(h >= 1 for h in m.hidden2),
+             f"model.hidden2 must list positive widths, e.g. [50,50] (got {m.hidden2})")
+    if p.name in ("mog", "vamp"):
+        need((p.components or 0) >= 1, f"prior.components must be >= 1 (got {p.components})")
+    if o.name == "iwae":
+        need((o.k or 0) >= 1, f"objective.k must be >= 1 (got {o.k})")
+    need(kl.schedule in KL_SCHEDULES, f"kl.schedule must be one of {', '.join(KL_SCHEDULES)} (got {kl.schedule!r})")
+    need(kl.warmup_steps >= 1, f"kl.warmup_steps must be >= 1 (got {kl.warmup_steps})")
+    need(kl.cycles >= 1, f"kl.cycles must be >= 1 (got {kl.cycles})")
+    need(0 < kl.ratio <= 1, f"kl.ratio must be in (0, 1] (got {kl.ratio})")
+    need(kl.free_bits >= 0, f"kl.free_bits must be >= 0 (got {kl.free_bits})")
+    # Combinations without a meaning: refuse them rather than train something else silently.
+    if m.name == "ae":
+        need(o.name == "elbo", "model=ae has no posterior to importance-sample; use objective=elbo")
+        need(p.name == "normal", "model=ae has no KL term, so a prior is not trained; use prior=normal")
+        need(kl.free_bits == 0, "model=ae has no KL term; drop kl.free_bits")
+    if m.name == "hvae":
+        need(p.name == "normal", "model=hvae uses a N(0, I) prior on its top layer z2; use prior=normal")
+    if kl.free_bits > 0:
+        need(p.name == "normal" and m.name != "hvae",
+             "kl.free_bits needs a KL per latent dimension: prior=normal with model=mlp, conv, resnet")
+    if o.name == "iwae":
+        need(kl.schedule == "constant" and kl.free_bits == 0 and cfg.beta == 1.0,
+             "objective=iwae trains the importance-weighted bound itself: drop beta, kl.schedule and kl.free_bits")
+    if p.name == "vamp":
+        need(not m.conditional, "prior=vamp is not available for conditional models (its pseudo-inputs have no label)")
 
 
 def data_root(cfg: DatasetConfig) -> Path:
@@ -284,7 +366,7 @@ def to_dict(obj: Any) -> dict:
 
 
 # Keys that fix the model's shape or the data order; --resume refuses to change them.
-FROZEN_ON_RESUME = ("dataset", "model", "likelihood", "seed", "trainer.batch_size")
+FROZEN_ON_RESUME = ("dataset", "model", "likelihood", "prior", "seed", "trainer.batch_size")
 
 
 def _get(tree: dict, dotted: str) -> Any:

@@ -17,8 +17,11 @@ CHUNK_ELEMENTS = 2**24
 
 
 def _batches(data: ImageSet, batch_size: int, device: torch.device):
+    """(x, y) batches on `device`: images as floats, labels (or None)."""
     for start in range(0, len(data), batch_size):
-        yield data.to_float(data.images[start:start + batch_size].to(device))
+        cut = slice(start, start + batch_size)
+        y = data.labels[cut].to(device) if data.labels is not None else None
+        yield data.to_float(data.images[cut].to(device)), y
 
 
 @torch.no_grad()
@@ -27,8 +30,8 @@ def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict[str, flo
     model.eval()
     device = model.device
     totals = torch.zeros(3, device=device, dtype=torch.float64)
-    for x in _batches(data, batch_size, device):
-        _, m = objectives.elbo(model, x)
+    for x, y in _batches(data, batch_size, device):
+        _, m = objectives.elbo(model, x, y=y)
         totals += torch.stack([m["elbo"], m["kl"], m["recon"]]).double() * x.shape[0]
     elbo, kl, recon = (totals / max(len(data), 1)).tolist()
     return {"elbo": elbo, "kl": kl, "recon": recon}
@@ -59,8 +62,8 @@ def iwae_dataset(model, data: ImageSet, k: int, batch_size: int = 64,
     chunk = max(1, min(k, CHUNK_ELEMENTS // (batch_size * dims)))
     parts: dict[str, list[torch.Tensor]] = {"iwae": [], "elbo": [], "kl": [], "recon": []}
     start = time.perf_counter()
-    for x in _batches(data, batch_size, device):
-        result = objectives.iwae_bound(model, x, k, chunk)
+    for x, y in _batches(data, batch_size, device):
+        result = objectives.iwae_bound(model, x, k, chunk, y)
         for key in parts:
             parts[key].append(result[key].cpu())
         if on_batch is not None:

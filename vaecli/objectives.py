@@ -1,66 +1,137 @@
-"""Objectives: pure functions of (model, x) that return a loss to minimise and metrics.
+"""Objectives: functions of (model, x) that return a loss to minimise and metrics.
 
+`build(...)` gives the trainer one callable, objective(model, x, y, step), that owns the
+KL schedule, free bits and the choice of bound, so the trainer never changes for a new one.
 Metrics are detached tensors (no host sync here); all figures are nats per image.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import kl_divergence
+
+SCHEDULES = ("constant", "linear", "cyclic")
+NAMES = ("elbo", "iwae")
 
 
-def elbo(model, x: Tensor, beta: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """loss = -(E_q[log p(x|z)] - beta * KL(q(z|x) || p(z))), one reparameterized sample.
+@dataclass
+class KLSchedule:
+    """The weight of the KL term at a training step.
 
-    The reported `elbo` is always the true bound (beta = 1), whatever beta trains with.
+    constant: beta.  linear: beta * min(1, step / warmup_steps) (KL warm-up, Bowman et al. 2016;
+    Sønderby et al. 2016).  cyclic: the training run is split into `cycles` periods; in each the
+    weight rises linearly from 0 to beta over the first `ratio` of the period, then stays
+    (cyclical annealing, Fu et al. 2019).
     """
-    posterior = model.encode(x)
-    z = posterior.rsample()  # reparameterization: z = mu + sigma * eps
-    log_px = model.decode(z).log_prob(x)  # (B,)
-    kl = kl_divergence(posterior, model.prior())  # (B,), closed form for two Gaussians
-    loss = -(log_px - beta * kl).mean()
+
+    schedule: str = "constant"
+    beta: float = 1.0
+    warmup_steps: int = 10_000
+    cycles: int = 4
+    ratio: float = 0.5
+    total_steps: int = 1
+
+    def weight(self, step: int) -> float:
+        if self.schedule == "linear":
+            return self.beta * min(1.0, step / max(self.warmup_steps, 1))
+        if self.schedule == "cyclic":
+            period = max(self.total_steps / self.cycles, 1.0)
+            tau = (step % period) / period
+            return self.beta * min(1.0, tau / self.ratio)
+        return self.beta
+
+
+def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
+         free_bits: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """loss = -(E_q[log p(x|z)] - beta * KL), one reparameterized sample per image.
+
+    free_bits = lambda > 0 (Kingma et al. 2016): the KL of each latent dimension enters the
+    loss as max(lambda, its batch mean), so the encoder is not pushed below lambda nats per
+    dimension; `kl_clamped` is that term, `kl` the true KL. The reported `elbo` is always
+    the true bound (beta = 1, no clamp).
+    """
+    terms = model.terms(x, y)
+    log_px, kl = terms["log_px"], terms["kl"]
+    metrics = {"elbo": (log_px - kl).mean().detach(), "recon": -log_px.mean().detach(), "kl": kl.mean().detach()}
+    if free_bits > 0:
+        per_dim = terms["kl_per_dim"]
+        if per_dim is None:
+            raise ValueError("free bits need a KL per latent dimension (prior=normal, model=mlp/conv/resnet)")
+        kl_term = per_dim.mean(0).clamp(min=free_bits).sum()
+        metrics["kl_clamped"] = kl_term.detach()
+    else:
+        kl_term = kl.mean()
+    loss = -log_px.mean() + beta * kl_term
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def iwae(model, x: Tensor, k: int, y: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """loss = -log (1/k) sum_j w_j (Burda et al. 2015), reparameterized; k = 1 is the ELBO."""
+    log_w, log_px = model.log_weights(x, k, y, reparam=True)
+    bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+    loss = -bound.mean()
     return loss, {
         "loss": loss.detach(),
-        "elbo": (log_px - kl).mean().detach(),
+        "iwae": bound.mean().detach(),
+        "elbo": log_w.mean().detach(),  # the k samples' average log w: an ELBO estimate
         "recon": -log_px.mean().detach(),
-        "kl": kl.mean().detach(),
+        "kl": (log_px - log_w).mean().detach(),  # Monte Carlo KL
     }
 
 
-def log_weights(model, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """log w_j = log p(x, z_j) - log q(z_j|x) for z_j ~ q(z|x), j = 1..k.
+class Objective:
+    """objective(model, x, y, step) -> (loss, metrics) for the trainer."""
 
-    Returns (log_w, log_px), both (k, B): one batched decoder call over all k*B latents.
-    """
-    posterior = model.encode(x)
-    z = posterior.sample((k,))  # (k, B, latent_dim)
-    log_px = model.decode(z).log_prob(x)  # x broadcasts over the k samples
-    log_w = log_px + model.prior().log_prob(z) - posterior.log_prob(z)
-    return log_w, log_px
+    def __init__(self, name: str = "elbo", k: int = 1, schedule: KLSchedule | None = None,
+                 free_bits: float = 0.0):
+        self.name, self.k, self.free_bits = name, k, free_bits
+        self.schedule = schedule or KLSchedule()
+
+    def __call__(self, model, x: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.name == "iwae":
+            return iwae(model, x, self.k, y)
+        weight = self.schedule.weight(step)
+        loss, metrics = elbo(model, x, weight, y, self.free_bits)
+        if self.schedule.schedule != "constant":
+            metrics["kl_weight"] = torch.tensor(weight, device=loss.device)
+        return loss, metrics
+
+
+def build(objective_cfg, kl_cfg, beta: float, total_steps: int) -> Objective:
+    """From the config sections `objective` and `kl`, and the run length (cyclic schedule)."""
+    schedule = KLSchedule(kl_cfg.schedule, beta, kl_cfg.warmup_steps, kl_cfg.cycles, kl_cfg.ratio, total_steps)
+    return Objective(objective_cfg.name, objective_cfg.k or 1, schedule, kl_cfg.free_bits)
 
 
 @torch.no_grad()
-def iwae_bound(model, x: Tensor, k: int, chunk: int | None = None) -> dict[str, Tensor]:
+def iwae_bound(model, x: Tensor, k: int, chunk: int | None = None, y: Tensor | None = None) -> dict[str, Tensor]:
     """The importance-weighted bound log (1/k) sum_j w_j (Burda et al. 2015), per image.
 
     The k samples are drawn `chunk` at a time and combined with a running logsumexp, so memory
     is O(chunk * B) whatever k is. Returns per-image tensors (B,): `iwae`, `elbo`
-    (E_q log p(x|z) - KL, the k samples averaged), `recon` (-E_q log p(x|z)) and `kl`.
+    (E_q log p(x|z) - KL, the k samples averaged), `recon` (-E_q log p(x|z)) and `kl`
+    (exact when the model has a closed form, else the Monte Carlo average over the k samples).
     """
     chunk = min(chunk or k, k)
     lse = None
     sum_log_px = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
+    sum_log_w = torch.zeros_like(sum_log_px)
     done = 0
     while done < k:
         m = min(chunk, k - done)
-        log_w, log_px = log_weights(model, x, m)
+        log_w, log_px = model.log_weights(x, m, y)
         part = torch.logsumexp(log_w.double(), dim=0)
         lse = part if lse is None else torch.logaddexp(lse, part)
         sum_log_px += log_px.double().sum(0)
+        sum_log_w += log_w.double().sum(0)
         done += m
-    kl = kl_divergence(model.encode(x), model.prior()).double()
     recon = -sum_log_px / k
+    if model.exact_kl:
+        kl = model.kl(x, y).double()  # closed form: lower variance than the sample average
+    else:
+        kl = -recon - sum_log_w / k
     return {"iwae": lse - math.log(k), "elbo": -recon - kl, "recon": recon, "kl": kl}

@@ -97,6 +97,25 @@ def _signals_as_flag():
             signal.signal(s, h)
 
 
+def sample_labels(model, n: int, device: torch.device) -> torch.Tensor | None:
+    """Labels for a sample grid: none for an unconditional model, else each class in turn
+    (one row per class, as many columns as fit in n)."""
+    if not model.conditional:
+        return None
+    classes = model.spec.num_classes
+    per_class = max(1, n // classes)
+    return torch.arange(classes, device=device).repeat_interleave(per_class)
+
+
+def burda_lr(base: float, epoch: int) -> float:
+    """Burda et al. (2015): 3^i passes at base * 10^(-i/7) for i = 0..7, then the last rate.
+    Stage i covers epochs [(3^i - 1)/2, (3^(i+1) - 1)/2)."""
+    i = 0
+    while i < 7 and epoch >= (3 ** (i + 1) - 1) // 2:
+        i += 1
+    return base * 10 ** (-i / 7)
+
+
 def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).to(device)
@@ -112,12 +131,15 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
 
     train_set = data.build(cfg.dataset, "train", cfg.seed, t.num_workers)
     test_set = data.build(cfg.dataset, "test", cfg.seed, t.num_workers)
-    spec = models.spec_from_config(cfg.model, cfg.likelihood, train_set.image_shape)
+    if cfg.model.conditional and train_set.labels is None:
+        raise UsageError(f"model.conditional=true needs class labels, and dataset={cfg.dataset.name} has none")
+    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, train_set.image_shape,
+                                   train_set.num_classes)
     try:
         model = models.build(spec).to(device)
     except ValueError as e:  # e.g. too many conv stages for the image size
-        raise UsageError(f"cannot build model={spec.arch} for {spec.image_shape} images: {e}") from None
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+        raise UsageError(f"cannot build model={cfg.model.name} for {spec.image_shape} images: {e}") from None
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps)
 
     step = 0
     if resume:
@@ -130,8 +152,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
             raise VaeError(f"{run_dir}: model is at step {loaded.step} but trainer state at step "
                            f"{state['step']}; the run folder is inconsistent")
         optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # a raised or lowered lr applies from here on
-            group["lr"] = t.lr
+        for group in optimizer.param_groups:  # a changed lr or eps applies from here on
+            group["lr"], group["eps"] = t.lr, t.adam_eps
         set_rng_state(state["rng"], device)
         step = state["step"]
     try:
@@ -144,6 +166,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
     steps_per_epoch = math.ceil(n / batch)
     total_steps = t.epochs * steps_per_epoch
     images = train_set.images.to(device)
+    labels = train_set.labels.to(device) if train_set.labels is not None else None
+    objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, total_steps)
     fixed_noise = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def save(epoch: int) -> None:
@@ -161,11 +185,15 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
             order = _epoch_order(n, cfg.seed, epoch, device)
+            if t.lr_schedule == "burda":
+                for group in optimizer.param_groups:
+                    group["lr"] = burda_lr(t.lr, epoch)
             model.train()
             tick = time.perf_counter()
             for i in range(offset, steps_per_epoch):
-                x = train_set.to_float(images[order[i * batch:(i + 1) * batch]])
-                loss, metrics = objectives.elbo(model, x, cfg.beta)
+                index = order[i * batch:(i + 1) * batch]
+                x = train_set.to_float(images[index])
+                loss, metrics = objective(model, x, None if labels is None else labels[index], step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -197,8 +225,11 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
                               f"KL {last_test['kl']:.2f}, recon {last_test['recon']:.2f} nats")
                 if last or (t.sample_every and epoch % t.sample_every == 0):
                     model.eval()
-                    grid = model.sample(SAMPLE_GRID, generator=fixed_noise.manual_seed(cfg.seed))
-                    save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png")
+                    grid_labels = sample_labels(model, SAMPLE_GRID, device)
+                    grid = model.sample(len(grid_labels) if grid_labels is not None else SAMPLE_GRID,
+                                        generator=fixed_noise.manual_seed(cfg.seed), y=grid_labels)
+                    rows = model.spec.num_classes if grid_labels is not None else 8
+                    save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png", nrow=len(grid) // rows)
             if last or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
                 save(epoch)
     reporter.stop()

@@ -1,35 +1,26 @@
-"""Encoder and decoder networks. Encoders map images (B, C, H, W) to (B, out_features);
-decoders map latents (B, latent_dim) to per-pixel likelihood parameters (B, P, H, W)."""
+"""Networks. An encoder body maps images (B, C, H, W) to features (B, out_features); a decoder
+maps a vector (B, in_features) to per-pixel likelihood parameters (B, P*C, H, W).
+
+The VAE adds the heads (features -> posterior parameters) and any conditioning, so every body
+here serves every model: VAE, AE, hierarchical, conditional.
+"""
 
 from __future__ import annotations
 
 import math
 
-from torch import nn
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
-def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
+def mlp(sizes: list[int], activation: str = "relu", final_activation: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
-
-
-class MLPEncoder(nn.Sequential):
-    def __init__(self, image_shape: tuple[int, int, int], hidden: list[int], out_features: int):
-        super().__init__(nn.Flatten(), mlp([math.prod(image_shape), *hidden, out_features]))
-
-
-class MLPDecoder(nn.Sequential):
-    def __init__(self, image_shape: tuple[int, int, int], hidden: list[int], latent_dim: int,
-                 params_per_pixel: int = 1):
-        c, h, w = image_shape
-        super().__init__(
-            mlp([latent_dim, *reversed(hidden), params_per_pixel * c * h * w]),
-            nn.Unflatten(1, (params_per_pixel * c, h, w)),
-        )
 
 
 def conv_sizes(size: int, stages: int) -> list[int]:
@@ -40,35 +31,86 @@ def conv_sizes(size: int, stages: int) -> list[int]:
     return sizes
 
 
-class ConvEncoder(nn.Sequential):
-    def __init__(self, image_shape: tuple[int, int, int], channels: list[int], out_features: int):
-        c, h, w = image_shape
-        hs, ws = conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
-        if min(hs[-1], ws[-1]) < 1:
-            raise ValueError(f"{len(channels)} stride-2 stages are too many for {h}x{w} images")
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip([c, *channels[:-1]], channels):
-            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-        layers += [nn.Flatten(), nn.Linear(channels[-1] * hs[-1] * ws[-1], out_features)]
-        super().__init__(*layers)
+def _check_stages(h: int, w: int, stages: int) -> tuple[list[int], list[int]]:
+    hs, ws = conv_sizes(h, stages), conv_sizes(w, stages)
+    if min(hs[-1], ws[-1]) < 1:
+        raise ValueError(f"{stages} stride-2 stages are too many for {h}x{w} images")
+    return hs, ws
 
 
-class ConvDecoder(nn.Sequential):
-    def __init__(self, image_shape: tuple[int, int, int], channels: list[int], latent_dim: int,
-                 params_per_pixel: int = 1):
-        c, h, w = image_shape
-        hs, ws = conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
-        layers: list[nn.Module] = [
-            nn.Linear(latent_dim, channels[-1] * hs[-1] * ws[-1]),
-            nn.ReLU(),
-            nn.Unflatten(1, (channels[-1], hs[-1], ws[-1])),
-        ]
-        outs = [*reversed(channels[:-1]), params_per_pixel * c]
-        for stage, (c_in, c_out) in enumerate(zip(reversed(channels), outs)):
-            i = len(channels) - stage - 1  # upsample from size index i+1 to i
-            # A transposed 4x4 stride-2 conv doubles the size; output_padding restores odd sizes.
-            pad = (hs[i] - 2 * hs[i + 1], ws[i] - 2 * ws[i + 1])
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, output_padding=pad))
-            if stage < len(channels) - 1:
-                layers.append(nn.ReLU())
-        super().__init__(*layers)
+def _upsample(c_in: int, c_out: int, target: tuple[int, int], current: tuple[int, int]) -> nn.ConvTranspose2d:
+    # A transposed 4x4 stride-2 conv doubles the size; output_padding restores odd sizes.
+    pad = (target[0] - 2 * current[0], target[1] - 2 * current[1])
+    return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, output_padding=pad)
+
+
+class ResBlock(nn.Module):
+    """x + conv3x3(act(conv3x3(act(x)))), the pre-activation residual block (He et al. 2016)."""
+
+    def __init__(self, channels: int, activation: str = "relu"):
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        self.body = nn.Sequential(act(), nn.Conv2d(channels, channels, 3, padding=1),
+                                  act(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def encoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int],
+            activation: str = "relu") -> tuple[nn.Module, int]:
+    """An encoder body and the size of its feature vector."""
+    c, h, w = image_shape
+    act = ACTIVATIONS[activation]
+    if arch == "mlp":
+        return nn.Sequential(nn.Flatten(), mlp([c * h * w, *hidden], activation, final_activation=True)), hidden[-1]
+    hs, ws = _check_stages(h, w, len(hidden))
+    layers: list[nn.Module] = []
+    if arch == "conv":
+        for c_in, c_out in zip([c, *hidden[:-1]], hidden):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), act()]
+    elif arch == "resnet":
+        layers.append(nn.Conv2d(c, hidden[0], 3, padding=1))
+        for c_in, c_out in zip(hidden, [*hidden[1:], hidden[-1]]):
+            layers += [ResBlock(c_in, activation), act(), nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)]
+        layers.append(act())
+    else:
+        raise ValueError(f"unknown network {arch!r}")
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers), hidden[-1] * hs[-1] * ws[-1]
+
+
+def decoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int], in_features: int,
+            out_channels: int, activation: str = "relu") -> nn.Module:
+    """A decoder from (B, in_features) to (B, out_channels, H, W)."""
+    c, h, w = image_shape
+    act = ACTIVATIONS[activation]
+    if arch == "mlp":
+        return nn.Sequential(mlp([in_features, *reversed(hidden), out_channels * h * w], activation),
+                             nn.Unflatten(1, (out_channels, h, w)))
+    hs, ws = _check_stages(h, w, len(hidden))
+    top = hidden[-1]
+    layers: list[nn.Module] = [nn.Linear(in_features, top * hs[-1] * ws[-1]), act(),
+                               nn.Unflatten(1, (top, hs[-1], ws[-1]))]
+    n = len(hidden)
+    if arch == "conv":
+        outs = [*reversed(hidden[:-1]), out_channels]
+        for stage, (c_in, c_out) in enumerate(zip(reversed(hidden), outs)):
+            i = n - stage - 1  # from size index i+1 up to i
+            layers.append(_upsample(c_in, c_out, (hs[i], ws[i]), (hs[i + 1], ws[i + 1])))
+            if stage < n - 1:
+                layers.append(act())
+    elif arch == "resnet":
+        outs = [*reversed(hidden[:-1]), hidden[0]]
+        for stage, (c_in, c_out) in enumerate(zip(reversed(hidden), outs)):
+            i = n - stage - 1
+            layers += [ResBlock(c_in, activation), act(),
+                       _upsample(c_in, c_out, (hs[i], ws[i]), (hs[i + 1], ws[i + 1]))]
+        layers += [ResBlock(hidden[0], activation), act(), nn.Conv2d(hidden[0], out_channels, 3, padding=1)]
+    else:
+        raise ValueError(f"unknown network {arch!r}")
+    return nn.Sequential(*layers)
+
+
+def param_count(module: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in module.parameters())

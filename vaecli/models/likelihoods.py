@@ -1,22 +1,44 @@
-"""p(x|z): each likelihood turns decoder outputs (B, P*C, H, W) into a distribution whose
-event is one image (C, H, W), so log_prob(x) has shape (B,) and mean is an image batch."""
+"""p(x|z): each likelihood turns decoder outputs (B, P*C, H, W) into a distribution whose event
+is one image (C, H, W): log_prob(x) has shape (B,), and `mean` is an image batch in [0, 1]."""
 
 from __future__ import annotations
 
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal,
+                                 constraints)
+
+LOG_SIGMA_MIN = -7.0  # sigma >= ~1e-3: a learned variance collapsing to 0 sends log p to infinity
+
+
+def _image(dist: Distribution) -> Distribution:
+    # validate_args=False: grey pixels lie outside Bernoulli's {0, 1} support by design, and
+    # per-call validation costs time in the training loop.
+    return Independent(dist, 3, validate_args=False)
 
 
 class BernoulliLikelihood(nn.Module):
-    """Per-pixel Bernoulli with logits from the decoder. On grey [0, 1] pixels its log_prob is
-    the (negative) binary cross-entropy that most VAE code uses; it is a proper likelihood for
-    binarized data."""
+    """Per-pixel Bernoulli(logits). On grey [0, 1] pixels log_prob is the negative binary
+    cross-entropy most VAE code uses; it is a proper likelihood for binary data only."""
 
     params_per_pixel = 1
 
     def forward(self, params: Tensor) -> Distribution:
-        # validate_args=False: grey pixel values are outside Bernoulli's {0, 1} support by design.
-        return Independent(Bernoulli(logits=params, validate_args=False), 3, validate_args=False)
+        return _image(Bernoulli(logits=params, validate_args=False))
+
+
+class ContinuousBernoulliLikelihood(nn.Module):
+    """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): the Bernoulli shape renormalized
+    into a density on [0, 1], the correct likelihood for grey pixels. Its mean is not the
+    Bernoulli parameter, which is why samples shown with it are less washed out."""
+
+    params_per_pixel = 1
+
+    def forward(self, params: Tensor) -> Distribution:
+        return _image(ContinuousBernoulli(logits=params, validate_args=False))
 
 
 class GaussianLikelihood(nn.Module):
@@ -29,12 +51,96 @@ class GaussianLikelihood(nn.Module):
         self.sigma = float(sigma)
 
     def forward(self, params: Tensor) -> Distribution:
-        return Independent(Normal(params, self.sigma, validate_args=False), 3, validate_args=False)
+        return _image(Normal(params, self.sigma, validate_args=False))
 
 
-def build(name: str, sigma: float | None = None) -> nn.Module:
+class LearnedGaussianLikelihood(nn.Module):
+    """Per-pixel Normal with a learned sigma: one global log sigma, or (per_pixel) a second
+    decoder output per pixel. log sigma is clamped below at LOG_SIGMA_MIN."""
+
+    def __init__(self, per_pixel: bool, init_sigma: float = 0.1):
+        super().__init__()
+        self.per_pixel = per_pixel
+        self.params_per_pixel = 2 if per_pixel else 1
+        if not per_pixel:
+            self.log_sigma = nn.Parameter(torch.tensor(math.log(init_sigma)))
+
+    def forward(self, params: Tensor) -> Distribution:
+        if self.per_pixel:
+            mean, log_sigma = params.chunk(2, dim=-3)
+        else:
+            mean, log_sigma = params, self.log_sigma.expand_as(params)
+        return _image(Normal(mean, log_sigma.clamp(min=LOG_SIGMA_MIN).exp(), validate_args=False))
+
+
+class DiscretizedLogisticMixture(Distribution):
+    """Per-pixel mixture of K logistics discretized to 256 bins (Salimans et al. 2017,
+    PixelCNN++), channels independent. Batch (..., C, H, W) with values x = k/255, k = 0..255.
+
+    Bin k covers [x - 1/255, x + 1/255] on the [-1, 1] scale; the edge bins take the tails,
+    so the 256 probabilities of a pixel sum to exactly 1.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.unit_interval
+
+    def __init__(self, logit_probs: Tensor, means: Tensor, log_scales: Tensor):
+        """Each (..., K, C, H, W) with means on the [-1, 1] scale."""
+        self.logit_probs, self.means = logit_probs, means
+        self.log_scales = log_scales.clamp(min=LOG_SIGMA_MIN)
+        batch = means.shape[:-4] + means.shape[-3:]
+        super().__init__(batch_shape=batch, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        x = (value * 2 - 1).unsqueeze(-4)  # [0, 1] -> [-1, 1], broadcast over the K components
+        centred = x - self.means
+        inv_scale = torch.exp(-self.log_scales)
+        plus = inv_scale * (centred + 1 / 255)
+        minus = inv_scale * (centred - 1 / 255)
+        log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus)
+        log_one_minus_cdf_minus = -F.softplus(minus)  # log (1 - sigmoid(minus))
+        cdf_delta = torch.sigmoid(plus) - torch.sigmoid(minus)
+        mid = inv_scale * centred
+        # Where the bin is tiny relative to the scale, fall back to the density times the bin width.
+        log_pdf_mid = mid - self.log_scales - 2 * F.softplus(mid) + math.log(2 / 255)
+        log_inner = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid)
+        log_bin = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_inner))
+        log_weights = torch.log_softmax(self.logit_probs, dim=-4)
+        return torch.logsumexp(log_weights + log_bin, dim=-4)
+
+    @property
+    def mean(self) -> Tensor:
+        weights = torch.softmax(self.logit_probs, dim=-4)
+        return ((weights * self.means).sum(-4).clamp(-1, 1) + 1) / 2
+
+
+class LogisticLikelihood(nn.Module):
+    """Discretized logistic (K = 1) or a mixture of K logistics per pixel, for 8-bit images."""
+
+    def __init__(self, mixtures: int = 1):
+        super().__init__()
+        self.k = mixtures
+        self.params_per_pixel = 3 * mixtures
+
+    def forward(self, params: Tensor) -> Distribution:
+        lead, (pc, h, w) = params.shape[:-3], params.shape[-3:]
+        c = pc // self.params_per_pixel
+        logit_probs, means, log_scales = params.reshape(*lead, 3, self.k, c, h, w).unbind(-5)
+        return _image(DiscretizedLogisticMixture(logit_probs, torch.tanh(means), log_scales))
+
+
+NAMES = ("bernoulli", "cbernoulli", "gaussian", "gaussian_learned", "logistic")
+
+
+def build(name: str, sigma: float | None = None, per_pixel: bool = False, mixtures: int = 1) -> nn.Module:
     if name == "bernoulli":
         return BernoulliLikelihood()
+    if name == "cbernoulli":
+        return ContinuousBernoulliLikelihood()
     if name == "gaussian":
         return GaussianLikelihood(sigma if sigma is not None else 0.1)
+    if name == "gaussian_learned":
+        return LearnedGaussianLikelihood(per_pixel, sigma if sigma is not None else 0.1)
+    if name == "logistic":
+        return LogisticLikelihood(mixtures)
     raise ValueError(f"unknown likelihood {name!r}")

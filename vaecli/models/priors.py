@@ -1,14 +1,20 @@
-"""p(z): a prior is a module whose forward() returns a distribution with event (latent_dim,)."""
+"""p(z): a prior is a module; `model.prior(temperature)` returns a distribution with event
+(latent_dim,). Only the standard normal has a closed-form KL to a Gaussian posterior; the
+others are handled by a single-sample Monte Carlo estimate log q(z|x) - log p(z)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
+
+NAMES = ("normal", "mog", "vamp")
 
 
 class StandardNormal(nn.Module):
-    """p(z) = N(0, I). The KL from a Gaussian posterior to it has a closed form."""
+    """p(z) = N(0, I)."""
+
+    analytic_kl = True
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -16,6 +22,55 @@ class StandardNormal(nn.Module):
         self.register_buffer("loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
-    def forward(self, temperature: float = 1.0) -> Distribution:
+    def forward(self, temperature: float = 1.0, encode=None) -> Distribution:
         """temperature scales sigma: sampling at T < 1 trades diversity for typicality."""
         return Independent(Normal(self.loc, self.scale * temperature), 1)
+
+
+class MixtureOfGaussians(nn.Module):
+    """A learnable mixture of K diagonal Gaussians (e.g. Dilokthanakul et al. 2016)."""
+
+    analytic_kl = False
+
+    def __init__(self, latent_dim: int, components: int):
+        super().__init__()
+        # Spread the initial means so the components do not start identical.
+        self.means = nn.Parameter(torch.randn(components, latent_dim))
+        self.log_scales = nn.Parameter(torch.zeros(components, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def forward(self, temperature: float = 1.0, encode=None) -> Distribution:
+        scales = self.log_scales.clamp(-7, 5).exp() * temperature
+        return MixtureSameFamily(Categorical(logits=self.logits), Independent(Normal(self.means, scales), 1))
+
+
+class VampPrior(nn.Module):
+    """p(z) = (1/K) sum_k q(z | u_k) with K learned pseudo-inputs u_k (Tomczak & Welling 2018).
+
+    The prior is the aggregate posterior of the pseudo-inputs, so it needs the encoder: the
+    model passes its `encode` when asking for the prior.
+    """
+
+    analytic_kl = False
+
+    def __init__(self, image_shape: tuple[int, int, int], components: int):
+        super().__init__()
+        # Initialised near mid-grey with small noise, as in the paper's code.
+        self.pseudo_inputs = nn.Parameter(0.5 + 0.01 * torch.randn(components, *image_shape))
+
+    def forward(self, temperature: float = 1.0, encode=None) -> Distribution:
+        q = encode(self.pseudo_inputs.clamp(0, 1))  # hardtanh to the data range
+        base = q.base_dist
+        components = Independent(Normal(base.loc, base.scale * temperature), 1)
+        uniform = torch.zeros(self.pseudo_inputs.shape[0], device=base.loc.device)
+        return MixtureSameFamily(Categorical(logits=uniform), components)
+
+
+def build(name: str, latent_dim: int, image_shape: tuple[int, int, int], components: int = 10) -> nn.Module:
+    if name == "normal":
+        return StandardNormal(latent_dim)
+    if name == "mog":
+        return MixtureOfGaussians(latent_dim, components)
+    if name == "vamp":
+        return VampPrior(image_shape, components)
+    raise ValueError(f"unknown prior {name!r}")

@@ -1,80 +1,287 @@
-"""The VAE: p(z) p(x|z) with an amortized Gaussian posterior q(z|x) (Kingma & Welling 2013)."""
+"""The model family: VAE (Kingma & Welling 2013), its conditional form (Sohn et al. 2015), the
+deterministic autoencoder baseline, and the two-stochastic-layer VAE of Burda et al. (2015).
+
+Every model answers the same questions, so objectives and commands never ask which one it is:
+  terms(x, y)          one-sample pieces of the ELBO: log p(x|z), KL, KL per dimension
+  log_weights(x, k, y) log p(x, z_j) - log q(z_j|x) for k posterior samples (IWAE)
+  latent_mean(x, y)    the point in latent space an image maps to (interpolation)
+  decode(z, y)         p(x|z);  sample(n, ...) prior draws decoded to the likelihood mean
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal, kl_divergence
 
+from ..errors import UsageError
 from . import blocks, likelihoods, priors
+
+KINDS = ("vae", "ae", "hvae")
 
 
 @dataclass
 class VAESpec:
     """Everything needed to rebuild a model; stored as JSON in model.safetensors' metadata."""
 
-    arch: str  # mlp | conv
+    arch: str  # network: mlp | conv | resnet
     image_shape: tuple[int, int, int]  # (C, H, W)
     latent_dim: int = 20
     hidden: list[int] = field(default_factory=lambda: [400])
     likelihood: str = "bernoulli"
-    sigma: float | None = None  # gaussian likelihood only
+    sigma: float | None = None  # gaussian: fixed sigma; gaussian_learned: initial sigma
     prior: str = "normal"
+    kind: str = "vae"  # vae | ae | hvae
+    activation: str = "relu"
+    num_classes: int | None = None  # set: a conditional model on the class label
+    per_pixel: bool = False  # gaussian_learned: one sigma per pixel instead of one in all
+    mixtures: int = 1  # logistic: mixture components per pixel
+    prior_components: int = 10  # mog: Gaussians; vamp: pseudo-inputs
+    latent_dim2: int = 50  # hvae: the top stochastic layer
+    hidden2: list[int] = field(default_factory=lambda: [100, 100])  # hvae: z1 <-> z2 networks
 
     def __post_init__(self):
         self.image_shape = tuple(int(s) for s in self.image_shape)
         self.hidden = [int(h) for h in self.hidden]
+        self.hidden2 = [int(h) for h in self.hidden2]
+
+
+def _gaussian(params: Tensor) -> Distribution:
+    """(…, 2D) -> N(mu, sigma^2) with event (D,)."""
+    mu, logvar = params.chunk(2, dim=-1)
+    # clamp: exp() overflows on the large logvars of early training
+    return Independent(Normal(mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))), 1)
 
 
 class VAE(nn.Module):
-    """encode(x) -> q(z|x), decode(z) -> p(x|z), prior() -> p(z); images are (B, C, H, W)."""
+    """p(z) p(x|z) with an amortized Gaussian posterior q(z|x); images are (B, C, H, W)."""
+
+    stochastic = True
 
     def __init__(self, spec: VAESpec):
         super().__init__()
         self.spec = spec
-        self.likelihood = likelihoods.build(spec.likelihood, spec.sigma)
-        params = self.likelihood.params_per_pixel
-        if spec.arch == "mlp":
-            self.encoder = blocks.MLPEncoder(spec.image_shape, spec.hidden, 2 * spec.latent_dim)
-            self.decoder = blocks.MLPDecoder(spec.image_shape, spec.hidden, spec.latent_dim, params)
-        elif spec.arch == "conv":
-            self.encoder = blocks.ConvEncoder(spec.image_shape, spec.hidden, 2 * spec.latent_dim)
-            self.decoder = blocks.ConvDecoder(spec.image_shape, spec.hidden, spec.latent_dim, params)
-        else:
-            raise ValueError(f"unknown model {spec.arch!r}")
-        self.prior = priors.StandardNormal(spec.latent_dim)
+        self.likelihood = likelihoods.build(spec.likelihood, spec.sigma, spec.per_pixel, spec.mixtures)
+        c = spec.num_classes or 0
+        self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation)
+        self.head = nn.Linear(features + c, self._head_outputs())
+        out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
+        self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, spec.latent_dim + c,
+                                      out_channels, spec.activation)
+        self.prior_net = priors.build(spec.prior, self._prior_dim(), spec.image_shape, spec.prior_components)
+
+    def _head_outputs(self) -> int:
+        return 2 * self.spec.latent_dim
+
+    def _prior_dim(self) -> int:
+        return self.spec.latent_dim
 
     @property
     def latent_dim(self) -> int:
         return self.spec.latent_dim
 
     @property
+    def conditional(self) -> bool:
+        return bool(self.spec.num_classes)
+
+    @property
+    def exact_kl(self) -> bool:
+        """Whether KL(q(z|x) || p(z)) has a closed form (standard-normal prior)."""
+        return self.prior_net.analytic_kl
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode(self, x: Tensor) -> Distribution:
-        """q(z|x) = N(mu, sigma^2): batch (B,), event (latent_dim,)."""
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
-        # clamp: exp() overflows on the large logvars of early training
-        return Independent(Normal(mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))), 1)
+    def _condition(self, h: Tensor, y: Tensor | None) -> Tensor:
+        """Append one-hot labels (B,) to features (..., B, F) for a conditional model."""
+        if not self.conditional:
+            return h
+        if y is None:
+            raise UsageError("this is a conditional model: it needs class labels (e.g. --label 3)")
+        onehot = F.one_hot(y.long(), self.spec.num_classes).to(h.dtype)
+        return torch.cat([h, onehot.expand(*h.shape[:-1], onehot.shape[-1])], dim=-1)
 
-    def decode(self, z: Tensor) -> Distribution:
+    # -- the model's distributions ---------------------------------------------------------
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        """q(z|x): batch (B,), event (latent_dim,)."""
+        return _gaussian(self.head(self._condition(self.encoder(x), y)))
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x|z) for latents (..., latent_dim): batch (...), event (C, H, W)."""
         lead = z.shape[:-1]
-        params = self.decoder(z.reshape(-1, z.shape[-1]))
+        h = self._condition(z, y)
+        params = self.decoder(h.reshape(-1, h.shape[-1]))
         return self.likelihood(params.reshape(*lead, *params.shape[1:]))
 
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        """n images (n, C, H, W) in [0, 1]: prior draws decoded to the likelihood's mean."""
+    def prior(self, temperature: float = 1.0) -> Distribution:
+        """p(z), event (latent_dim,); temperature scales its sigma(s)."""
+        return self.prior_net(temperature, encode=self.encode)
+
+    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.encode(x, y).mean
+
+    # -- what objectives and evaluation use ------------------------------------------------
+
+    def terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """One reparameterized sample: log_px (B,), kl (B,), kl_per_dim (B, D) or None.
+
+        The KL is closed form for the standard-normal prior; otherwise the single-sample Monte
+        Carlo estimate log q(z|x) - log p(z), which is unbiased but noisy (kl_exact False).
+        """
+        posterior = self.encode(x, y)
+        z = posterior.rsample()  # reparameterization: z = mu + sigma * eps
+        log_px = self.decode(z, y).log_prob(x)
+        prior = self.prior()
+        if self.prior_net.analytic_kl:
+            kl_per_dim = kl_divergence(posterior.base_dist, prior.base_dist)
+            return {"log_px": log_px, "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim, "kl_exact": True}
+        kl = posterior.log_prob(z) - prior.log_prob(z)
+        return {"log_px": log_px, "kl": kl, "kl_per_dim": None, "kl_exact": False}
+
+    def log_weights(self, x: Tensor, k: int, y: Tensor | None = None,
+                    reparam: bool = False) -> tuple[Tensor, Tensor]:
+        """log w_j = log p(x, z_j) - log q(z_j|x), z_j ~ q(z|x): (log_w, log_px), each (k, B).
+
+        reparam=True keeps the gradient path through z (IWAE training)."""
+        posterior = self.encode(x, y)
+        z = posterior.rsample((k,)) if reparam else posterior.sample((k,))  # (k, B, latent_dim)
+        log_px = self.decode(z, y).log_prob(x)  # x broadcasts over the k samples
+        return log_px + self.prior().log_prob(z) - posterior.log_prob(z), log_px
+
+    def kl(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """KL(q(z|x) || p(z)) per image (B,): exact when closed form, else 64-sample Monte Carlo."""
+        posterior = self.encode(x, y)
+        if self.prior_net.analytic_kl:
+            return kl_divergence(posterior, self.prior())
+        z = posterior.sample((64,))
+        return (posterior.log_prob(z) - self.prior().log_prob(z)).mean(0)
+
+    # -- pictures ----------------------------------------------------------------------------
+
+    def _prior_draws(self, n: int, temperature: float, generator: torch.Generator | None) -> Tensor:
+        """n draws from p(z) (n, D), reproducible from `generator` for every prior."""
         p = self.prior(temperature)
-        eps = torch.randn((n, self.latent_dim), generator=generator, device=self.device)
-        z = p.base_dist.loc + p.base_dist.scale * eps
-        return self.decode(z).mean.clamp(0, 1)
+        if isinstance(p, MixtureSameFamily):  # pick a component, then draw from it
+            probs = p.mixture_distribution.probs
+            index = torch.multinomial(probs, n, replacement=True, generator=generator)
+            base = p.component_distribution.base_dist
+            loc, scale = base.loc[index], base.scale[index]
+        else:
+            loc, scale = p.base_dist.loc.expand(n, -1), p.base_dist.scale.expand(n, -1)
+        return loc + scale * torch.randn(loc.shape, generator=generator, device=loc.device)
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Decode the posterior mean of each image: (B, C, H, W) in [0, 1]."""
-        return self.decode(self.encode(x).mean).mean.clamp(0, 1)
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+               y: Tensor | None = None) -> Tensor:
+        """n images (n, C, H, W) in [0, 1]: prior draws decoded to the likelihood's mean."""
+        return self.decode(self._prior_draws(n, temperature, generator), y).mean.clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Decode the latent mean of each image: (B, C, H, W) in [0, 1]."""
+        return self.decode(self.latent_mean(x, y), y).mean.clamp(0, 1)
+
+
+class AE(VAE):
+    """The deterministic autoencoder baseline: same networks, z = encoder(x), no KL.
+
+    Its loss is the reconstruction term alone. `sample` still decodes N(0, I) draws, which shows
+    the holes such an unregularized latent space has; there is no bound to evaluate.
+    """
+
+    stochastic = False
+
+    def _head_outputs(self) -> int:
+        return self.spec.latent_dim
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        raise UsageError("model=ae is a deterministic autoencoder: it has no posterior q(z|x)")
+
+    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.head(self._condition(self.encoder(x), y))
+
+    def terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        log_px = self.decode(self.latent_mean(x, y), y).log_prob(x)
+        return {"log_px": log_px, "kl": torch.zeros_like(log_px), "kl_per_dim": None, "kl_exact": True}
+
+    def log_weights(self, x, k, y=None, reparam=False):
+        raise UsageError("model=ae is a deterministic autoencoder: it has no ELBO or IWAE bound "
+                         "to evaluate; train a VAE (e.g. model=mlp) for eval-iwae")
+
+    def kl(self, x, y=None):
+        return self.log_weights(x, 1, y)
+
+
+class HVAE(VAE):
+    """Two stochastic layers (Burda et al. 2015): inference x -> z1 -> z2, generation
+    p(z2) p(z1|z2) p(x|z1). z1 has latent_dim units, z2 latent_dim2; the z1 <-> z2 networks
+    are MLPs with `hidden2` units. encode/decode/latent_mean work on z1."""
+
+    def __init__(self, spec: VAESpec):
+        super().__init__(spec)
+        d1, d2 = spec.latent_dim, spec.latent_dim2
+        self.q_z2 = blocks.mlp([d1, *spec.hidden2, 2 * d2], spec.activation)
+        self.p_z1 = blocks.mlp([d2, *reversed(spec.hidden2), 2 * d1], spec.activation)
+
+    def _prior_dim(self) -> int:
+        return self.spec.latent_dim2
+
+    @property
+    def exact_kl(self) -> bool:
+        return False
+
+    def q2(self, z1: Tensor) -> Distribution:
+        return _gaussian(self.q_z2(z1))
+
+    def p1(self, z2: Tensor) -> Distribution:
+        return _gaussian(self.p_z1(z2))
+
+    def _log_joint_minus_q(self, x, y, q1, z1, z2, q2) -> tuple[Tensor, Tensor]:
+        log_px = self.decode(z1, y).log_prob(x)
+        log_pz = self.p1(z2).log_prob(z1) + self.prior().log_prob(z2)
+        return log_px, log_pz - q1.log_prob(z1) - q2.log_prob(z2)
+
+    def terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        q1 = self.encode(x, y)
+        z1 = q1.rsample()
+        q2 = self.q2(z1)
+        z2 = q2.rsample()
+        log_px, minus_kl = self._log_joint_minus_q(x, y, q1, z1, z2, q2)
+        return {"log_px": log_px, "kl": -minus_kl, "kl_per_dim": None, "kl_exact": False}
+
+    def log_weights(self, x: Tensor, k: int, y: Tensor | None = None,
+                    reparam: bool = False) -> tuple[Tensor, Tensor]:
+        q1 = self.encode(x, y)
+        z1 = q1.rsample((k,)) if reparam else q1.sample((k,))
+        q2 = self.q2(z1)
+        z2 = q2.rsample() if reparam else q2.sample()
+        log_px, rest = self._log_joint_minus_q(x, y, q1, z1, z2, q2)
+        return log_px + rest, log_px
+
+    def kl(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        q1 = self.encode(x, y)
+        z1 = q1.sample((64,))
+        q2 = self.q2(z1)
+        z2 = q2.sample()
+        _, minus_kl = self._log_joint_minus_q(x, y, q1, z1, z2, q2)
+        return -minus_kl.mean(0)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+               y: Tensor | None = None) -> Tensor:
+        z2 = self._prior_draws(n, temperature, generator)
+        p1 = self.p1(z2).base_dist
+        eps = torch.randn(p1.loc.shape, generator=generator, device=self.device)
+        z1 = p1.loc + temperature * p1.scale * eps
+        return self.decode(z1, y).mean.clamp(0, 1)
+
+
+def build(spec: VAESpec) -> VAE:
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown model kind {spec.kind!r}")
+    return {"vae": VAE, "ae": AE, "hvae": HVAE}[spec.kind](spec)
