@@ -7,8 +7,6 @@ here serves every model: VAE, AE, hierarchical, conditional.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
@@ -110,7 +108,3 @@ def decoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int], in_
     else:
         raise ValueError(f"unknown network {arch!r}")
     return nn.Sequential(*layers)
-
-
-def param_count(module: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in module.parameters())
