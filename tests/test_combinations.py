@@ -99,6 +99,8 @@ def check_combination(overrides, tmp_path, capsys):
     else:
         result = cli_json(capsys, "eval-iwae", "--ckpt", ckpt, "--k", "4", "--n", "4")
         assert result["iwae"] == result["iwae"] and result["n"] == 4  # finite, not NaN
+        exact = composed.cfg.prior.name == "normal" and composed.cfg.model.name != "hvae"
+        assert result["kl_exact"] is exact and summary["kl_exact"] is exact
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv", "hvae"])

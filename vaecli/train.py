@@ -168,6 +168,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
     images = train_set.images.to(device)
     labels = train_set.labels.to(device) if train_set.labels is not None else None
     objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, total_steps)
+    # Mixture/Vamp priors and the hierarchical model have no closed-form KL: say so in the metrics.
+    kl_exact = model.exact_kl if model.stochastic else True
     fixed_noise = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def save(epoch: int) -> None:
@@ -220,7 +222,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
             last = step == total_steps
             with forked_rng():
                 last_test = evaluate.elbo_dataset(model, test_set, t.eval_batch_size)
-                checkpoint.append_metrics(run_dir, {"step": step, "epoch": epoch, "split": "test", **last_test})
+                checkpoint.append_metrics(run_dir, {"step": step, "epoch": epoch, "split": "test", **last_test,
+                                                    "kl_exact": kl_exact})
                 reporter.note(f"epoch {epoch}/{t.epochs}: test ELBO {last_test['elbo']:.2f}, "
                               f"KL {last_test['kl']:.2f}, recon {last_test['recon']:.2f} nats")
                 if last or (t.sample_every and epoch % t.sample_every == 0):
@@ -244,6 +247,7 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
         "epochs": t.epochs,
         "test_elbo": last_test["elbo"],
         "test_kl": last_test["kl"],
+        "kl_exact": kl_exact,
         "test_recon": last_test["recon"],
         "train_seconds": train_seconds,
         "img_per_s": seen / train_seconds if train_seconds > 0 else None,
