@@ -85,8 +85,10 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", min_width=len(title))
     table.add_column(style="bold")
     table.add_column(justify="right")
+    from rich.markup import escape
+
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))  # "[z_u]" is text, not rich markup
     return table
 
 
@@ -283,6 +285,8 @@ def train(
         ("test ELBO", f"{summary['test_elbo']:.2f} nats"),
         ("test KL" + ("" if summary["kl_exact"] else " (Monte Carlo)"), f"{summary['test_kl']:.2f} nats"),
         ("test recon", f"{summary['test_recon']:.2f} nats"),
+        *([("active units", f"{summary['active_units']} / {summary['latent_dim']}")]
+          if summary.get("active_units") is not None else []),
         ("steps", str(summary["step"])),
         ("train time", f"{summary['train_seconds']:.1f} s"),
         ("images/s", f"{ips:,.0f}" if ips else "-"),
@@ -440,7 +444,7 @@ def interpolate(
 @app.command("eval-iwae")
 def eval_iwae(
     ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
-    k: int = typer.Option(5000, "--k", help="Importance samples per image."),
+    k: str = typer.Option("5000", "--k", help="Importance samples per image, or a list (1,50,5000) to see the bound tighten."),
     n: Optional[int] = typer.Option(None, "--n", help="Use only the first N images of the split."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per batch."),
     split: str = typer.Option("test", "--split", help="test or train."),
@@ -450,8 +454,9 @@ def eval_iwae(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """ELBO and the IWAE bound log (1/k) sum p(x,z_k)/q(z_k|x) (Burda et al. 2015), nats/image."""
-    _positive("--k", k)
+    """ELBO and the IWAE bound log (1/k) sum p(x,z_k)/q(z_k|x) (Burda et al. 2015), nats/image,
+    with the latent diagnostics: KL per dimension, active units, I(x; z), KL(q(z) || p(z))."""
+    ks = _k_list(k)
     _positive("--n", n)
     _positive("--batch-size", batch_size)
     if split not in ("test", "train"):
@@ -470,27 +475,240 @@ def eval_iwae(
     if stderr.is_terminal and not quiet and not as_json:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        progress = Progress(TextColumn(f"[bold]eval-iwae k={k}"), BarColumn(), MofNCompleteColumn(),
+        progress = Progress(TextColumn(f"[bold]eval-iwae k={ks[-1]}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("images  ETA"), TimeRemainingColumn(), console=stderr)
         task = progress.add_task("eval", total=len(data))
         progress.start()
     try:
-        result = iwae_dataset(loaded.model, data, k, batch_size,
+        result = iwae_dataset(loaded.model, data, ks, batch_size,
                               on_batch=(lambda m: progress.advance(task, m)) if progress else None)
     finally:
         if progress is not None:
             progress.stop()
     result.update({"split": split, "ckpt": str(loaded.path), "dataset": loaded.dataset.name,
                    "kl_exact": loaded.model.exact_kl})
-    table = _table(f"eval-iwae: {loaded.dataset.name} {split}, n={result['n']}, k={k}", [
-        ("ELBO", f"{result['elbo']:.2f} ± {_se(result['elbo_se'])} nats"),
-        (f"IWAE (k={k})", f"{result['iwae']:.2f} ± {_se(result['iwae_se'])} nats"),
+    k = result["k"]
+    rows = [("ELBO", f"{result['elbo']:.2f} ± {_se(result['elbo_se'])} nats")]
+    for j, bound in result["iwae_by_k"].items():
+        rows.append((f"IWAE (k={j})", f"{bound['iwae']:.2f} ± {_se(bound['iwae_se'])} nats"))
+    rows += [
         ("-log p(x) <=", f"{result['nll']:.2f} nats = {result['bits_per_dim']:.4f} bits/dim"),
         ("KL" + ("" if result["kl_exact"] else f" (Monte Carlo, k={k})"), f"{result['kl']:.2f} nats"),
         ("recon", f"{result['recon']:.2f} nats"),
-        ("time", f"{result['seconds']:.1f} s ({result['samples_per_s']:,.0f} samples/s)"),
-    ])
+        ("active units", f"{result['active_units']} / {result['latent_dim']} (Cov_x E[z_u] > 0.01)"),
+        ("I(x; z)", f"{result['mutual_info']:.2f} nats (at most log n = {math.log(result['n']):.2f})"),
+    ]
+    if result["agg_posterior_kl"] is not None:
+        rows.append(("KL(q(z) || p(z))", f"{result['agg_posterior_kl']:.2f} nats (mean KL - I(x; z))"))
+    if result["kl_per_dim"] is not None:
+        rows.append(("KL per dim", _kl_dims(result["kl_per_dim"])))
+    rows.append(("time", f"{result['seconds']:.1f} s ({result['samples_per_s']:,.0f} samples/s)"))
+    table = _table(f"eval-iwae: {loaded.dataset.name} {split}, n={result['n']}, k={k}", rows)
+    if result["collapsed"]:
+        from .evaluate import COLLAPSE_ADVICE
+
+        stderr.print("warning: " + COLLAPSE_ADVICE.format(kl=result["kl"], active=result["active_units"]),
+                     markup=False, highlight=False)
     _emit(result, as_json, table)
+
+
+def _k_list(text: str) -> list[int]:
+    """--k 5000 or --k 1,50,5000."""
+    try:
+        ks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--k takes a whole number or a list like 1,50,5000 (got {text!r})") from None
+    if not ks:
+        raise UsageError("--k needs at least one value")
+    for j in ks:
+        _positive("--k", j)
+    return sorted(set(ks))
+
+
+def _kl_dims(values: list[float]) -> str:
+    """KL per dimension, largest first, as 'd3 4.21, d0 3.90, ...' (at most 8 shown)."""
+    order = sorted(range(len(values)), key=lambda d: -values[d])
+    shown = ", ".join(f"z{d} {values[d]:.2f}" for d in order[:8])
+    return shown + (f", … ({len(values) - 8} more)" if len(values) > 8 else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# traverse / latent-plot / plot-metrics / eval-disentanglement
+
+
+@app.command()
+def traverse(
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    image: Optional[str] = typer.Option(None, "--image", help="Sweep around this image's posterior mean (file or test:N); default z = 0."),
+    dims: str = typer.Option("10", "--dims", help="How many dimensions (the most informative first), or 'all'."),
+    span: float = typer.Option(3.0, "--range", help="Sweep each dimension over mean +- this."),
+    steps: int = typer.Option(9, "--steps", help="Points per row."),
+    label: Optional[str] = typer.Option(None, "--label", help="Conditional models: the class to decode with."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/traverse.png)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """One row per latent dimension, sweeping it around a point; rows ordered by KL (most
+    informative first; by the variance of the posterior means where no per-dimension KL exists)."""
+    _positive("--steps", steps, 2)
+    _positive("--range", span, 0, strict=True)
+    if dims != "all" and not (dims.isdigit() and int(dims) >= 1):
+        raise UsageError(f"--dims takes a number >= 1 or 'all' (got {dims!r})")
+    import torch
+
+    from . import evaluate, latent
+    from .data.images import save_grid
+
+    loaded = _load(ckpt, device)
+    model = loaded.model
+    reference = _dataset(loaded, "test", data_root).head(1000)
+    means = evaluate.latent_means(model, reference)
+    if model.stochastic and model.exact_kl:
+        scores = evaluate.kl_per_dim(*evaluate.posteriors(model, reference))
+        ordered_by = "kl"
+    else:
+        scores = evaluate.active_units(means)[1]
+        ordered_by = "variance of the posterior mean"
+    order = sorted(range(len(scores)), key=lambda d: -scores[d])
+    chosen = order if dims == "all" else order[:int(dims)]
+    which = _label(model, label)
+    if image is not None:
+        x, _, y = _inputs([image], loaded, data_root, label=which)
+        center = model.latent_mean(x, y)[0].detach()
+        y = None if y is None else y[0]
+    else:
+        center = torch.zeros(model.latent_dim, device=model.device)
+        y = torch.tensor(which if which is not None else 0, device=model.device) if model.conditional else None
+    z = latent.traversal(center, chosen, span, steps)
+    with torch.no_grad():
+        frames = model.decode(z, None if y is None else y.expand(len(z))).mean.clamp(0, 1)
+    path = save_grid(frames, out or _default_out(loaded, "traverse.png"), nrow=steps)
+    result = {"out": str(path), "dims": chosen, "ordered_by": ordered_by,
+              "scores": [scores[d] for d in chosen], "range": span, "steps": steps, "ckpt": str(loaded.path)}
+    if not as_json:
+        stdout.print(f"wrote {len(chosen)} rows (dims {', '.join(map(str, chosen))}, by {ordered_by}) to {path}")
+    _emit(result, as_json)
+
+
+@app.command("latent-plot")
+def latent_plot(
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    n: int = typer.Option(5000, "--n", help="Test images to plot."),
+    method: str = typer.Option("auto", "--method", help="auto (2-D latents directly, else PCA), pca or tsne."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/latent.png)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for t-SNE."),
+    label: Optional[str] = typer.Option(None, "--label", help="Conditional models: the class of the manifold grid."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Posterior means of test images coloured by label: directly when latent_dim = 2 (with the
+    decoded manifold grid beside it), else projected by PCA or t-SNE."""
+    _positive("--n", n)
+    if method not in ("auto", "pca", "tsne"):
+        raise UsageError(f"--method must be auto, pca or tsne (got {method!r})")
+    import torch
+
+    from . import evaluate, plots
+    from .data.images import save_grid
+
+    loaded = _load(ckpt, device)
+    model = loaded.model
+    data = _dataset(loaded, "test", data_root).head(n)
+    means = evaluate.latent_means(model, data).cpu()
+    d = means.shape[1]
+    labels = data.labels.numpy() if data.labels is not None else None
+    if d == 2 and method == "auto":
+        points, used, axes = means.numpy(), "direct", ("z0", "z1")
+    elif method == "tsne":
+        if len(means) < 5:
+            raise UsageError("t-SNE needs at least 5 points; raise --n")
+        from sklearn.manifold import TSNE
+
+        tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(means) - 1) / 3))
+        points, used, axes = tsne.fit_transform(means.numpy()), "tsne", ("t-SNE 1", "t-SNE 2")
+    else:
+        centred = means - means.mean(0)
+        _, singular, v = torch.linalg.svd(centred, full_matrices=False)
+        share = (singular.square() / singular.square().sum()).tolist()
+        points = (centred @ v.T[:, :2]).numpy() if d >= 2 else torch.cat([centred, torch.zeros_like(centred)], 1).numpy()
+        used = "pca"
+        axes = tuple(f"PC{i + 1} ({share[i]:.0%} of variance)" if i < len(share) else f"PC{i + 1}" for i in range(2))
+    path = out or _default_out(loaded, "latent.png")
+    title = f"{loaded.dataset.name}: {len(means)} test images, latent_dim={d}, {used}"
+    plots.scatter_figure(points, labels, path, title, *axes)
+    result = {"out": str(path), "method": used, "n": len(means), "latent_dim": d, "ckpt": str(loaded.path)}
+    if d == 2:  # the decoded manifold (Kingma & Welling 2013, Fig. 4): a grid of prior quantiles
+        q = torch.distributions.Normal(0, 1).icdf(torch.linspace(0.05, 0.95, 20))
+        grid = torch.cartesian_prod(q, q).flip(1).to(model.device)
+        which = _label(model, label)
+        y = torch.full((len(grid),), which or 0, device=model.device) if model.conditional else None
+        with torch.no_grad():
+            frames = model.decode(grid, y).mean.clamp(0, 1)
+        manifold = save_grid(frames, Path(path).with_name(Path(path).stem + "_manifold.png"), nrow=20)
+        result["manifold"] = str(manifold)
+    if not as_json:
+        stdout.print(f"wrote {path}" + (f" and {result['manifold']}" if "manifold" in result else ""))
+    _emit(result, as_json)
+
+
+@app.command("plot-metrics")
+def plot_metrics(
+    run: Path = typer.Argument(..., help="A run folder (with metrics.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/metrics.png)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Loss, ELBO, KL and active-unit curves from RUN/metrics.jsonl."""
+    from . import plots
+
+    if not run.is_dir():
+        raise UsageError(f"{run} is not a run folder")
+    records = plots.read_metrics(run / "metrics.jsonl")
+    path = plots.metrics_figure(records, out or run / "metrics.png", title=str(run))
+    if not as_json:
+        stdout.print(f"wrote {path} ({len(records)} records)")
+    _emit({"out": str(path), "records": len(records)}, as_json)
+
+
+@app.command("eval-disentanglement")
+def eval_disentanglement(
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", help=CKPT_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """MIG (Chen et al. 2018) of the posterior means against the ground-truth factors of the
+    shapes dataset (all of its images), with the per-factor breakdown."""
+    import torch
+
+    from . import evaluate
+    from .data import ImageSet
+    from .disentanglement import mig
+
+    loaded = _load(ckpt, device)
+    parts = [_dataset(loaded, split, data_root) for split in ("train", "test")]
+    if parts[0].factors is None:
+        raise UsageError(f"eval-disentanglement needs ground-truth factors; dataset={loaded.dataset.name} "
+                         "has none (train on dataset=shapes)")
+    if loaded.model.latent_dim < 2:
+        raise UsageError("MIG needs a model with at least two latent dimensions")
+    data = ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                    parts[0].num_classes, parts[0].binarize, torch.cat([p.factors for p in parts]),
+                    parts[0].factor_names, parts[0].name)
+    codes = evaluate.latent_means(loaded.model, data).cpu()
+    result = mig(codes, data.factors, data.factor_names)
+    result.update({"n": len(data), "latent_dim": codes.shape[1], "ckpt": str(loaded.path)})
+    if not as_json:
+        title = f"MIG {result['mig']:.3f} ({len(data)} images, latent_dim={codes.shape[1]})"
+        table = Table(title=title, title_justify="left", min_width=len(title))
+        for column in ("factor", "MIG", "H (nats)", "best dim: MI", "2nd dim: MI"):
+            table.add_column(column, justify="left" if column == "factor" else "right")
+        for row in result["factors"]:
+            table.add_row(row["name"], "-" if row["mig"] is None else f"{row['mig']:.3f}", f"{row['entropy']:.2f}",
+                          f"z{row['top_dim']}: {row['mi_top']:.2f}", f"z{row['second_dim']}: {row['mi_second']:.2f}")
+        stdout.print(table)
+    _emit(result, as_json)
 
 
 # ---------------------------------------------------------------------------------------------

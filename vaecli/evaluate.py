@@ -1,5 +1,7 @@
-"""Evaluation over a dataset: the single-sample ELBO (cheap, used while training) and the
-importance-weighted bound of eval-iwae (Burda et al. 2015), in nats per image and bits/dim."""
+"""Evaluation over a dataset: the single-sample ELBO (cheap, used while training), the
+importance-weighted bound of eval-iwae (Burda et al. 2015) in nats per image and bits/dim, and
+the latent-space diagnostics: KL per dimension, active units, mutual information I(x; z) and
+the aggregate-posterior KL (Hoffman & Johnson 2016)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from .data import ImageSet
 
 # Elements of decoder output per IWAE chunk: bounds memory whatever k is (2^24 fp32 = 64 MiB).
 CHUNK_ELEMENTS = 2**24
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: unit u is active when Cov_x(E_q[z_u]) > 0.01
+COLLAPSE_KL = 0.1  # nats: a model whose latents carry less than this has collapsed
+LOG_2PI = math.log(2 * math.pi)
 
 
 def _batches(data: ImageSet, batch_size: int, device: torch.device):
@@ -25,8 +30,91 @@ def _batches(data: ImageSet, batch_size: int, device: torch.device):
 
 
 @torch.no_grad()
-def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict[str, float]:
-    """Mean ELBO, KL and recon (nats/image) over `data`, one posterior sample per image."""
+def posteriors(model, data: ImageSet, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means and standard deviations (N, D) of q(z|x) (q(z1|x) for hvae) over `data`."""
+    model.eval()
+    locs, scales = [], []
+    for x, y in _batches(data, batch_size, model.device):
+        q = model.encode(x, y).base_dist
+        locs.append(q.loc.double())
+        scales.append(q.scale.double())
+    return torch.cat(locs), torch.cat(scales)
+
+
+@torch.no_grad()
+def latent_means(model, data: ImageSet, batch_size: int = 1000) -> torch.Tensor:
+    """(N, D) points in latent space: posterior means, or the code of an autoencoder."""
+    if model.stochastic:
+        return posteriors(model, data, batch_size)[0]
+    model.eval()
+    return torch.cat([model.latent_mean(x, y).double() for x, y in _batches(data, batch_size, model.device)])
+
+
+def active_units(loc: torch.Tensor) -> tuple[int, list[float]]:
+    """Burda et al. (2015): the number of dimensions u with Cov_x(E_q[z_u]) > 0.01, and each
+    dimension's variance of the posterior mean."""
+    variance = loc.var(0, unbiased=True) if loc.shape[0] > 1 else torch.zeros(loc.shape[1])
+    return int((variance > ACTIVE_THRESHOLD).sum()), variance.tolist()
+
+
+def kl_per_dim(loc: torch.Tensor, scale: torch.Tensor) -> list[float]:
+    """Mean over images of KL(q(z_d|x) || N(0, 1)) for each dimension d (closed form)."""
+    return (0.5 * (scale.square() + loc.square() - 1) - scale.log()).mean(0).tolist()
+
+
+def mutual_information(loc: torch.Tensor, scale: torch.Tensor, chunk: int = 512,
+                       generator: torch.Generator | None = None) -> float:
+    """I(x; z) under the aggregate posterior q(z) = (1/N) sum_n q(z|x_n) of the N images:
+    E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)], one z per image (Hoffman & Johnson 2016;
+    the estimator of He et al. 2019). At most log N; computed without an (N, N, D) tensor."""
+    n, d = loc.shape
+    eps = torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+    z = loc + scale * eps
+    # log q(z_i | x_i) at the sampled z_i (not the analytic entropy): then each term is at most
+    # log N exactly, because q(z_i) >= q(z_i | x_i) / N.
+    log_q_own = -0.5 * (eps.square().sum(1) + d * LOG_2PI) - scale.log().sum(1)
+    inv_var = scale.pow(-2)  # (N, D)
+    mu_inv = loc * inv_var
+    const = (loc.square() * inv_var).sum(1) + 2 * scale.log().sum(1) + d * LOG_2PI  # (N,)
+    log_qz = []
+    for start in range(0, n, chunk):
+        zc = z[start:start + chunk]  # (c, D): log N(z_i; mu_n, sigma_n) for every n via matmuls
+        quad = zc.square() @ inv_var.T - 2 * zc @ mu_inv.T + const  # (c, N)
+        log_qz.append(torch.logsumexp(-0.5 * quad, dim=1) - math.log(n))
+    return (log_q_own - torch.cat(log_qz)).mean().item()
+
+
+def latent_diagnostics(model, data: ImageSet, mean_kl: float, batch_size: int = 1000) -> dict:
+    """Active units, KL per dimension (closed-form models), I(x; z), KL(q(z) || p(z)) and
+    whether the posterior has collapsed. `mean_kl` is the model's mean KL over `data`."""
+    loc, scale = posteriors(model, data, batch_size)
+    active, variances = active_units(loc)
+    mi = mutual_information(loc, scale, generator=torch.Generator(device=loc.device).manual_seed(0))
+    # ELBO surgery: E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)). For hvae the mean KL
+    # spans both layers while MI covers z1 only, so the identity does not apply there.
+    single_layer = model.spec.kind == "vae"
+    return {
+        "active_units": active,
+        "latent_dim": loc.shape[1],
+        "posterior_mean_variance": variances,
+        "kl_per_dim": kl_per_dim(loc, scale) if model.exact_kl else None,
+        "mutual_info": mi,
+        "agg_posterior_kl": mean_kl - mi if single_layer else None,
+        "collapsed": active == 0 or mean_kl < COLLAPSE_KL,
+    }
+
+
+COLLAPSE_ADVICE = ("posterior collapse: the latents carry almost no information (KL {kl:.3f} nats, "
+                   "{active} active units), so the decoder models the data alone. Likely causes: a "
+                   "decoder strong enough to ignore z, a large beta, or the KL term winning early in "
+                   "training. Remedies: KL warm-up (kl.schedule=linear), free bits (kl.free_bits=0.5), "
+                   "a weaker decoder or a smaller beta.")
+
+
+@torch.no_grad()
+def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict:
+    """Mean ELBO, KL and recon (nats/image) over `data`, one posterior sample per image, and
+    (for probabilistic encoders) the cheap diagnostics: active units and KL per dimension."""
     model.eval()
     device = model.device
     totals = torch.zeros(3, device=device, dtype=torch.float64)
@@ -34,7 +122,12 @@ def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict[str, flo
         _, m = objectives.elbo(model, x, y=y)
         totals += torch.stack([m["elbo"], m["kl"], m["recon"]]).double() * x.shape[0]
     elbo, kl, recon = (totals / max(len(data), 1)).tolist()
-    return {"elbo": elbo, "kl": kl, "recon": recon}
+    result = {"elbo": elbo, "kl": kl, "recon": recon}
+    if model.stochastic:
+        loc, scale = posteriors(model, data, batch_size)
+        result["active_units"] = active_units(loc)[0]
+        result["kl_per_dim"] = kl_per_dim(loc, scale) if model.exact_kl else None
+    return result
 
 
 def bits_per_dim(nats_per_image: float, dims: int) -> float:
@@ -49,23 +142,31 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def iwae_dataset(model, data: ImageSet, k: int, batch_size: int = 64,
+def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64,
                  on_batch: Callable[[int], None] | None = None) -> dict:
-    """ELBO and IWAE bound with k importance samples for every image of `data`.
+    """ELBO and IWAE bound with k importance samples for every image of `data`, plus the
+    latent diagnostics.
 
-    Returns nats/image means with standard errors over images, KL, recon, bits/dim (of the
-    IWAE bound, the tighter of the two), timing and importance samples per second.
+    k may be a list: the bound at each k comes from the first k samples of the largest k
+    (`iwae_by_k`), and the headline `iwae` is the largest. Returns nats/image means with
+    standard errors over images, KL, recon, bits/dim (of the IWAE bound, the tighter of the
+    two), timing and importance samples per second.
     """
+    ks = sorted(set(k)) if isinstance(k, (list, tuple)) else [k]
+    k_max = ks[-1]
     model.eval()
     device = model.device
     dims = math.prod(data.image_shape)
-    chunk = max(1, min(k, CHUNK_ELEMENTS // (batch_size * dims)))
+    chunk = max(1, min(k_max, CHUNK_ELEMENTS // (batch_size * dims)))
     parts: dict[str, list[torch.Tensor]] = {"iwae": [], "elbo": [], "kl": [], "recon": []}
+    by_k: dict[int, list[torch.Tensor]] = {j: [] for j in ks}
     start = time.perf_counter()
     for x, y in _batches(data, batch_size, device):
-        result = objectives.iwae_bound(model, x, k, chunk, y)
+        result = objectives.iwae_bound(model, x, k_max, chunk, y, also=tuple(ks))
         for key in parts:
             parts[key].append(result[key].cpu())
+        for j in ks:
+            by_k[j].append(result["iwae_at"][j].cpu())
         if on_batch is not None:
             on_batch(x.shape[0])
     seconds = time.perf_counter() - start
@@ -73,19 +174,23 @@ def iwae_dataset(model, data: ImageSet, k: int, batch_size: int = 64,
     iwae, iwae_se = _mean_se(values["iwae"])
     elbo, elbo_se = _mean_se(values["elbo"])
     n = len(data)
-    return {
+    kl = values["kl"].mean().item()
+    result = {
         "elbo": elbo,
         "elbo_se": elbo_se,
         "iwae": iwae,
         "iwae_se": iwae_se,
         "nll": -iwae,
-        "kl": values["kl"].mean().item(),
+        "kl": kl,
         "recon": values["recon"].mean().item(),
         "bits_per_dim": bits_per_dim(iwae, dims),
         "elbo_bits_per_dim": bits_per_dim(elbo, dims),
-        "k": k,
+        "k": k_max,
+        "iwae_by_k": {str(j): dict(zip(("iwae", "iwae_se"), _mean_se(torch.cat(by_k[j])))) for j in ks},
         "n": n,
         "dims": dims,
         "seconds": seconds,
-        "samples_per_s": n * k / seconds if seconds > 0 else float("nan"),
+        "samples_per_s": n * k_max / seconds if seconds > 0 else float("nan"),
     }
+    result.update(latent_diagnostics(model, data, kl))
+    return result

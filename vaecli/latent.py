@@ -29,3 +29,15 @@ def slerp(a: Tensor, b: Tensor, steps: int) -> Tensor:
         return lerp(a, b, steps)
     direction = (torch.sin((1 - t) * omega) * a / na + torch.sin(t * omega) * b / nb) / torch.sin(omega)
     return direction * ((1 - t) * na + t * nb)
+
+
+def traversal(center: Tensor, dims: list[int], span: float, steps: int) -> Tensor:
+    """One row per dimension d in `dims`: `center` with z_d swept over center_d +- span.
+    Returns (len(dims) * steps, latent_dim), row-major."""
+    offsets = torch.linspace(-span, span, steps, device=center.device, dtype=center.dtype)
+    rows = []
+    for d in dims:
+        row = center.expand(steps, -1).clone()
+        row[:, d] = center[d] + offsets
+        rows.append(row)
+    return torch.cat(rows)

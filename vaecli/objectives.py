@@ -108,30 +108,37 @@ def build(objective_cfg, kl_cfg, beta: float, total_steps: int) -> Objective:
 
 
 @torch.no_grad()
-def iwae_bound(model, x: Tensor, k: int, chunk: int | None = None, y: Tensor | None = None) -> dict[str, Tensor]:
+def iwae_bound(model, x: Tensor, k: int, chunk: int | None = None, y: Tensor | None = None,
+               also: tuple[int, ...] = ()) -> dict[str, Tensor]:
     """The importance-weighted bound log (1/k) sum_j w_j (Burda et al. 2015), per image.
 
     The k samples are drawn `chunk` at a time and combined with a running logsumexp, so memory
     is O(chunk * B) whatever k is. Returns per-image tensors (B,): `iwae`, `elbo`
     (E_q log p(x|z) - KL, the k samples averaged), `recon` (-E_q log p(x|z)) and `kl`
     (exact when the model has a closed form, else the Monte Carlo average over the k samples).
+    `also` lists smaller k whose bounds come from the first k' of the same samples (nested, so
+    the bound's growth with k is seen without the noise of fresh draws): `iwae_at` {k': (B,)}.
     """
     chunk = min(chunk or k, k)
+    stops = sorted({j for j in also if 1 <= j < k} | {k})
     lse = None
+    iwae_at: dict[int, Tensor] = {}
     sum_log_px = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
     sum_log_w = torch.zeros_like(sum_log_px)
     done = 0
     while done < k:
-        m = min(chunk, k - done)
+        m = min(chunk, next(j for j in stops if j > done) - done)  # chunks end on every stop
         log_w, log_px = model.log_weights(x, m, y)
         part = torch.logsumexp(log_w.double(), dim=0)
         lse = part if lse is None else torch.logaddexp(lse, part)
         sum_log_px += log_px.double().sum(0)
         sum_log_w += log_w.double().sum(0)
         done += m
+        if done in stops:
+            iwae_at[done] = lse - math.log(done)
     recon = -sum_log_px / k
     if model.exact_kl:
         kl = model.kl(x, y).double()  # closed form: lower variance than the sample average
     else:
         kl = -recon - sum_log_w / k
-    return {"iwae": lse - math.log(k), "elbo": -recon - kl, "recon": recon, "kl": kl}
+    return {"iwae": iwae_at[k], "elbo": -recon - kl, "recon": recon, "kl": kl, "iwae_at": iwae_at}
