@@ -31,7 +31,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-stdout = Console(highlight=False)
+stdout = Console(highlight=False, soft_wrap=True)  # never break a path across lines
 stderr = Console(stderr=True, highlight=False)
 
 CKPT_HELP = "Run folder or model.safetensors (default: the latest run under ./runs)."
@@ -277,6 +277,12 @@ def train(
         summary = fit(composed, target, resume=resume is not None, reporter=reporter)
     finally:
         reporter.stop()
+    if summary.get("active_units") is not None and not quiet:
+        from .evaluate import COLLAPSE_KL, COLLAPSE_ADVICE
+
+        if summary["active_units"] == 0 or summary["test_kl"] < COLLAPSE_KL:
+            stderr.print("warning: " + COLLAPSE_ADVICE.format(kl=summary["test_kl"], active=summary["active_units"]),
+                         markup=False, highlight=False, soft_wrap=True)
     if quiet and not as_json:
         print(summary["run_dir"])
         return
@@ -287,6 +293,7 @@ def train(
         ("test recon", f"{summary['test_recon']:.2f} nats"),
         *([("active units", f"{summary['active_units']} / {summary['latent_dim']}")]
           if summary.get("active_units") is not None else []),
+        *([("KL per dim", _kl_dims(summary["kl_per_dim"]))] if summary.get("kl_per_dim") else []),
         ("steps", str(summary["step"])),
         ("train time", f"{summary['train_seconds']:.1f} s"),
         ("images/s", f"{ips:,.0f}" if ips else "-"),
@@ -508,7 +515,7 @@ def eval_iwae(
         from .evaluate import COLLAPSE_ADVICE
 
         stderr.print("warning: " + COLLAPSE_ADVICE.format(kl=result["kl"], active=result["active_units"]),
-                     markup=False, highlight=False)
+                     markup=False, highlight=False, soft_wrap=True)
     _emit(result, as_json, table)
 
 
