@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -359,10 +359,6 @@ def data_root(cfg: DatasetConfig) -> Path:
         return Path(os.environ["VAECLI_DATA"]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "vaecli" / "data"
-
-
-def to_dict(obj: Any) -> dict:
-    return asdict(obj)
 
 
 # Keys that fix the model's shape or the data order; --resume refuses to change them.

@@ -13,10 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-SCHEDULES = ("constant", "linear", "cyclic")
-NAMES = ("elbo", "iwae")
-
-
 @dataclass
 class KLSchedule:
     """The weight of the KL term at a training step.

@@ -129,9 +129,6 @@ class LogisticLikelihood(nn.Module):
         return _image(DiscretizedLogisticMixture(logit_probs, torch.tanh(means), log_scales))
 
 
-NAMES = ("bernoulli", "cbernoulli", "gaussian", "gaussian_learned", "logistic")
-
-
 def build(name: str, sigma: float | None = None, per_pixel: bool = False, mixtures: int = 1) -> nn.Module:
     if name == "bernoulli":
         return BernoulliLikelihood()

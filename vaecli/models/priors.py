@@ -8,9 +8,6 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-NAMES = ("normal", "mog", "vamp")
-
-
 class StandardNormal(nn.Module):
     """p(z) = N(0, I)."""
 
