@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vaecli-installed
 DEMO   := runs/demo
 
-.PHONY: install test test-slow test-all demo clean help
+.PHONY: install test test-slow test-all demo bench clean help
 
 help:
 	@echo "make install   create $(VENV) and install vaecli with its dev extra"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-slow only the slow tests (real MNIST when ../shared/data has it)"
 	@echo "make test-all  fast and slow tests"
 	@echo "make demo      train on the offline shapes dataset and write pictures to $(DEMO)/"
+	@echo "make bench     speed figures: vaecli vs the textbook loop vs the sgemm ceiling (needs MNIST)"
 
 install: $(STAMP)
 
@@ -40,6 +41,9 @@ demo: install
 	$(BIN)/vae interpolate test:0 test:1 --ckpt $(DEMO) --steps 10 --slerp --out $(DEMO)/interpolation.png
 	$(BIN)/vae eval-iwae --ckpt $(DEMO) --k 100
 	@echo "demo pictures: $(DEMO)/samples.png $(DEMO)/reconstructions.png $(DEMO)/interpolation.png"
+
+bench: install
+	$(BIN)/python bench/bench.py
 
 clean:
 	rm -rf $(VENV) runs build dist .pytest_cache
