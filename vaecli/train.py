@@ -139,7 +139,9 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
         model = models.build(spec).to(device)
     except ValueError as e:  # e.g. too many conv stages for the image size
         raise UsageError(f"cannot build model={cfg.model.name} for {spec.image_shape} images: {e}") from None
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps)
+    # fused: one kernel for the whole update instead of ~10 per parameter tensor; the unfused
+    # CPU Adam was a third of a training step (bench/RESULTS.md).
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=device.type in ("cpu", "cuda"))
 
     step = 0
     if resume:
