@@ -5,6 +5,8 @@ Prints, all measured here and now:
      loop (bench/textbook.py), and their ratio;
   2. the sgemm ceiling (a large fp32 matmul) and vaecli's training FLOP/s as a fraction of it
      (training ~ 3 x the forward FLOPs);
+     the same with trainer.compile=true (whole run, and its last epoch after compiling), and
+     with trainer.precision=bf16;
   3. eval-iwae with k=5000 on the 784-200-200-50 model: images/s, samples/s, fraction of ceiling;
   4. peak memory (RSS), and `vae --help` wall time.
 MNIST comes from $VAECLI_DATA, else a copy of ../shared/data/MNIST/raw made under bench/.data.
@@ -54,7 +56,8 @@ def mlp_macs(sizes: list[int]) -> int:
     return sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
 
 
-def vaecli_train(root: str, epochs: int) -> dict:
+def vaecli_train(root: str, epochs: int, *overrides: str) -> dict:
+    """fit()'s summary plus `steady_img_per_s`: the last epoch alone (after any compiling)."""
     from vaecli.config import load_config
     from vaecli.train import fit
     import tempfile
@@ -62,8 +65,15 @@ def vaecli_train(root: str, epochs: int) -> dict:
     os.environ["VAECLI_DATA"] = root
     with tempfile.TemporaryDirectory() as tmp:
         composed = load_config(["dataset=mnist", f"trainer.epochs={epochs}", "trainer.sample_every=0",
-                                "trainer.checkpoint_every=0", f"dataset.root={root}"])
-        return fit(composed, Path(tmp) / "run")
+                                "trainer.checkpoint_every=0", f"dataset.root={root}", *overrides])
+        summary = fit(composed, Path(tmp) / "run")
+        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    # img_per_s in metrics.jsonl is cumulative: recover the seconds at each line, take the last epoch
+    train = [(r["step"], r["step"] * 128 / r["img_per_s"]) for r in rows if r["split"] == "train"]
+    last = [t for t in train if t[0] > (epochs - 1) * train[-1][0] / epochs]
+    (s0, t0), (s1, t1) = last[0], last[-1]
+    summary["steady_img_per_s"] = (s1 - s0) * 128 / (t1 - t0)
+    return summary
 
 
 def vaecli_iwae(k: int, n: int) -> dict:
@@ -103,6 +113,8 @@ def main() -> None:
     textbook = images_per_second(root, steps=args.textbook_steps)
     summary = vaecli_train(root, args.epochs)
     ours = summary["img_per_s"]
+    compiled = vaecli_train(root, args.epochs, "trainer.compile=true")
+    bf16 = vaecli_train(root, 1, "trainer.precision=bf16")
     train_flops = 3 * 2 * mlp_macs([784, 400, 40]) + 3 * 2 * mlp_macs([20, 400, 784])
     iwae = vaecli_iwae(5000, args.iwae_images)
     sample_flops = 2 * mlp_macs([50, 200, 200, 784])  # one decoder pass per importance sample
@@ -116,6 +128,11 @@ def main() -> None:
         "speedup_vs_textbook": ours / textbook,
         "vaecli_train_gflops": ours * train_flops / 1e9,
         "vaecli_train_fraction_of_ceiling": ours * train_flops / 1e9 / ceiling,
+        "vaecli_steady_img_per_s": summary["steady_img_per_s"],
+        "compiled_img_per_s": compiled["img_per_s"],
+        "compiled_steady_img_per_s": compiled["steady_img_per_s"],
+        "compiled_steady_fraction_of_ceiling": compiled["steady_img_per_s"] * train_flops / 1e9 / ceiling,
+        "bf16_img_per_s": bf16["img_per_s"],
         "iwae_k": 5000,
         "iwae_img_per_s": iwae["n"] / iwae["seconds"],
         "iwae_samples_per_s": iwae["samples_per_s"],
@@ -132,6 +149,11 @@ def main() -> None:
     print(f"  textbook loop (MNIST, b=128)       {textbook:10,.0f} img/s")
     print(f"  vaecli train  (MNIST, b=128)       {ours:10,.0f} img/s   = {result['speedup_vs_textbook']:.2f}x textbook"
           f"   ({result['vaecli_train_gflops']:.1f} GFLOP/s = {result['vaecli_train_fraction_of_ceiling']:.0%} of sgemm)")
+    print(f"  ... last epoch alone               {result['vaecli_steady_img_per_s']:10,.0f} img/s")
+    print(f"  trainer.compile=true               {result['compiled_img_per_s']:10,.0f} img/s   "
+          f"(last epoch {result['compiled_steady_img_per_s']:,.0f} img/s = "
+          f"{result['compiled_steady_fraction_of_ceiling']:.0%} of sgemm)")
+    print(f"  trainer.precision=bf16             {result['bf16_img_per_s']:10,.0f} img/s")
     print(f"  eval-iwae k=5000 (784-200-200-50)  {result['iwae_img_per_s']:10,.1f} img/s   "
           f"({result['iwae_samples_per_s']:,.0f} samples/s, {result['iwae_gflops']:.1f} GFLOP/s = "
           f"{result['iwae_fraction_of_ceiling']:.0%} of sgemm)")

@@ -200,11 +200,13 @@ def optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 
 
 def save_trainer(path: Path, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor],
-                 step: int, epoch: int) -> None:
+                 step: int, epoch: int, scaler: dict | None = None) -> None:
     tensors, rest = optimizer_tensors(optimizer)
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     metadata = {"vaecli.format": FORMAT, "vaecli.step": str(step), "vaecli.epoch": str(epoch),
                 "vaecli.optimizer": json.dumps(rest)}
+    if scaler is not None:  # fp16 loss scale and its growth counter
+        metadata["vaecli.scaler"] = json.dumps(scaler)
     save_tensors(path, tensors, metadata)
 
 
@@ -217,6 +219,7 @@ def load_trainer(path: Path) -> dict:
         "rng": {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")},
         "step": _int_field(metadata, "vaecli.step", path),
         "epoch": _int_field(metadata, "vaecli.epoch", path),
+        "scaler": _json_field(metadata, "vaecli.scaler", path) if "vaecli.scaler" in metadata else None,
     }
 
 

@@ -259,24 +259,33 @@ def train(
     if print_config:
         sys.stdout.write(composed.to_yaml())
         return
-    if resume is not None:
-        target = resume
-    else:
-        target = run_dir or _new_run_dir(composed.cfg)
-        if target.exists() and not target.is_dir():
-            raise UsageError(f"--run-dir {target} exists and is not a folder")
-        if (target / "model.safetensors").exists():
-            raise UsageError(f"{target} already holds a run; continue it with --resume {target} "
-                             "or choose another --run-dir")
+    from .train import broadcast, fit, init_distributed
 
-    from .train import fit
-
-    reporter = RichTrainProgress(enabled=stderr.is_terminal and not quiet and not as_json,
-                                 quiet=quiet or as_json)
+    dist = init_distributed(composed.cfg.trainer.device)  # torchrun: rank 0 alone talks and writes
     try:
-        summary = fit(composed, target, resume=resume is not None, reporter=reporter)
+        if resume is not None:
+            target = resume
+        else:
+            target = broadcast(run_dir or _new_run_dir(composed.cfg), dist)
+            if dist.main and target.exists() and not target.is_dir():
+                raise UsageError(f"--run-dir {target} exists and is not a folder")
+            if dist.main and (target / "model.safetensors").exists():
+                raise UsageError(f"{target} already holds a run; continue it with --resume {target} "
+                                 "or choose another --run-dir")
+        talk = dist.main and not quiet and not as_json
+        reporter = RichTrainProgress(enabled=stderr.is_terminal and talk, quiet=not talk)
+        try:
+            summary = fit(composed, target, resume=resume is not None, reporter=reporter, dist=dist)
+        finally:
+            reporter.stop()
     finally:
-        reporter.stop()
+        if dist.world > 1:
+            import torch.distributed as td
+
+            if td.is_initialized():
+                td.destroy_process_group()
+    if not dist.main:
+        return
     if summary.get("active_units") is not None and not quiet:
         from .evaluate import COLLAPSE_KL, COLLAPSE_ADVICE
 

@@ -18,6 +18,8 @@ from .errors import UsageError
 GROUPS = ("dataset", "model", "likelihood", "prior", "objective", "trainer")
 SELECT_ONLY = ("experiment",)  # groups that only preset other keys (`# @package _global_`)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
+CHANNELS_LAST = ("auto", "true", "false")
 NETWORKS = ("mlp", "conv", "resnet")
 ACTIVATIONS = ("relu", "tanh", "elu")
 LR_SCHEDULES = ("constant", "burda")
@@ -94,6 +96,9 @@ class TrainerConfig:
     eval_batch_size: int = 1000
     adam_eps: float = 1e-8
     lr_schedule: str = "constant"
+    precision: str = "fp32"
+    compile: bool = False
+    channels_last: str = "auto"
 
 
 @dataclass
@@ -310,6 +315,10 @@ def validate(cfg: Config) -> None:
     if lik.name == "logistic":
         need(lik.mixtures is not None and lik.mixtures >= 1, f"likelihood.mixtures must be >= 1 (got {lik.mixtures})")
     _validate_model(cfg, need)
+    need(t.precision in PRECISIONS,
+         f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {t.precision!r})")
+    need(str(t.channels_last).lower() in CHANNELS_LAST,
+         f"trainer.channels_last must be one of {', '.join(CHANNELS_LAST)} (got {t.channels_last!r})")
     need(t.adam_eps > 0, f"trainer.adam_eps must be > 0 (got {t.adam_eps})")
     need(t.lr_schedule in LR_SCHEDULES,
          f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})")

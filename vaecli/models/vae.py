@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal
 
 from ..errors import UsageError
 from . import blocks, likelihoods, priors
@@ -49,9 +49,17 @@ class VAESpec:
         self.hidden2 = [int(h) for h in self.hidden2]
 
 
+def normal_kl(q: Normal, p: Normal) -> Tensor:
+    """KL(q || p) per dimension for two diagonal Normals: torch's formula, written out because
+    kl_divergence's type dispatch is a graph break under torch.compile."""
+    var_ratio = (q.scale / p.scale).pow(2)
+    t1 = ((q.loc - p.loc) / p.scale).pow(2)
+    return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
+
+
 def _gaussian(params: Tensor) -> Distribution:
     """(…, 2D) -> N(mu, sigma^2) with event (D,)."""
-    mu, logvar = params.chunk(2, dim=-1)
+    mu, logvar = params.float().chunk(2, dim=-1)  # float(): fp32 maths under bf16/fp16 autocast
     # clamp: exp() overflows on the large logvars of early training
     return Independent(Normal(mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))), 1)
 
@@ -115,7 +123,7 @@ class VAE(nn.Module):
         """p(x|z) for latents (..., latent_dim): batch (...), event (C, H, W)."""
         lead = z.shape[:-1]
         h = self._condition(z, y)
-        params = self.decoder(h.reshape(-1, h.shape[-1]))
+        params = self.decoder(h.reshape(-1, h.shape[-1])).float()  # log p(x|z) in fp32 under autocast
         return self.likelihood(params.reshape(*lead, *params.shape[1:]))
 
     def prior(self, temperature: float = 1.0) -> Distribution:
@@ -138,7 +146,7 @@ class VAE(nn.Module):
         log_px = self.decode(z, y).log_prob(x)
         prior = self.prior()
         if self.prior_net.analytic_kl:
-            kl_per_dim = kl_divergence(posterior.base_dist, prior.base_dist)
+            kl_per_dim = normal_kl(posterior.base_dist, prior.base_dist)
             return {"log_px": log_px, "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim, "kl_exact": True}
         kl = posterior.log_prob(z) - prior.log_prob(z)
         return {"log_px": log_px, "kl": kl, "kl_per_dim": None, "kl_exact": False}
@@ -157,7 +165,7 @@ class VAE(nn.Module):
         """KL(q(z|x) || p(z)) per image (B,): exact when closed form, else 64-sample Monte Carlo."""
         posterior = self.encode(x, y)
         if self.prior_net.analytic_kl:
-            return kl_divergence(posterior, self.prior())
+            return normal_kl(posterior.base_dist, self.prior().base_dist).sum(-1)
         z = posterior.sample((64,))
         return (posterior.log_prob(z) - self.prior().log_prob(z)).mean(0)
 
