@@ -11,6 +11,7 @@ runs/<name>/
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,12 +20,13 @@ import torch
 from . import __version__
 from .atomic import atomic_write
 from .config import DatasetConfig
-from .errors import UsageError
+from .errors import UsageError, VaeError
 from .models import VAE, VAESpec, build
 
 FORMAT = "1"  # bump when the layout of the tensors or metadata changes incompatibly
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.safetensors"
+TRAINER_NEXT = "trainer.next.safetensors"  # exists only while a checkpoint is being written
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 RUNS_DIR = Path("runs")
@@ -40,10 +42,13 @@ def write_text(path: Path, text: str) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    # Serialized in memory, written by Python: a full disk is then an OSError that atomic_write
+    # turns into one clear line (safetensors' own writer reports it as a generic error).
+    blob = save(tensors, metadata=metadata)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(blob))
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -224,5 +229,76 @@ def load_trainer(path: Path) -> dict:
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise VaeError(f"cannot append to {run_dir / METRICS_FILE}: {e.strerror or e}") from None
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep the metrics.jsonl lines up to `step` (the checkpoint a run resumes from): lines
+    logged after it, and a line cut short by a crash, would otherwise appear twice or break
+    readers."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    write_text(path, "".join(line + "\n" for line in kept))
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint is a model file and a trainer file at the same step.
+
+
+def save_checkpoint(run_dir: Path, model: VAE, dataset: DatasetConfig, seed: int, optimizer: torch.optim.Optimizer,
+                    rng: dict[str, torch.Tensor], step: int, epoch: int, scaler: dict | None = None) -> None:
+    """Write model and trainer state so that a crash at any moment (kill -9, power loss) leaves a
+    matching pair: the new trainer state goes to trainer.next, then the model file is replaced
+    (the commit point), then trainer.next replaces trainer. Each write is atomic
+    (atomic_write); load_trainer_for picks whichever trainer file matches the model."""
+    run_dir = Path(run_dir)
+    save_trainer(run_dir / TRAINER_NEXT, optimizer, rng, step, epoch, scaler=scaler)
+    save_model(run_dir / MODEL_FILE, model, dataset, seed, step, epoch)
+    try:
+        os.replace(run_dir / TRAINER_NEXT, run_dir / TRAINER_FILE)
+    except OSError as e:
+        raise VaeError(f"cannot write {run_dir / TRAINER_FILE}: {e.strerror or e}") from None
+
+
+def load_trainer_for(run_dir: Path, step: int) -> dict:
+    """The trainer state that belongs to the model at `step`: trainer.safetensors, or
+    trainer.next.safetensors when a crash came between the model file and the final rename."""
+    run_dir = Path(run_dir)
+    found = []
+    for name in (TRAINER_FILE, TRAINER_NEXT):
+        if (run_dir / name).is_file():
+            state = load_trainer(run_dir / name)
+            if state["step"] == step:
+                if name == TRAINER_NEXT:  # finish the interrupted checkpoint
+                    os.replace(run_dir / TRAINER_NEXT, run_dir / TRAINER_FILE)
+                return state
+            found.append(f"{name} at step {state['step']}")
+    raise VaeError(f"{run_dir}: the model is at step {step} but the trainer state is "
+                   f"{', '.join(found) or 'missing'}; the run folder is inconsistent (start a new run)")
+
+
+def saved_step(run_dir: Path) -> int | None:
+    """The step of the run's model file, or None when there is none (yet)."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("vaecli.step", ""))
+    except Exception:
+        return None

@@ -740,6 +740,8 @@ def _click_exceptions():
 
 
 def _fail(message: str, code: int) -> int:
+    # One line whatever the user typed: control characters echoed from the input are escaped.
+    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message.strip())
     stderr.print(f"vae: error: {message}", markup=False, highlight=False, soft_wrap=True)
     return code
 

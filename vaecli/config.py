@@ -97,6 +97,8 @@ class TrainerConfig:
     adam_eps: float = 1e-8
     lr_schedule: str = "constant"
     precision: str = "fp32"
+    max_bad_steps: int = 20
+    checkpoint_every_steps: int = 0
     compile: bool = False
     channels_last: str = "auto"
 
@@ -248,8 +250,19 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
             composed = compose("config", overrides=list(overrides))
         except Exception as e:  # composition errors are usage errors; keep their first line
             raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
-    raw = OmegaConf.to_container(composed, resolve=True)
+    raw = _resolve(composed)
     return _finish(raw, reference=raw)
+
+
+def _resolve(conf) -> dict:
+    """Resolve ${...} interpolations; a broken one (unknown key, a cycle) is a usage error."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(conf, resolve=True)
+    except OmegaConfBaseException as e:
+        raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
 
 
 def apply_overrides(saved: dict, overrides: list[str] | tuple[str, ...]) -> Composed:
@@ -264,7 +277,7 @@ def apply_overrides(saved: dict, overrides: list[str] | tuple[str, ...]) -> Comp
     conf = OmegaConf.create(saved)
     for key, value in parsed:
         OmegaConf.update(conf, key, value, merge=False)
-    return _finish(OmegaConf.to_container(conf, resolve=True), reference=saved)
+    return _finish(_resolve(conf), reference=saved)
 
 
 def _finish(raw: dict, reference: dict) -> Composed:
@@ -315,6 +328,9 @@ def validate(cfg: Config) -> None:
     if lik.name == "logistic":
         need(lik.mixtures is not None and lik.mixtures >= 1, f"likelihood.mixtures must be >= 1 (got {lik.mixtures})")
     _validate_model(cfg, need)
+    need(t.max_bad_steps >= 1, f"trainer.max_bad_steps must be >= 1 (got {t.max_bad_steps})")
+    need(t.checkpoint_every_steps >= 0,
+         f"trainer.checkpoint_every_steps must be >= 0 (got {t.checkpoint_every_steps})")
     need(t.precision in PRECISIONS,
          f"trainer.precision must be one of {', '.join(PRECISIONS)} (got {t.precision!r})")
     need(str(t.channels_last).lower() in CHANNELS_LAST,

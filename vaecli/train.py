@@ -247,10 +247,7 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
         if asdict(loaded.model.spec) != asdict(spec):
             raise UsageError(f"{run_dir}: the saved model differs from its config.yaml; start a new run")
         model.load_state_dict(loaded.model.state_dict())
-        state = checkpoint.load_trainer(run_dir / checkpoint.TRAINER_FILE)
-        if state["step"] != loaded.step:
-            raise VaeError(f"{run_dir}: model is at step {loaded.step} but trainer state at step "
-                           f"{state['step']}; the run folder is inconsistent")
+        state = checkpoint.load_trainer_for(run_dir, loaded.step)
         optimizer.load_state_dict(state["optimizer"])
         if scaler.is_enabled() and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -258,6 +255,10 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
             group["lr"], group["eps"] = t.lr, t.adam_eps
         set_rng_state(state["rng"], device)
         step = state["step"]
+        if dist.main:  # lines logged after the checkpoint (a crash) would be logged again
+            checkpoint.truncate_metrics(run_dir, step)
+            for stale in run_dir.glob(".*.tmp"):  # half-written files of a killed process
+                stale.unlink(missing_ok=True)
     if dist.main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,12 +287,34 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
         loss_step = DistributedDataParallel(loss_step, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save(epoch: int) -> None:
-        if not dist.main:
-            return
-        # Trainer state first: the model file's step is what marks a checkpoint complete.
-        checkpoint.save_trainer(run_dir / checkpoint.TRAINER_FILE, optimizer, rng_state(device), step, epoch,
-                                scaler=scaler.state_dict() if scaler.is_enabled() else None)
-        checkpoint.save_model(run_dir / checkpoint.MODEL_FILE, model, cfg.dataset, cfg.seed, step, epoch)
+        if dist.main:
+            checkpoint.save_checkpoint(run_dir, model, cfg.dataset, cfg.seed, optimizer, rng_state(device), step,
+                                       epoch, scaler=scaler.state_dict() if scaler.is_enabled() else None)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def finite(loss: torch.Tensor) -> bool:
+        """The loss and every gradient are finite: one sum over the gradients (NaN and inf
+        survive it) and one host read, ~1% of a step (bench/RESULTS.md). Under fp16 overflowing
+        gradients are the loss scaler's business (it skips those steps itself)."""
+        if scaler.is_enabled():
+            return bool(torch.isfinite(loss))
+        grads = [p.grad for p in params if p.grad is not None]
+        total = torch.stack([g.sum() for g in grads]).sum() if grads else loss.new_zeros(())
+        return bool(torch.isfinite(loss.detach().float() + total))
+
+    def diverged() -> VaeError:
+        likely = [f"a learning rate too high (trainer.lr={t.lr:g}; try {t.lr / 10:g})"]
+        if cfg.likelihood.name == "gaussian_learned":
+            likely.append("the learned sigma of likelihood=gaussian_learned collapsing (raise likelihood.sigma "
+                          "or use likelihood=gaussian)")
+        if t.precision == "fp16":
+            likely.append("fp16 overflow (try trainer.precision=bf16 or fp32)")
+        saved = checkpoint.saved_step(run_dir)
+        keep = (f"the last good checkpoint (step {saved}) is in {run_dir}" if saved is not None
+                else "no checkpoint was written yet")
+        return VaeError(f"training diverged: {bad_run} steps in a row (to step {step}) had a non-finite loss or "
+                        f"gradient and were skipped; likely causes: {'; '.join(likely)}; {keep}")
 
     def shard(order: torch.Tensor, i: int) -> torch.Tensor:
         """Rank r's images of step i: every world-th image of the global batch, the last global
@@ -331,6 +354,7 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
     reporter.start(total_steps, step, run_dir)
     seen, train_seconds, last_test = 0, 0.0, None
     sums, count = None, 0
+    bad_run, skipped = 0, 0  # non-finite steps: in a row, and in all
     with _signals_as_flag() as caught:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -351,17 +375,26 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
                     loss, metrics = loss_step(x, None if labels is None else labels[index], step)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
                 step += 1
                 seen += x.shape[0]
-                values = torch.stack(list(metrics.values()))
-                sums = values if sums is None else sums + values  # stays on device: no sync
-                count += 1
+                if finite(loss):
+                    scaler.step(optimizer)
+                    scaler.update()
+                    bad_run = 0
+                    values = torch.stack(list(metrics.values()))
+                    sums = values if sums is None else sums + values  # stays on device: no sync
+                    count += 1
+                else:  # skip: the weights and Adam's state never see a NaN
+                    bad_run += 1
+                    skipped += 1
+                    if bad_run >= t.max_bad_steps:
+                        raise diverged()
                 reporter.advance(step)
-                if step % t.log_every == 0 or i == steps_per_epoch - 1:
-                    means = dict(zip(metrics, all_mean(sums / count).tolist()))  # the one host sync
+                if (step % t.log_every == 0 or i == steps_per_epoch - 1) and count:
+                    means = dict(zip(metrics, all_mean(sums / count).tolist()))  # the one host read
                     sums, count = None, 0
+                    if skipped:
+                        means["skipped_steps"] = skipped
                     train_seconds += time.perf_counter() - tick
                     tick = time.perf_counter()
                     means["img_per_s"] = seen * dist.world / train_seconds if train_seconds > 0 else 0.0
@@ -371,6 +404,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
                 if stop_requested():
                     save(epoch)
                     raise Interrupted(step, run_dir, caught["signum"])
+                if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and i < steps_per_epoch - 1:
+                    save(epoch)  # mid-epoch: resume continues from this step, bit for bit
             # end of an epoch
             train_seconds += time.perf_counter() - tick
             epoch += 1
@@ -414,6 +449,7 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
         "train_seconds": train_seconds,
         "img_per_s": seen * dist.world / train_seconds if train_seconds > 0 else None,
         "processes": dist.world,
+        "skipped_steps": skipped,
         "precision": t.precision,
         "device": str(device),
         "dataset": cfg.dataset.name,

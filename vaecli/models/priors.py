@@ -21,7 +21,7 @@ class StandardNormal(nn.Module):
 
     def forward(self, temperature: float = 1.0, encode=None) -> Distribution:
         """temperature scales sigma: sampling at T < 1 trades diversity for typicality."""
-        return Independent(Normal(self.loc, self.scale * temperature), 1)
+        return Independent(Normal(self.loc, self.scale * temperature, validate_args=False), 1, validate_args=False)
 
 
 class MixtureOfGaussians(nn.Module):
@@ -38,7 +38,9 @@ class MixtureOfGaussians(nn.Module):
 
     def forward(self, temperature: float = 1.0, encode=None) -> Distribution:
         scales = self.log_scales.clamp(-7, 5).exp() * temperature
-        return MixtureSameFamily(Categorical(logits=self.logits), Independent(Normal(self.means, scales), 1))
+        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False),
+                                 Independent(Normal(self.means, scales, validate_args=False), 1, validate_args=False),
+                                 validate_args=False)
 
 
 class VampPrior(nn.Module):
@@ -58,9 +60,9 @@ class VampPrior(nn.Module):
     def forward(self, temperature: float = 1.0, encode=None) -> Distribution:
         q = encode(self.pseudo_inputs.clamp(0, 1))  # hardtanh to the data range
         base = q.base_dist
-        components = Independent(Normal(base.loc, base.scale * temperature), 1)
+        components = Independent(Normal(base.loc, base.scale * temperature, validate_args=False), 1, validate_args=False)
         uniform = torch.zeros(self.pseudo_inputs.shape[0], device=base.loc.device)
-        return MixtureSameFamily(Categorical(logits=uniform), components)
+        return MixtureSameFamily(Categorical(logits=uniform, validate_args=False), components, validate_args=False)
 
 
 def build(name: str, latent_dim: int, image_shape: tuple[int, int, int], components: int = 10) -> nn.Module:

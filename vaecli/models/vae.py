@@ -61,7 +61,10 @@ def _gaussian(params: Tensor) -> Distribution:
     """(…, 2D) -> N(mu, sigma^2) with event (D,)."""
     mu, logvar = params.float().chunk(2, dim=-1)  # float(): fp32 maths under bf16/fp16 autocast
     # clamp: exp() overflows on the large logvars of early training
-    return Independent(Normal(mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))), 1)
+    # validate_args=False: a NaN from a diverging step must become a NaN loss (which the trainer
+    # skips), not an exception; it also saves a check per call.
+    return Independent(Normal(mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0)), validate_args=False), 1,
+                       validate_args=False)
 
 
 class VAE(nn.Module):
