@@ -304,6 +304,9 @@ def train(
           if summary.get("active_units") is not None else []),
         *([("KL per dim", _kl_dims(summary["kl_per_dim"]))] if summary.get("kl_per_dim") else []),
         ("steps", str(summary["step"])),
+        *([("skipped steps", f"{summary['skipped_steps']} (non-finite loss or gradient)")]
+          if summary.get("skipped_steps") else []),
+        *([("processes", f"{summary['processes']} (torchrun)")] if summary.get("processes", 1) > 1 else []),
         ("train time", f"{summary['train_seconds']:.1f} s"),
         ("images/s", f"{ips:,.0f}" if ips else "-"),
         ("run", summary["run_dir"]),
