@@ -151,7 +151,9 @@ def test_python_dash_m_entry_point_and_console_script_agree():
     assert out.returncode == 0 and out.stdout == vae("--version").stdout
 
 
-def test_sigterm_during_training_checkpoints_and_the_run_resumes(tmp_path):
+@pytest.mark.parametrize("signame, code", [
+    ("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)])
+def test_sigterm_during_training_checkpoints_and_the_run_resumes(tmp_path, signame, code):
     import signal
     import time
 
@@ -163,9 +165,10 @@ def test_sigterm_during_training_checkpoints_and_the_run_resumes(tmp_path):
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
+    assert f"interrupted at step" in err
     assert "Traceback" not in err
     assert f"resume with: vae train --resume {run}" in err
     from vaecli import checkpoint

@@ -243,6 +243,7 @@ def bad_files(tmp_path_factory):
     full = (root / "ok.png").read_bytes()
     (root / "truncated.png").write_bytes(full[: len(full) // 2])
     (root / "folder.png").mkdir()
+    os.mkfifo(root / "fifo.png")  # opening it for reading would block forever
     (root / "bomb.png").write_bytes(png_header_only(40_000, 40_000))  # 1.6 G pixels in 100 bytes
     (root / "notsafetensors.safetensors").write_text("hello")
     (root / "nometa.safetensors").write_bytes(__import__("safetensors.torch", fromlist=["save"]).save({"w": torch.zeros(2)}))
@@ -282,6 +283,7 @@ def cases(run, files):
         (["interpolate", ok, str(files / "folder.png"), *ckpt], 2, "is a directory"),
         (["interpolate", ok, str(files / "missing.png"), *ckpt], 2, "image not found"),
         (["interpolate", ok, str(files / "bomb.png"), *ckpt], 2, "decompression bomb"),
+        (["interpolate", ok, str(files / "fifo.png"), *ckpt], 2, "not a regular file"),
         (["reconstruct", *ckpt, "--n", "0"], 2, "--n"),
         (["sample", "--ckpt", str(files / "notsafetensors.safetensors")], 2, "not a readable safetensors file"),
         (["sample", "--ckpt", str(files / "truncated.safetensors")], 2, "not a readable safetensors file"),

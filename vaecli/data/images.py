@@ -22,6 +22,8 @@ def open_image(path: str | Path):
         raise UsageError(f"image not found: {p}")
     if p.is_dir():
         raise UsageError(f"{p} is a directory, not an image file")
+    if not p.is_file():  # a FIFO or a device would block or never end
+        raise UsageError(f"{p} is not a regular file (a pipe or device?); give an image file")
     try:
         with Image.open(p) as im:
             im.load()  # decode now, so truncated files fail here
