@@ -19,7 +19,7 @@ from vaecli.errors import UsageError
 from vaecli.models import VAESpec, build
 from vaecli.train import fit
 
-from conftest import one_json, vae
+from conftest import assert_one_line_error, one_json, vae
 
 SMALL = ["dataset=shapes", "dataset.scales=2", "dataset.rotations=2", "dataset.positions=6",
          "model.hidden=[32]", "model.latent_dim=4", "trainer.batch_size=32", "trainer.log_every=3",
@@ -173,3 +173,30 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_batch(tmp_path, env
     assert done.returncode == 0, done.stderr
     assert out.is_file()
 
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_job_stops_every_rank_at_one_step_with_one_message(tmp_path, env):
+    import signal
+    import time
+
+    run_dir = tmp_path / "job"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "vaecli",
+               "train", *DDP, "trainer.epochs=500", "trainer.batch_size=16", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(command, env=dict(env, OMP_NUM_THREADS="1"), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (run_dir / "model.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)  # as Ctrl-C or a scheduler's preemption signals the whole job
+    _, err = proc.communicate(timeout=120)
+    announced = [line for line in err.splitlines() if line.startswith("interrupted at step")]
+    assert len(announced) == 1, err  # rank 0 alone
+    assert f"resume with: torchrun --nproc-per-node 2 -m vaecli train --resume {run_dir}" in announced[0]
+    step = int(announced[0].split()[3].rstrip(";"))
+    assert checkpoint.load_model(run_dir).step == step
+    assert checkpoint.load_trainer_for(run_dir, step)["step"] == step
+    # the global batch is part of the run: one process may not continue a 2-process run
+    refused = vae("train", "--resume", str(run_dir), "--json", env=env, cwd=tmp_path)
+    assert_one_line_error(refused, 2, "trained by 2 process(es)", "torchrun --nproc-per-node 2")
+    assert checkpoint.load_model(run_dir).step == step  # untouched by the refusal

@@ -205,11 +205,12 @@ def optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 
 
 def save_trainer(path: Path, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor],
-                 step: int, epoch: int, scaler: dict | None = None) -> None:
+                 step: int, epoch: int, scaler: dict | None = None, world: int = 1) -> None:
     tensors, rest = optimizer_tensors(optimizer)
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
     metadata = {"vaecli.format": FORMAT, "vaecli.step": str(step), "vaecli.epoch": str(epoch),
                 "vaecli.optimizer": json.dumps(rest)}
+    metadata["vaecli.world"] = str(world)  # torchrun processes: a step is world x batch_size images
     if scaler is not None:  # fp16 loss scale and its growth counter
         metadata["vaecli.scaler"] = json.dumps(scaler)
     save_tensors(path, tensors, metadata)
@@ -225,6 +226,7 @@ def load_trainer(path: Path) -> dict:
         "step": _int_field(metadata, "vaecli.step", path),
         "epoch": _int_field(metadata, "vaecli.epoch", path),
         "scaler": _json_field(metadata, "vaecli.scaler", path) if "vaecli.scaler" in metadata else None,
+        "world": _int_field(metadata, "vaecli.world", path) if "vaecli.world" in metadata else 1,
     }
 
 
@@ -259,13 +261,14 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 def save_checkpoint(run_dir: Path, model: VAE, dataset: DatasetConfig, seed: int, optimizer: torch.optim.Optimizer,
-                    rng: dict[str, torch.Tensor], step: int, epoch: int, scaler: dict | None = None) -> None:
+                    rng: dict[str, torch.Tensor], step: int, epoch: int, scaler: dict | None = None,
+                    world: int = 1) -> None:
     """Write model and trainer state so that a crash at any moment (kill -9, power loss) leaves a
     matching pair: the new trainer state goes to trainer.next, then the model file is replaced
     (the commit point), then trainer.next replaces trainer. Each write is atomic
     (atomic_write); load_trainer_for picks whichever trainer file matches the model."""
     run_dir = Path(run_dir)
-    save_trainer(run_dir / TRAINER_NEXT, optimizer, rng, step, epoch, scaler=scaler)
+    save_trainer(run_dir / TRAINER_NEXT, optimizer, rng, step, epoch, scaler=scaler, world=world)
     save_model(run_dir / MODEL_FILE, model, dataset, seed, step, epoch)
     try:
         os.replace(run_dir / TRAINER_NEXT, run_dir / TRAINER_FILE)

@@ -262,6 +262,8 @@ def train(
     from .train import broadcast, fit, init_distributed
 
     dist = init_distributed(composed.cfg.trainer.device)  # torchrun: rank 0 alone talks and writes
+    global _SILENT
+    _SILENT = not dist.main  # the other ranks fail with the same code, without repeating the line
     try:
         if resume is not None:
             target = resume
@@ -742,7 +744,12 @@ def _click_exceptions():
     return exceptions
 
 
+_SILENT = False  # set on torchrun ranks other than 0
+
+
 def _fail(message: str, code: int) -> int:
+    if _SILENT:
+        return code
     # One line whatever the user typed: control characters echoed from the input are escaped.
     message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message.strip())
     stderr.print(f"vae: error: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -791,5 +798,6 @@ def _interrupted(e: Exception) -> int | None:
     """train.Interrupted -> its message and 128 + signal number (130 SIGINT, 143 SIGTERM)."""
     if type(e).__name__ != "Interrupted" or not hasattr(e, "signum"):
         return None
-    stderr.print(str(e), markup=False, highlight=False, soft_wrap=True)
+    if getattr(e, "announce", True):
+        stderr.print(str(e), markup=False, highlight=False, soft_wrap=True)
     return 128 + int(e.signum)

@@ -40,9 +40,12 @@ class Reporter:
 class Interrupted(Exception):
     """SIGINT/SIGTERM during training; a checkpoint at `step` was written first."""
 
-    def __init__(self, step: int, run_dir: Path, signum: int):
-        super().__init__(f"interrupted at step {step}; resume with: vae train --resume {run_dir}")
+    def __init__(self, step: int, run_dir: Path, signum: int, announce: bool = True, world: int = 1):
+        command = (f"torchrun --nproc-per-node {world} -m vaecli train --resume {run_dir}" if world > 1
+                   else f"vae train --resume {run_dir}")
+        super().__init__(f"interrupted at step {step}; resume with: {command}")
         self.step, self.run_dir, self.signum = step, run_dir, signum
+        self.announce = announce  # under torchrun only rank 0 says it
 
 
 def pick_device(name: str) -> torch.device:
@@ -248,6 +251,11 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
             raise UsageError(f"{run_dir}: the saved model differs from its config.yaml; start a new run")
         model.load_state_dict(loaded.model.state_dict())
         state = checkpoint.load_trainer_for(run_dir, loaded.step)
+        if state["world"] != dist.world:  # like trainer.batch_size: the global batch is part of the run
+            how = (f"torchrun --nproc-per-node {state['world']} -m vaecli train --resume {run_dir}"
+                   if state["world"] > 1 else f"vae train --resume {run_dir} (without torchrun)")
+            raise UsageError(f"{run_dir} was trained by {state['world']} process(es) and this is {dist.world}: "
+                             f"the global batch would change; resume it with: {how}")
         optimizer.load_state_dict(state["optimizer"])
         if scaler.is_enabled() and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -289,7 +297,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
     def save(epoch: int) -> None:
         if dist.main:
             checkpoint.save_checkpoint(run_dir, model, cfg.dataset, cfg.seed, optimizer, rng_state(device), step,
-                                       epoch, scaler=scaler.state_dict() if scaler.is_enabled() else None)
+                                       epoch, scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                                       world=dist.world)
 
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -403,7 +412,9 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
                     reporter.metrics(step, epoch + 1, means)
                 if stop_requested():
                     save(epoch)
-                    raise Interrupted(step, run_dir, caught["signum"])
+                    # under torchrun a rank may stop because another rank was signalled
+                    raise Interrupted(step, run_dir, caught.get("signum", signal.SIGTERM), announce=dist.main,
+                                      world=dist.world)
                 if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and i < steps_per_epoch - 1:
                     save(epoch)  # mid-epoch: resume continues from this step, bit for bit
             # end of an epoch
