@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 
 from vaecli import checkpoint, data
 from vaecli.cli import run as cli_run
@@ -246,7 +247,7 @@ def bad_files(tmp_path_factory):
     os.mkfifo(root / "fifo.png")  # opening it for reading would block forever
     (root / "bomb.png").write_bytes(png_header_only(40_000, 40_000))  # 1.6 G pixels in 100 bytes
     (root / "notsafetensors.safetensors").write_text("hello")
-    (root / "nometa.safetensors").write_bytes(__import__("safetensors.torch", fromlist=["save"]).save({"w": torch.zeros(2)}))
+    (root / "nometa.safetensors").write_bytes(save_safetensors({"w": torch.zeros(2)}))
     return root
 
 
@@ -259,13 +260,11 @@ def cases(run, files):
     corrupt[10:40] = b"\xff" * 30
     (files / "corrupt.safetensors").write_bytes(bytes(corrupt))
     future = files / "future.safetensors"
-    meta_tensors = load_file(str(run / checkpoint.MODEL_FILE))
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     with safe_open(str(run / checkpoint.MODEL_FILE), "pt") as f:
         meta = dict(f.metadata(), **{"vaecli.format": "99"})
-    save_file(meta_tensors, str(future), metadata=meta)
+    future.write_bytes(save_safetensors(load_file(str(run / checkpoint.MODEL_FILE)), metadata=meta))
     return [
         (["train", "beta=-1"], 2, "beta must be >= 0"),
         (["train", "model.latent_dim=0"], 2, "model.latent_dim must be >= 1"),

@@ -276,16 +276,17 @@ def save_checkpoint(run_dir: Path, model: VAE, dataset: DatasetConfig, seed: int
         raise VaeError(f"cannot write {run_dir / TRAINER_FILE}: {e.strerror or e}") from None
 
 
-def load_trainer_for(run_dir: Path, step: int) -> dict:
+def load_trainer_for(run_dir: Path, step: int, promote: bool = True) -> dict:
     """The trainer state that belongs to the model at `step`: trainer.safetensors, or
-    trainer.next.safetensors when a crash came between the model file and the final rename."""
+    trainer.next.safetensors when a crash came between the model file and the final rename
+    (which `promote` then finishes; under torchrun only rank 0 promotes, before the others read)."""
     run_dir = Path(run_dir)
     found = []
     for name in (TRAINER_FILE, TRAINER_NEXT):
         if (run_dir / name).is_file():
             state = load_trainer(run_dir / name)
             if state["step"] == step:
-                if name == TRAINER_NEXT:  # finish the interrupted checkpoint
+                if name == TRAINER_NEXT and promote:  # finish the interrupted checkpoint
                     os.replace(run_dir / TRAINER_NEXT, run_dir / TRAINER_FILE)
                 return state
             found.append(f"{name} at step {state['step']}")
