@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as td
 
 from . import checkpoint, data, evaluate, models, objectives
 from .config import DEVICES, Composed
@@ -82,6 +81,8 @@ class Dist:
 def init_distributed(device_name: str) -> Dist:
     """Join the process group described by torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK):
     nccl on CUDA, gloo on CPU. Without torchrun (or with one process) it does nothing."""
+    import torch.distributed as td
+
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return Dist()
@@ -100,6 +101,8 @@ def broadcast(value, dist: Dist):
     """Rank 0's `value` on every rank (small Python objects: a run folder name)."""
     if dist.world == 1:
         return value
+    import torch.distributed as td
+
     box = [value]
     td.broadcast_object_list(box, src=0)
     return box[0]
@@ -250,6 +253,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
         if dist.main:  # rank 0 may finish an interrupted checkpoint; the others read after it
             state = checkpoint.load_trainer_for(run_dir, loaded.step)
         if dist.world > 1:
+            import torch.distributed as td
+
             td.barrier()
         if not dist.main:
             state = checkpoint.load_trainer_for(run_dir, loaded.step, promote=False)
@@ -340,6 +345,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
 
     def all_mean(values: torch.Tensor) -> torch.Tensor:
         if dist.world > 1:
+            import torch.distributed as td
+
             td.all_reduce(values)
             values = values / dist.world
         return values
@@ -349,6 +356,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
         same two steps): all ranks stop after the same step."""
         if dist.world == 1:
             return bool(caught)
+        import torch.distributed as td
+
         flag = torch.tensor([1.0 if caught else 0.0], device=device)
         td.all_reduce(flag)
         return flag.item() > 0
