@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -259,11 +260,12 @@ def train(
     if print_config:
         sys.stdout.write(composed.to_yaml())
         return
-    from .train import broadcast, fit, init_distributed
+    from .train import Interrupted, broadcast, fit, init_distributed, leave_distributed
 
     dist = init_distributed(composed.cfg.trainer.device)  # torchrun: rank 0 alone talks and writes
-    global _SILENT
+    global _SILENT, _SKIP_FINALIZATION
     _SILENT = not dist.main  # the other ranks fail with the same code, without repeating the line
+    finished = False
     try:
         if resume is not None:
             target = resume
@@ -278,14 +280,15 @@ def train(
         reporter = RichTrainProgress(enabled=stderr.is_terminal and talk, quiet=not talk)
         try:
             summary = fit(composed, target, resume=resume is not None, reporter=reporter, dist=dist)
+        except Interrupted:
+            finished = True  # every rank stops after the same step, so they can leave together
+            raise
         finally:
             reporter.stop()
+        finished = True
     finally:
-        if dist.world > 1:
-            import torch.distributed as td
-
-            if td.is_initialized():
-                td.destroy_process_group()
+        leave_distributed(dist, together=finished)
+        _SKIP_FINALIZATION = dist.world > 1
     if not dist.main:
         return
     if summary.get("active_units") is not None and not quiet:
@@ -745,6 +748,7 @@ def _click_exceptions():
 
 
 _SILENT = False  # set on torchrun ranks other than 0
+_SKIP_FINALIZATION = False  # set once a torchrun rank has left its process group
 
 
 def _fail(message: str, code: int) -> int:
@@ -758,7 +762,16 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map every failure to one line + exit code."""
-    sys.exit(run(argv))
+    code = run(argv)
+    if _SKIP_FINALIZATION:
+        # A torchrun rank ends without interpreter finalization: gloo's worker threads can
+        # otherwise take the GIL while Python shuts down and abort the process ("terminate called
+        # without an active exception", SIGABRT; seen in CI after a finished run), and torchrun
+        # then reports a failed job. Every file is already written, fsynced and renamed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -97,6 +97,27 @@ def init_distributed(device_name: str) -> Dist:
     return Dist(rank, world, local_rank)
 
 
+def leave_distributed(dist: Dist, together: bool) -> None:
+    """Tear down the process group. After a run that finished (together=True) every rank first
+    waits for the others: rank 0 evaluates and saves after the last step while the others are
+    done, and a gloo rank that destroyed its group and exited meanwhile was seen to abort
+    ("terminate called without an active exception", SIGABRT) in CI. After a failure no rank
+    waits (a peer may be gone; torchrun stops the rest). gc.collect() first, so DDP's reducer,
+    which holds the group, is gone and destroy_process_group really closes it."""
+    if dist.world == 1:
+        return
+    import gc
+
+    import torch.distributed as td
+
+    if not td.is_initialized():
+        return
+    gc.collect()
+    if together:
+        td.barrier()
+    td.destroy_process_group()
+
+
 def broadcast(value, dist: Dist):
     """Rank 0's `value` on every rank (small Python objects: a run folder name)."""
     if dist.world == 1:
@@ -371,80 +392,83 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Repor
     seen, train_seconds, last_test = 0, 0.0, None
     sums, count = None, 0
     bad_run, skipped = 0, 0  # non-finite steps: in a row, and in all
-    with _signals_as_flag() as caught:
-        while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            order = _epoch_order(n, cfg.seed, epoch, device)
-            if dist.world > 1:  # each rank its own noise, reproducible from (seed, epoch, rank)
-                torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 4099 + dist.rank)
-            if t.lr_schedule == "burda":
-                for group in optimizer.param_groups:
-                    group["lr"] = burda_lr(t.lr, epoch)
-            model.train()
-            tick = time.perf_counter()
-            for i in range(offset, steps_per_epoch):
-                index = shard(order, i)
-                x = train_set.to_float(images[index])
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss, metrics = loss_step(x, None if labels is None else labels[index], step)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                step += 1
-                seen += x.shape[0]
-                if finite(loss):
-                    scaler.step(optimizer)
-                    scaler.update()
-                    bad_run = 0
-                    values = torch.stack(list(metrics.values()))
-                    sums = values if sums is None else sums + values  # stays on device: no sync
-                    count += 1
-                else:  # skip: the weights and Adam's state never see a NaN
-                    bad_run += 1
-                    skipped += 1
-                    if bad_run >= t.max_bad_steps:
-                        raise diverged()
-                reporter.advance(step)
-                if (step % t.log_every == 0 or i == steps_per_epoch - 1) and count:
-                    means = dict(zip(metrics, all_mean(sums / count).tolist()))  # the one host read
-                    sums, count = None, 0
-                    if skipped:
-                        means["skipped_steps"] = skipped
-                    train_seconds += time.perf_counter() - tick
-                    tick = time.perf_counter()
-                    means["img_per_s"] = seen * dist.world / train_seconds if train_seconds > 0 else 0.0
-                    if dist.main:
-                        checkpoint.append_metrics(run_dir, {"step": step, "epoch": epoch + 1, "split": "train", **means})
-                    reporter.metrics(step, epoch + 1, means)
-                if stop_requested():
+    try:
+        with _signals_as_flag() as caught:
+            while step < total_steps:
+                epoch, offset = divmod(step, steps_per_epoch)
+                order = _epoch_order(n, cfg.seed, epoch, device)
+                if dist.world > 1:  # each rank its own noise, reproducible from (seed, epoch, rank)
+                    torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 4099 + dist.rank)
+                if t.lr_schedule == "burda":
+                    for group in optimizer.param_groups:
+                        group["lr"] = burda_lr(t.lr, epoch)
+                model.train()
+                tick = time.perf_counter()
+                for i in range(offset, steps_per_epoch):
+                    index = shard(order, i)
+                    x = train_set.to_float(images[index])
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        loss, metrics = loss_step(x, None if labels is None else labels[index], step)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    step += 1
+                    seen += x.shape[0]
+                    if finite(loss):
+                        scaler.step(optimizer)
+                        scaler.update()
+                        bad_run = 0
+                        values = torch.stack(list(metrics.values()))
+                        sums = values if sums is None else sums + values  # stays on device: no sync
+                        count += 1
+                    else:  # skip: the weights and Adam's state never see a NaN
+                        bad_run += 1
+                        skipped += 1
+                        if bad_run >= t.max_bad_steps:
+                            raise diverged()
+                    reporter.advance(step)
+                    if (step % t.log_every == 0 or i == steps_per_epoch - 1) and count:
+                        means = dict(zip(metrics, all_mean(sums / count).tolist()))  # the one host read
+                        sums, count = None, 0
+                        if skipped:
+                            means["skipped_steps"] = skipped
+                        train_seconds += time.perf_counter() - tick
+                        tick = time.perf_counter()
+                        means["img_per_s"] = seen * dist.world / train_seconds if train_seconds > 0 else 0.0
+                        if dist.main:
+                            checkpoint.append_metrics(run_dir, {"step": step, "epoch": epoch + 1, "split": "train", **means})
+                        reporter.metrics(step, epoch + 1, means)
+                    if stop_requested():
+                        save(epoch)
+                        # under torchrun a rank may stop because another rank was signalled
+                        raise Interrupted(step, run_dir, caught.get("signum", signal.SIGTERM), announce=dist.main,
+                                          world=dist.world)
+                    if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and i < steps_per_epoch - 1:
+                        save(epoch)  # mid-epoch: resume continues from this step, bit for bit
+                # end of an epoch
+                train_seconds += time.perf_counter() - tick
+                epoch += 1
+                last = step == total_steps
+                if not dist.main:  # rank 0 evaluates, draws samples and saves
+                    continue
+                with forked_rng():
+                    last_test = evaluate.elbo_dataset(model, test_set, t.eval_batch_size)
+                    checkpoint.append_metrics(run_dir, {"step": step, "epoch": epoch, "split": "test", **last_test,
+                                                        "kl_exact": kl_exact})
+                    reporter.note(f"epoch {epoch}/{t.epochs}: test ELBO {last_test['elbo']:.2f}, "
+                                  f"KL {last_test['kl']:.2f}, recon {last_test['recon']:.2f} nats")
+                    if last or (t.sample_every and epoch % t.sample_every == 0):
+                        model.eval()
+                        grid_labels = sample_labels(model, SAMPLE_GRID, device)
+                        grid = model.sample(len(grid_labels) if grid_labels is not None else SAMPLE_GRID,
+                                            generator=fixed_noise.manual_seed(cfg.seed), y=grid_labels)
+                        rows = model.spec.num_classes if grid_labels is not None else 8
+                        save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png", nrow=len(grid) // rows)
+                if last or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
                     save(epoch)
-                    # under torchrun a rank may stop because another rank was signalled
-                    raise Interrupted(step, run_dir, caught.get("signum", signal.SIGTERM), announce=dist.main,
-                                      world=dist.world)
-                if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and i < steps_per_epoch - 1:
-                    save(epoch)  # mid-epoch: resume continues from this step, bit for bit
-            # end of an epoch
-            train_seconds += time.perf_counter() - tick
-            epoch += 1
-            last = step == total_steps
-            if not dist.main:  # rank 0 evaluates, draws samples and saves
-                continue
-            with forked_rng():
-                last_test = evaluate.elbo_dataset(model, test_set, t.eval_batch_size)
-                checkpoint.append_metrics(run_dir, {"step": step, "epoch": epoch, "split": "test", **last_test,
-                                                    "kl_exact": kl_exact})
-                reporter.note(f"epoch {epoch}/{t.epochs}: test ELBO {last_test['elbo']:.2f}, "
-                              f"KL {last_test['kl']:.2f}, recon {last_test['recon']:.2f} nats")
-                if last or (t.sample_every and epoch % t.sample_every == 0):
-                    model.eval()
-                    grid_labels = sample_labels(model, SAMPLE_GRID, device)
-                    grid = model.sample(len(grid_labels) if grid_labels is not None else SAMPLE_GRID,
-                                        generator=fixed_noise.manual_seed(cfg.seed), y=grid_labels)
-                    rows = model.spec.num_classes if grid_labels is not None else 8
-                    save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png", nrow=len(grid) // rows)
-            if last or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
-                save(epoch)
+    finally:
+        loss_step = None  # DDP's reducer holds the process group: let it go before teardown
     reporter.stop()
     if not dist.main:
         return {"run_dir": str(run_dir), "step": step, "rank": dist.rank}
