@@ -66,7 +66,7 @@ def vaecli_train(root: str, epochs: int, *overrides: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         composed = load_config(["dataset=mnist", f"trainer.epochs={epochs}", "trainer.sample_every=0",
                                 "trainer.checkpoint_every=0", f"dataset.root={root}", *overrides])
-        summary = fit(composed, Path(tmp) / "run")
+        summary = fit(composed, Path(tmp) / "run").to_dict()
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     # img_per_s in metrics.jsonl is cumulative: recover the seconds at each line, take the last epoch
     train = [(r["step"], r["step"] * 128 / r["img_per_s"]) for r in rows if r["split"] == "train"]

@@ -83,7 +83,7 @@ def test_every_other_combination_trains_and_every_command_works(overrides, tmp_p
 
 def check_combination(overrides, tmp_path, capsys):
     composed = load_config(TINY_SHAPES + overrides)
-    summary = fit(composed, tmp_path / "run")
+    summary = fit(composed, tmp_path / "run").to_dict()
     assert summary["step"] >= 2 and summary["test_recon"] == summary["test_recon"]  # not NaN
     ckpt = str(tmp_path / "run")
     out = cli_json(capsys, "sample", "--ckpt", ckpt, "--n", "4", "--out", str(tmp_path / "s.png"))

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
-from vaecli import checkpoint, data
+from vaecli import checkpoint, data, runs
 from vaecli.cli import run as cli_run
 from vaecli.config import load_config, resume_config
 from vaecli.errors import VaeError
@@ -31,7 +31,7 @@ SMALL = ["dataset=shapes", "dataset.scales=2", "dataset.rotations=2", "dataset.p
 
 def train(run_dir, *extra, resume=False):
     composed = resume_config(run_dir, list(extra)) if resume else load_config(SMALL + list(extra))
-    return fit(composed, run_dir, resume=resume)
+    return fit(composed, run_dir, resume=resume).to_dict()
 
 
 def weights(run_dir):
@@ -135,17 +135,17 @@ def test_mid_epoch_checkpoints_resume_bit_identically_and_drop_later_log_lines(t
     train(reference, "trainer.epochs=2")
 
     split = tmp_path / "split"
-    plain = checkpoint.append_metrics
+    plain = runs.append_metrics
 
     def die_after_step_18(run_dir, record):  # the process dies during step 19
         if record["step"] == 19:
             raise SystemExit("killed")
         plain(run_dir, record)
 
-    monkeypatch.setattr(checkpoint, "append_metrics", die_after_step_18)
+    monkeypatch.setattr(runs, "append_metrics", die_after_step_18)
     with pytest.raises(SystemExit):
         train(split, "trainer.epochs=2", "trainer.checkpoint_every_steps=4")
-    monkeypatch.setattr(checkpoint, "append_metrics", plain)
+    monkeypatch.setattr(runs, "append_metrics", plain)
     assert checkpoint.load_model(split).step == 16  # the last mid-epoch checkpoint
     with open(split / "metrics.jsonl", "a") as f:
         f.write('{"step": 19, "spl')  # a line cut short

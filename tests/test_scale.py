@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch.distributions import Bernoulli, Independent
 
-from vaecli import checkpoint, evaluate
+from vaecli import checkpoint, evaluate, runs
 from vaecli.config import load_config, resume_config
 from vaecli.data import ImageSet
 from vaecli.errors import UsageError
@@ -28,7 +28,7 @@ SMALL = ["dataset=shapes", "dataset.scales=2", "dataset.rotations=2", "dataset.p
 
 def train(run_dir, *extra, resume=False):
     composed = resume_config(run_dir, list(extra)) if resume else load_config(SMALL + list(extra))
-    return fit(composed, run_dir, resume=resume)
+    return fit(composed, run_dir, resume=resume).to_dict()
 
 
 def weights(run_dir):
@@ -137,7 +137,7 @@ def torchrun(*args, env, cwd, timeout=240):
 
 
 def records(run_dir, split="train"):
-    lines = (run_dir / checkpoint.METRICS_FILE).read_text().splitlines()
+    lines = (run_dir / runs.METRICS_FILE).read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["split"] == split]
 
 

@@ -18,7 +18,7 @@ SMALL = ["dataset=shapes", "dataset.scales=2", "dataset.rotations=2", "dataset.p
 
 def train(run_dir, *extra, resume=False):
     composed = resume_config(run_dir, list(extra)) if resume else load_config(SMALL + list(extra))
-    return fit(composed, run_dir, resume=resume)
+    return fit(composed, run_dir, resume=resume).to_dict()
 
 
 @pytest.fixture(scope="module")

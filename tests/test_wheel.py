@@ -17,7 +17,7 @@ def test_wheel_carries_conf_and_composes_from_another_directory(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     conf_files = sorted(p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml"))
     assert all(f"vaecli/conf/{name}" in names for name in conf_files)
-    assert "vaecli/cli.py" in names and not any(name.startswith("tests/") for name in names)
+    assert "vaecli/cli/__init__.py" in names and not any(name.startswith("tests/") for name in names)
 
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",

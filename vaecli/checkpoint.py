@@ -1,11 +1,8 @@
-"""Run folders and checkpoints: safetensors only (no pickle anywhere), atomic writes.
+"""Checkpoints: the model and trainer files of a run folder (runs.py has its layout), as
+safetensors only (no pickle anywhere), each written atomically, the two committed as a pair.
 
-runs/<name>/
-  config.yaml          resolved config
   model.safetensors    weights; metadata: model spec, dataset config, seed, version, step
   trainer.safetensors  optimizer tensors and RNG states; scalars in metadata
-  metrics.jsonl        one JSON object per logged step / epoch
-  samples/             grids written during training
 """
 
 from __future__ import annotations
@@ -22,23 +19,14 @@ from .atomic import atomic_write
 from .config import DatasetConfig
 from .errors import UsageError, VaeError
 from .models import VAE, VAESpec, build
+from .runs import MODEL_FILE, TRAINER_FILE, TRAINER_NEXT, resolve
 
 FORMAT = "1"  # bump when the layout of the tensors or metadata changes incompatibly
-MODEL_FILE = "model.safetensors"
-TRAINER_FILE = "trainer.safetensors"
-TRAINER_NEXT = "trainer.next.safetensors"  # exists only while a checkpoint is being written
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-RUNS_DIR = Path("runs")
 MAX_METADATA_CHARS = 1_000_000  # a model spec is a few hundred bytes; refuse absurd headers
 
 
 # ---------------------------------------------------------------------------------------------
 # Files
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -149,31 +137,6 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
                   _int_field(metadata, "vaecli.step", file), file)
 
 
-def latest_run(root: Path = RUNS_DIR) -> Path | None:
-    """The run folder under `root` whose model.safetensors was written most recently."""
-    if not root.is_dir():
-        return None
-    candidates = [p for p in root.glob(f"*/{MODEL_FILE}") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent if candidates else None
-
-
-def resolve(path: str | Path | None) -> Path:
-    """--ckpt: a run folder, a model.safetensors file, or None for the latest run under ./runs."""
-    if path is None:
-        run = latest_run()
-        if run is None:
-            raise UsageError(f"no trained run under ./{RUNS_DIR}; train one with 'vae train' or pass --ckpt PATH")
-        return run / MODEL_FILE
-    p = Path(path)
-    if p.is_dir():
-        if not (p / MODEL_FILE).is_file():
-            raise UsageError(f"{p} holds no {MODEL_FILE}; pass a run folder or a .safetensors file")
-        return p / MODEL_FILE
-    if not p.exists():
-        raise UsageError(f"no checkpoint at {p}")
-    return p
-
-
 # ---------------------------------------------------------------------------------------------
 # Trainer state
 
@@ -228,32 +191,6 @@ def load_trainer(path: Path) -> dict:
         "scaler": _json_field(metadata, "vaecli.scaler", path) if "vaecli.scaler" in metadata else None,
         "world": _int_field(metadata, "vaecli.world", path) if "vaecli.world" in metadata else 1,
     }
-
-
-def append_metrics(run_dir: Path, record: dict) -> None:
-    try:
-        with open(run_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    except OSError as e:
-        raise VaeError(f"cannot append to {run_dir / METRICS_FILE}: {e.strerror or e}") from None
-
-
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Keep the metrics.jsonl lines up to `step` (the checkpoint a run resumes from): lines
-    logged after it, and a line cut short by a crash, would otherwise appear twice or break
-    readers."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-    write_text(path, "".join(line + "\n" for line in kept))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,3 +61,16 @@ def mig(codes: torch.Tensor, factors: torch.Tensor, factor_names: list[str] | No
                      "mi_top": float(top.values[0]), "second_dim": int(top.indices[1]),
                      "mi_second": float(top.values[1])})
     return {"mig": sum(gaps) / len(gaps) if gaps else 0.0, "factors": rows}
+
+
+def model_mig(model, splits) -> dict:
+    """MIG of `model`'s posterior means over the images of `splits` (ImageSets with factors),
+    plus n and latent_dim."""
+    from . import evaluate
+    from .data import ImageSet
+
+    data = ImageSet.concat(splits)
+    codes = evaluate.latent_means(model, data).cpu()
+    result = mig(codes, data.factors, data.factor_names)
+    result.update({"n": len(data), "latent_dim": codes.shape[1]})
+    return result

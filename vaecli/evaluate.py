@@ -13,8 +13,8 @@ import torch
 
 from . import objectives
 from .data import ImageSet
+from .errors import UsageError
 
-# Elements of decoder output per IWAE chunk: bounds memory whatever k is (2^24 fp32 = 64 MiB).
 # Elements of one (samples x images x pixels) block in eval-iwae. On CPU a block of ~12 MiB
 # is measured fastest (bench/RESULTS.md: 1.6x over 64 MiB blocks, which page-fault on every
 # allocation); a GPU wants large blocks to fill its cores.
@@ -34,23 +34,41 @@ def _batches(data: ImageSet, batch_size: int, device: torch.device):
 
 @torch.no_grad()
 def posteriors(model, data: ImageSet, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Means and standard deviations (N, D) of q(z|x) (q(z1|x) for hvae) over `data`."""
+    """Means and standard deviations (N, D) of q(z|x) (q(z1|x) for hvae) over `data` (the
+    standard deviations of an autoencoder's point mass are zero)."""
     model.eval()
     locs, scales = [], []
     for x, y in _batches(data, batch_size, model.device):
-        q = model.encode(x, y).base_dist
-        locs.append(q.loc.double())
-        scales.append(q.scale.double())
+        q = model.encode(x, y)
+        locs.append(q.mean.double())
+        scales.append(q.stddev.double())
     return torch.cat(locs), torch.cat(scales)
 
 
-@torch.no_grad()
 def latent_means(model, data: ImageSet, batch_size: int = 1000) -> torch.Tensor:
-    """(N, D) points in latent space: posterior means, or the code of an autoencoder."""
-    if model.stochastic:
-        return posteriors(model, data, batch_size)[0]
-    model.eval()
-    return torch.cat([model.latent_mean(x, y).double() for x, y in _batches(data, batch_size, model.device)])
+    """(N, D) points in latent space: posterior means (an autoencoder's codes)."""
+    return posteriors(model, data, batch_size)[0]
+
+
+def collapsed(mean_kl: float, active: int) -> bool:
+    """A posterior that carries (almost) no information about x."""
+    return active == 0 or mean_kl < COLLAPSE_KL
+
+
+def require_bound(model, name: str = "this model") -> None:
+    """The one refusal of a bound for a model that defines none (the autoencoder)."""
+    if not model.has_bound:
+        raise UsageError(f"{name} is a deterministic autoencoder (model=ae): it has no ELBO or "
+                         "IWAE bound; eval-iwae needs a VAE")
+
+
+def dimension_scores(model, data: ImageSet) -> tuple[list[float], str]:
+    """How much each latent dimension is used, and by what measure: the KL per dimension where
+    it has a closed form, else the variance of the posterior mean over `data`."""
+    loc, scale = posteriors(model, data)
+    if model.has_bound and model.exact_kl:
+        return kl_per_dim(loc, scale), "kl"
+    return active_units(loc)[1], "variance of the posterior mean"
 
 
 def active_units(loc: torch.Tensor) -> tuple[int, list[float]]:
@@ -95,7 +113,7 @@ def latent_diagnostics(model, data: ImageSet, mean_kl: float, batch_size: int = 
     mi = mutual_information(loc, scale, generator=torch.Generator(device=loc.device).manual_seed(0))
     # ELBO surgery: E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)). For hvae the mean KL
     # spans both layers while MI covers z1 only, so the identity does not apply there.
-    single_layer = model.spec.kind == "vae"
+    single_layer = model.layers == 1
     return {
         "active_units": active,
         "latent_dim": loc.shape[1],
@@ -103,7 +121,7 @@ def latent_diagnostics(model, data: ImageSet, mean_kl: float, batch_size: int = 
         "kl_per_dim": kl_per_dim(loc, scale) if model.exact_kl else None,
         "mutual_info": mi,
         "agg_posterior_kl": mean_kl - mi if single_layer else None,
-        "collapsed": active == 0 or mean_kl < COLLAPSE_KL,
+        "collapsed": collapsed(mean_kl, active),
     }
 
 
@@ -126,7 +144,7 @@ def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict:
         totals += torch.stack([m["elbo"], m["kl"], m["recon"]]).double() * x.shape[0]
     elbo, kl, recon = (totals / max(len(data), 1)).tolist()
     result = {"elbo": elbo, "kl": kl, "recon": recon}
-    if model.stochastic:
+    if model.has_bound:  # the latent diagnostics of a posterior with a KL
         loc, scale = posteriors(model, data, batch_size)
         result["active_units"] = active_units(loc)[0]
         result["kl_per_dim"] = kl_per_dim(loc, scale) if model.exact_kl else None
@@ -155,6 +173,7 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
     standard errors over images, KL, recon, bits/dim (of the IWAE bound, the tighter of the
     two), timing and importance samples per second.
     """
+    require_bound(model)
     ks = sorted(set(k)) if isinstance(k, (list, tuple)) else [k]
     k_max = ks[-1]
     model.eval()
@@ -198,3 +217,17 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
     }
     result.update(latent_diagnostics(model, data, kl))
     return result
+
+
+@torch.no_grad()
+def reconstructions(model, x: torch.Tensor, y: torch.Tensor | None, samples: int = 64) -> dict:
+    """Each image's reconstruction (its posterior mean decoded) and its loss in nats: -ELBO by
+    `samples` posterior samples, or -log p(x|z) for a model without a bound (the autoencoder).
+    Seeded, so the same images give the same figures."""
+    torch.manual_seed(0)
+    images = model.reconstruct(x, y)
+    if model.has_bound:
+        loss, measure = -objectives.iwae_bound(model, x, samples, y=y)["elbo"], "neg_elbo"
+    else:
+        loss, measure = -model.terms(x, y)["log_px"], "neg_log_px"
+    return {"images": images, "loss": loss.tolist(), "measure": measure}

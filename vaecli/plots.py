@@ -3,11 +3,9 @@ on CI and servers, with no display). Image grids go through torchvision in data/
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .atomic import atomic_write
-from .errors import UsageError
 
 
 def _pyplot():
@@ -24,25 +22,6 @@ def _save(fig, path: Path) -> Path:
     atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return Path(path)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl -> records; a broken line is a UsageError naming it."""
-    if not path.is_file():
-        raise UsageError(f"no metrics file at {path}")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UsageError(f"{path}:{number} is not a JSON line") from None
-        if isinstance(record, dict):
-            records.append(record)
-    if not records:
-        raise UsageError(f"{path} holds no metrics yet")
-    return records
 
 
 def metrics_figure(records: list[dict], out: Path, title: str = "") -> Path:

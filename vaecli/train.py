@@ -1,15 +1,16 @@
-"""fit(): the training loop. It knows no particular model: the objective returns a loss and a
-dict of metrics, the model comes from models.build, and everything is saved as safetensors.
+"""The trainer. Like minGPT's, it knows no particular model: the objective turns (model, x, y,
+step) into a loss and a dict of metric tensors, the model comes from models.build, and every
+file goes through runs.py / checkpoint.py. Later features (a learning-rate schedule, EMA
+weights, a logger, a progress bar) attach as `Callback`s, without touching the loop.
 
 Determinism: weights come from `seed`; the data order of epoch e from (seed, e); reparameterization
 noise and dynamic binarization from the global RNG, whose state is checkpointed. So a resumed
-run sees the same batches as an uninterrupted one.
+run sees the same batches, and draws the same noise, as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 import time
@@ -19,120 +20,91 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, evaluate, models, objectives
-from .config import DEVICES, Composed
+from . import checkpoint, data, device as devices, distributed, evaluate, models, objectives, pictures, runs
+from .config import Composed, Config
 from .data.images import save_grid
-from .errors import UsageError, VaeError
+from .distributed import Dist
+from .errors import Interrupted, UsageError, VaeError
 
-SAMPLE_GRID = 64
-
-
-class Reporter:
-    """Progress callbacks; the CLI passes a rich implementation, the default does nothing."""
-
-    def start(self, total_steps: int, done_steps: int, run_dir: Path) -> None: ...
-    def advance(self, step: int) -> None: ...
-    def metrics(self, step: int, epoch: int, values: dict[str, float]) -> None: ...
-    def note(self, text: str) -> None: ...
-    def stop(self) -> None: ...
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM during training; a checkpoint at `step` was written first."""
-
-    def __init__(self, step: int, run_dir: Path, signum: int, announce: bool = True, world: int = 1):
-        command = (f"torchrun --nproc-per-node {world} -m vaecli train --resume {run_dir}" if world > 1
-                   else f"vae train --resume {run_dir}")
-        super().__init__(f"interrupted at step {step}; resume with: {command}")
-        self.step, self.run_dir, self.signum = step, run_dir, signum
-        self.announce = announce  # under torchrun only rank 0 says it
-
-
-def pick_device(name: str) -> torch.device:
-    """auto -> cuda, then mps, then cpu; an explicit device that is missing is a UsageError."""
-    if name not in DEVICES:
-        raise UsageError(f"device must be one of {', '.join(DEVICES)} (got {name!r})")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("trainer.device=mps but MPS is not available; use trainer.device=auto")
-    return torch.device(name)
+SAMPLE_GRID = 64  # images in the grid written after an epoch
 
 
 @dataclass
-class Dist:
-    """This process's place in a torchrun job; the default is a single process."""
+class TrainState:
+    """What changes as training goes; the rest of the trainer is fixed after construction."""
 
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+    step: int = 0  # optimizer steps taken (skipped ones included), over all epochs
+    bad_in_a_row: int = 0  # non-finite steps in a row (the NaN guard)
+    skipped: int = 0  # non-finite steps in all
+    images_seen: int = 0  # this process's images this session
+    seconds: float = 0.0  # training time this session, evaluation excluded
 
 
-def init_distributed(device_name: str) -> Dist:
-    """Join the process group described by torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK):
-    nccl on CUDA, gloo on CPU. Without torchrun (or with one process) it does nothing."""
-    import torch.distributed as td
+@dataclass
+class TrainSummary:
+    """What `vae train` reports; to_dict() is its --json object."""
 
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return Dist()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
-    if device_name == "mps":
-        raise UsageError("torchrun with trainer.device=mps is not supported; use cuda or cpu")
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    if not td.is_initialized():
-        td.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, world, local_rank)
+    run_dir: str
+    step: int
+    epochs: int
+    test_elbo: float
+    test_kl: float
+    kl_exact: bool
+    active_units: int | None
+    latent_dim: int
+    kl_per_dim: list[float] | None
+    test_recon: float
+    train_seconds: float
+    img_per_s: float | None
+    processes: int
+    skipped_steps: int
+    precision: str
+    device: str
+    dataset: str
+    model: str
+    checkpoint: str
+    samples: str
 
-
-def leave_distributed(dist: Dist, together: bool) -> None:
-    """Tear down the process group. After a run that finished (together=True) every rank first
-    waits for the others: rank 0 evaluates and saves after the last step while the others are
-    done, and a gloo rank that destroyed its group and exited meanwhile was seen to abort
-    ("terminate called without an active exception", SIGABRT) in CI. After a failure no rank
-    waits (a peer may be gone; torchrun stops the rest). gc.collect() first, so DDP's reducer,
-    which holds the group, is gone and destroy_process_group really closes it."""
-    if dist.world == 1:
-        return
-    import gc
-
-    import torch.distributed as td
-
-    if not td.is_initialized():
-        return
-    gc.collect()
-    if together:
-        td.barrier()
-    td.destroy_process_group()
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def broadcast(value, dist: Dist):
-    """Rank 0's `value` on every rank (small Python objects: a run folder name)."""
-    if dist.world == 1:
-        return value
-    import torch.distributed as td
+class Callback:
+    """Hooks into the loop; override what you need. `trainer.state` holds the step and counters,
+    `trainer.optimizer` the learning rate. Called on every rank (check `trainer.dist.main` before
+    writing or printing)."""
 
-    box = [value]
-    td.broadcast_object_list(box, src=0)
-    return box[0]
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_step_end(self, trainer: "Trainer") -> None: ...
+    def on_log(self, trainer: "Trainer", epoch: int, values: dict[str, float]) -> None: ...
+    def on_eval(self, trainer: "Trainer", epoch: int, test: dict) -> None: ...
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+class BurdaLR(Callback):
+    """Burda et al. (2015): 3^i passes at base * 10^(-i/7) for i = 0..7, then the last rate."""
+
+    def __init__(self, base: float):
+        self.base = base
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = burda_lr(self.base, epoch)
+
+
+def burda_lr(base: float, epoch: int) -> float:
+    """Stage i covers epochs [(3^i - 1)/2, (3^(i+1) - 1)/2) at base * 10^(-i/7)."""
+    i = 0
+    while i < 7 and epoch >= (3 ** (i + 1) - 1) // 2:
+        i += 1
+    return base * 10 ** (-i / 7)
 
 
 class _LossStep(torch.nn.Module):
     """The model and its objective as one module. DDP synchronises gradients only for calls
     made through its forward(), and the objective calls model.terms()/log_weights(), so DDP
-    wraps this, never the bare model."""
+    (and autocast) wrap this, never the bare model."""
 
     def __init__(self, model: torch.nn.Module, objective):
         super().__init__()
@@ -140,43 +112,6 @@ class _LossStep(torch.nn.Module):
 
     def forward(self, x, y, step: int):
         return self.objective(self.model, x, y, step)
-
-
-def _compile(model: torch.nn.Module, device: torch.device) -> None:
-    """torch.compile the two methods objectives call. They become instance attributes, so the
-    module, its state_dict and therefore the checkpoint stay those of the plain model.
-    dynamic=False: one specialised graph per batch shape (train, last batch, eval) ran 1.2x
-    faster than eager on CPU, where dynamic-shape graphs were no faster than eager."""
-    import logging
-    import shutil
-
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
-        raise UsageError("trainer.compile=true on CPU needs a C++ compiler (g++ or clang++) on PATH; "
-                         "install one or drop trainer.compile")
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
-    for name in ("terms", "log_weights"):
-        setattr(model, name, torch.compile(getattr(model, name), dynamic=False))
-
-
-def _channels_last(setting: str, arch: str, device: torch.device) -> bool:
-    setting = str(setting).lower()
-    if setting == "auto":  # NHWC suits cuDNN's tensor-core kernels; measured no gain on CPU
-        return arch in ("conv", "resnet") and device.type == "cuda"
-    return setting == "true" and arch in ("conv", "resnet")
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
-    if device.type == "cuda" and cuda:
-        torch.cuda.set_rng_state_all(cuda)
 
 
 @contextmanager
@@ -201,301 +136,277 @@ def _signals_as_flag():
             signal.signal(s, h)
 
 
-def sample_labels(model, n: int, device: torch.device) -> torch.Tensor | None:
-    """Labels for a sample grid: none for an unconditional model, else each class in turn
-    (one row per class, as many columns as fit in n)."""
-    if not model.conditional:
-        return None
-    classes = model.spec.num_classes
-    per_class = max(1, n // classes)
-    return torch.arange(classes, device=device).repeat_interleave(per_class)
-
-
-def burda_lr(base: float, epoch: int) -> float:
-    """Burda et al. (2015): 3^i passes at base * 10^(-i/7) for i = 0..7, then the last rate.
-    Stage i covers epochs [(3^i - 1)/2, (3^(i+1) - 1)/2)."""
-    i = 0
-    while i < 7 and epoch >= (3 ** (i + 1) - 1) // 2:
-        i += 1
-    return base * 10 ** (-i / 7)
-
-
-def _epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).to(device)
 
 
-def fit(composed: Composed, run_dir: Path, resume: bool = False, reporter: Reporter | None = None,
-        dist: Dist | None = None) -> dict:
-    """Train (or continue training) the model of `composed` into `run_dir`; returns a summary.
+class Trainer:
+    """Trains `model` with `objective` on `train_set`, evaluating on `test_set`, into `run_dir`.
 
-    Under torchrun (`dist` from init_distributed) each rank trains on its share of every batch,
-    DDP averages the gradients, metrics are averaged over ranks, and only rank 0 evaluates and
-    writes; trainer.batch_size is per process.
+    Under torchrun (`dist`) each rank trains on its share of every batch, DDP averages the
+    gradients, metrics are averaged over ranks, and only rank 0 evaluates and writes;
+    trainer.batch_size is per process.
     """
-    reporter = reporter or Reporter()
-    dist = dist or Dist()
-    cfg, t = composed.cfg, composed.cfg.trainer
-    run_dir = Path(run_dir)
-    device = pick_device(t.device)
-    if dist.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    torch.manual_seed(cfg.seed)
 
-    train_set = data.build(cfg.dataset, "train", cfg.seed, t.num_workers)
-    test_set = data.build(cfg.dataset, "test", cfg.seed, t.num_workers)
-    if cfg.model.conditional and train_set.labels is None:
-        raise UsageError(f"model.conditional=true needs class labels, and dataset={cfg.dataset.name} has none")
-    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, train_set.image_shape,
-                                   train_set.num_classes)
-    try:
-        model = models.build(spec).to(device)
-    except ValueError as e:  # e.g. too many conv stages for the image size
-        raise UsageError(f"cannot build model={cfg.model.name} for {spec.image_shape} images: {e}") from None
-    channels_last = _channels_last(t.channels_last, spec.arch, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # fused: one kernel for the whole update instead of ~10 per parameter tensor; the unfused
-    # CPU Adam was a third of a training step (bench/RESULTS.md).
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=device.type in ("cpu", "cuda"))
-    # Mixed precision: the networks run in bf16/fp16, the distributions (log-likelihood, KL) in
-    # fp32 (models/vae.py casts); fp16 needs loss scaling against gradient underflow.
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
-    if amp_dtype is not None and device.type == "mps":
-        raise UsageError(f"trainer.precision={t.precision} is supported on cuda and cpu, not mps; use fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    def __init__(self, cfg: Config, model, objective, train_set, test_set, run_dir: Path, device: torch.device,
+                 dist: Dist | None = None, callbacks=()):
+        t = self.settings = cfg.trainer
+        self.cfg, self.model, self.objective = cfg, model, objective
+        self.train_set, self.test_set = train_set, test_set
+        self.run_dir, self.device = Path(run_dir), device
+        self.dist = dist or Dist()
+        self.callbacks = list(callbacks)
+        self.channels_last = devices.use_channels_last(t.channels_last, model, device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        # fused: one kernel for the whole update instead of ~10 per parameter tensor; the unfused
+        # CPU Adam was a third of a training step (bench/RESULTS.md).
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps,
+                                          fused=device.type in ("cpu", "cuda"))
+        self.amp_dtype = devices.amp_dtype(t.precision, device)
+        # fp16 needs loss scaling against gradient underflow
+        self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        self.state = TrainState()
+        self.global_batch = t.batch_size * self.dist.world
+        self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.last_test: dict | None = None
+        self._sums, self._count, self._tick, self._caught = None, 0, 0.0, {}
 
-    step = 0
-    if resume:
-        loaded = checkpoint.load_model(run_dir, device=device)
-        if asdict(loaded.model.spec) != asdict(spec):
+    # -- resume --------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from the run folder's checkpoint: weights, optimizer, loss scaler, RNG, step."""
+        run_dir, dist, t = self.run_dir, self.dist, self.settings
+        loaded = checkpoint.load_model(run_dir, device=self.device)
+        if asdict(loaded.model.spec) != asdict(self.model.spec):
             raise UsageError(f"{run_dir}: the saved model differs from its config.yaml; start a new run")
-        model.load_state_dict(loaded.model.state_dict())
+        self.model.load_state_dict(loaded.model.state_dict())
         if dist.main:  # rank 0 may finish an interrupted checkpoint; the others read after it
             state = checkpoint.load_trainer_for(run_dir, loaded.step)
-        if dist.world > 1:
-            import torch.distributed as td
-
-            td.barrier()
+        dist.barrier()
         if not dist.main:
             state = checkpoint.load_trainer_for(run_dir, loaded.step, promote=False)
         if state["world"] != dist.world:  # like trainer.batch_size: the global batch is part of the run
-            how = (f"torchrun --nproc-per-node {state['world']} -m vaecli train --resume {run_dir}"
-                   if state["world"] > 1 else f"vae train --resume {run_dir} (without torchrun)")
+            how = distributed.resume_command(run_dir, state["world"])
             raise UsageError(f"{run_dir} was trained by {state['world']} process(es) and this is {dist.world}: "
-                             f"the global batch would change; resume it with: {how}")
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        for group in optimizer.param_groups:  # a changed lr or eps applies from here on
+                             f"the global batch would change; resume it with: "
+                             f"{how}{'' if state['world'] > 1 else ' (without torchrun)'}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        for group in self.optimizer.param_groups:  # a changed lr or eps applies from here on
             group["lr"], group["eps"] = t.lr, t.adam_eps
-        set_rng_state(state["rng"], device)
-        step = state["step"]
+        devices.set_rng_state(state["rng"], self.device)
+        self.state.step = state["step"]
         if dist.main:  # lines logged after the checkpoint (a crash) would be logged again
-            checkpoint.truncate_metrics(run_dir, step)
-            for stale in run_dir.glob(".*.tmp"):  # half-written files of a killed process
-                stale.unlink(missing_ok=True)
-    if dist.main:
+            runs.truncate_metrics(run_dir, self.state.step)
+            runs.remove_stale_temp_files(run_dir)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> TrainSummary | None:
+        """Train to trainer.epochs; the summary on rank 0, None on the other ranks."""
+        if self.dist.world > 1 and len(self.train_set) < self.dist.world:
+            raise UsageError(f"{len(self.train_set)} training images cannot be shared by {self.dist.world} processes")
+        self.images = self.train_set.images.to(self.device)
+        self.labels = self.train_set.labels.to(self.device) if self.train_set.labels is not None else None
+        self.fixed_noise = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        if self.settings.compile:
+            devices.compile_methods(self.model, self.device)
+        self.loss_step = self.dist.wrap(_LossStep(self.model, self.objective), self.device)
+        self.emit("on_train_start")
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise VaeError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-        checkpoint.write_text(run_dir / checkpoint.CONFIG_FILE, composed.to_yaml())
+            with _signals_as_flag() as self._caught:
+                while self.state.step < self.total_steps:
+                    self.run_epoch()
+        finally:
+            self.loss_step = None  # DDP's reducer holds the process group: let it go before teardown
+            self.emit("on_train_end")
+        return self.summary() if self.dist.main else None
 
-    n, batch = len(train_set), t.batch_size
-    global_batch = batch * dist.world
-    if dist.world > 1 and n < dist.world:
-        raise UsageError(f"{n} training images cannot be shared by {dist.world} processes")
-    steps_per_epoch = math.ceil(n / global_batch)
-    total_steps = t.epochs * steps_per_epoch
-    images = train_set.images.to(device)
-    labels = train_set.labels.to(device) if train_set.labels is not None else None
-    objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, total_steps)
-    # Mixture/Vamp priors and the hierarchical model have no closed-form KL: say so in the metrics.
-    kl_exact = model.exact_kl if model.stochastic else True
-    fixed_noise = torch.Generator(device=device).manual_seed(cfg.seed)
-    if t.compile:
-        _compile(model, device)
-    loss_step = _LossStep(model, objective)
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    def run_epoch(self) -> None:
+        epoch, offset = divmod(self.state.step, self.steps_per_epoch)
+        order = epoch_order(len(self.train_set), self.cfg.seed, epoch, self.device)
+        self.dist.seed_epoch(self.cfg.seed, epoch)
+        self.emit("on_epoch_start", epoch)
+        self.model.train()
+        self._tick = time.perf_counter()
+        last = self.steps_per_epoch - 1
+        for i in range(offset, self.steps_per_epoch):
+            self.train_step(self.dist.shard(order, i, self.global_batch))
+            step = self.state.step
+            if (step % self.settings.log_every == 0 or i == last) and self._count:
+                self.log(epoch + 1)
+            if self.dist.any(bool(self._caught), self.device):
+                self.interrupt(epoch)
+            every = self.settings.checkpoint_every_steps
+            if every and step % every == 0 and i < last:
+                self.save(epoch)  # mid-epoch: resume continues from this step, bit for bit
+        self.state.seconds += time.perf_counter() - self._tick
+        self.end_epoch(epoch + 1)
 
-        loss_step = DistributedDataParallel(loss_step, device_ids=[device.index] if device.type == "cuda" else None)
+    def train_step(self, index: torch.Tensor) -> None:
+        """One optimizer step on the images `index`, unless the loss or a gradient is not finite."""
+        x = self.train_set.to_float(self.images[index])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = None if self.labels is None else self.labels[index]
+        with devices.autocast(self.device, self.amp_dtype):
+            loss, metrics = self.loss_step(x, y, self.state.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.state.step += 1
+        self.state.images_seen += x.shape[0]
+        if self.finite(loss):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.state.bad_in_a_row = 0
+            self._names = list(metrics)
+            values = torch.stack(list(metrics.values()))
+            self._sums = values if self._sums is None else self._sums + values  # stays on device: no sync
+            self._count += 1
+        else:  # skip: the weights and Adam's state never see a NaN
+            self.state.bad_in_a_row += 1
+            self.state.skipped += 1
+            if self.state.bad_in_a_row >= self.settings.max_bad_steps:
+                raise self.diverged()
+        self.emit("on_step_end")
 
-    def save(epoch: int) -> None:
-        if dist.main:
-            checkpoint.save_checkpoint(run_dir, model, cfg.dataset, cfg.seed, optimizer, rng_state(device), step,
-                                       epoch, scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                                       world=dist.world)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def finite(loss: torch.Tensor) -> bool:
+    def finite(self, loss: torch.Tensor) -> bool:
         """The loss and every gradient are finite: one sum over the gradients (NaN and inf
         survive it) and one host read, ~1% of a step (bench/RESULTS.md). Under fp16 overflowing
         gradients are the loss scaler's business (it skips those steps itself)."""
-        if scaler.is_enabled():
+        if self.scaler.is_enabled():
             return bool(torch.isfinite(loss))
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         total = torch.stack([g.sum() for g in grads]).sum() if grads else loss.new_zeros(())
         return bool(torch.isfinite(loss.detach().float() + total))
 
-    def diverged() -> VaeError:
+    def log(self, epoch: int) -> None:
+        """Average the metrics since the last log line over steps and ranks: one host read."""
+        means = dict(zip(self._names, self.dist.mean(self._sums / self._count).tolist()))
+        self._sums, self._count = None, 0
+        if self.state.skipped:
+            means["skipped_steps"] = self.state.skipped
+        now = time.perf_counter()
+        self.state.seconds += now - self._tick
+        self._tick = now
+        means["img_per_s"] = self.images_per_second() or 0.0
+        if self.dist.main:
+            runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "train", **means})
+        self.emit("on_log", epoch, means)
+
+    def end_epoch(self, epoch: int) -> None:
+        """Rank 0 evaluates on the test split, writes the sample grid and the checkpoint."""
+        last = self.state.step == self.total_steps
+        if not self.dist.main:
+            return
+        t = self.settings
+        with devices.forked_rng(self.device):  # evaluation and pictures must not move the training RNG
+            self.last_test = self.evaluate()
+            runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "test",
+                                               **self.last_test, "kl_exact": self.model.exact_kl})
+            self.emit("on_eval", epoch, self.last_test)
+            if last or (t.sample_every and epoch % t.sample_every == 0):
+                self.sample_grid(epoch)
+        if last or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
+            self.save(epoch)
+
+    def evaluate(self) -> dict:
+        return evaluate.elbo_dataset(self.model, self.test_set, self.settings.eval_batch_size)
+
+    def sample_grid(self, epoch: int) -> None:
+        """The same prior draws after every epoch (one row per class for a conditional model)."""
+        self.model.eval()
+        per_row = max(1, SAMPLE_GRID // self.model.num_classes) if self.model.conditional else SAMPLE_GRID
+        grid, nrow = pictures.prior_samples(self.model, per_row, generator=self.fixed_noise.manual_seed(self.cfg.seed))
+        save_grid(grid, self.run_dir / runs.SAMPLES_DIR / f"epoch_{epoch:03d}.png", nrow=nrow)
+
+    # -- checkpoints, stopping -----------------------------------------------------------------
+
+    def save(self, epoch: int) -> None:
+        if self.dist.main:
+            scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
+            checkpoint.save_checkpoint(self.run_dir, self.model, self.cfg.dataset, self.cfg.seed, self.optimizer,
+                                       devices.rng_state(self.device), self.state.step, epoch, scaler=scaler,
+                                       world=self.dist.world)
+
+    def interrupt(self, epoch: int):
+        """A signal reached some rank: every rank saves (rank 0 writes) and stops after this step."""
+        self.save(epoch)
+        signum = self._caught.get("signum", signal.SIGTERM)  # a rank may stop for another's signal
+        command = distributed.resume_command(self.run_dir, self.dist.world)
+        raise Interrupted(f"interrupted at step {self.state.step}; resume with: {command}", signum,
+                          announce=self.dist.main)
+
+    def diverged(self) -> VaeError:
+        t, cfg = self.settings, self.cfg
         likely = [f"a learning rate too high (trainer.lr={t.lr:g}; try {t.lr / 10:g})"]
         if cfg.likelihood.name == "gaussian_learned":
             likely.append("the learned sigma of likelihood=gaussian_learned collapsing (raise likelihood.sigma "
                           "or use likelihood=gaussian)")
         if t.precision == "fp16":
             likely.append("fp16 overflow (try trainer.precision=bf16 or fp32)")
-        saved = checkpoint.saved_step(run_dir)
-        keep = (f"the last good checkpoint (step {saved}) is in {run_dir}" if saved is not None
+        saved = checkpoint.saved_step(self.run_dir)
+        keep = (f"the last good checkpoint (step {saved}) is in {self.run_dir}" if saved is not None
                 else "no checkpoint was written yet")
-        return VaeError(f"training diverged: {bad_run} steps in a row (to step {step}) had a non-finite loss or "
-                        f"gradient and were skipped; likely causes: {'; '.join(likely)}; {keep}")
+        return VaeError(f"training diverged: {self.state.bad_in_a_row} steps in a row (to step {self.state.step}) "
+                        f"had a non-finite loss or gradient and were skipped; likely causes: {'; '.join(likely)}; "
+                        f"{keep}")
 
-    def shard(order: torch.Tensor, i: int) -> torch.Tensor:
-        """Rank r's images of step i: every world-th image of the global batch, the last global
-        batch padded from the epoch's start so every rank gets as many steps (as
-        DistributedSampler does)."""
-        index = order[i * global_batch:(i + 1) * global_batch]
-        if dist.world == 1:
-            return index
-        if len(index) % dist.world:
-            index = torch.cat([index, order[:dist.world - len(index) % dist.world]])
-        return index[dist.rank::dist.world]
+    # -- reporting -----------------------------------------------------------------------------
 
-    def all_mean(values: torch.Tensor) -> torch.Tensor:
-        if dist.world > 1:
-            import torch.distributed as td
+    def emit(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
-            td.all_reduce(values)
-            values = values / dist.world
-        return values
+    def images_per_second(self) -> float | None:
+        s = self.state
+        return s.images_seen * self.dist.world / s.seconds if s.seconds > 0 else None
 
-    def stop_requested() -> bool:
-        """A signal reached any rank (torchrun forwards it to all, not necessarily between the
-        same two steps): all ranks stop after the same step."""
-        if dist.world == 1:
-            return bool(caught)
-        import torch.distributed as td
+    def summary(self) -> TrainSummary:
+        if self.last_test is None:  # nothing left to train (resumed a finished run): still report
+            with devices.forked_rng(self.device):
+                self.last_test = self.evaluate()
+            if not (self.run_dir / runs.MODEL_FILE).exists():
+                self.save(self.state.step // self.steps_per_epoch)
+        test, model = self.last_test, self.model
+        return TrainSummary(
+            run_dir=str(self.run_dir), step=self.state.step, epochs=self.settings.epochs,
+            test_elbo=test["elbo"], test_kl=test["kl"], kl_exact=model.exact_kl,
+            active_units=test.get("active_units"), latent_dim=model.latent_dim, kl_per_dim=test.get("kl_per_dim"),
+            test_recon=test["recon"], train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
+            processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.settings.precision,
+            device=str(self.device), dataset=self.cfg.dataset.name, model=model.spec.arch,
+            checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR))
 
-        flag = torch.tensor([1.0 if caught else 0.0], device=device)
-        td.all_reduce(flag)
-        return flag.item() > 0
 
-    def forked_rng():  # evaluation and sample grids must not move the training RNG
-        return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks=()) -> Trainer:
+    """The trainer for a composed config: device, data, model and objective, in the order that
+    makes the weights a function of `seed` alone."""
+    cfg, t = composed.cfg, composed.cfg.trainer
+    dist = dist or Dist()
+    device = devices.pick(t.device)
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    torch.manual_seed(cfg.seed)
+    train_set = data.build(cfg.dataset, "train", cfg.seed, t.num_workers)
+    test_set = data.build(cfg.dataset, "test", cfg.seed, t.num_workers)
+    model = models.from_config(cfg, train_set.image_shape, train_set.num_classes).to(device)
+    callbacks = [*callbacks, *([BurdaLR(t.lr)] if t.lr_schedule == "burda" else [])]
+    steps = t.epochs * math.ceil(len(train_set) / (t.batch_size * dist.world))
+    objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, steps)
+    return Trainer(cfg, model, objective, train_set, test_set, run_dir, device, dist, callbacks)
 
-    if not dist.main:
-        reporter = Reporter()
-    reporter.start(total_steps, step, run_dir)
-    seen, train_seconds, last_test = 0, 0.0, None
-    sums, count = None, 0
-    bad_run, skipped = 0, 0  # non-finite steps: in a row, and in all
-    try:
-        with _signals_as_flag() as caught:
-            while step < total_steps:
-                epoch, offset = divmod(step, steps_per_epoch)
-                order = _epoch_order(n, cfg.seed, epoch, device)
-                if dist.world > 1:  # each rank its own noise, reproducible from (seed, epoch, rank)
-                    torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 4099 + dist.rank)
-                if t.lr_schedule == "burda":
-                    for group in optimizer.param_groups:
-                        group["lr"] = burda_lr(t.lr, epoch)
-                model.train()
-                tick = time.perf_counter()
-                for i in range(offset, steps_per_epoch):
-                    index = shard(order, i)
-                    x = train_set.to_float(images[index])
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        loss, metrics = loss_step(x, None if labels is None else labels[index], step)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    step += 1
-                    seen += x.shape[0]
-                    if finite(loss):
-                        scaler.step(optimizer)
-                        scaler.update()
-                        bad_run = 0
-                        values = torch.stack(list(metrics.values()))
-                        sums = values if sums is None else sums + values  # stays on device: no sync
-                        count += 1
-                    else:  # skip: the weights and Adam's state never see a NaN
-                        bad_run += 1
-                        skipped += 1
-                        if bad_run >= t.max_bad_steps:
-                            raise diverged()
-                    reporter.advance(step)
-                    if (step % t.log_every == 0 or i == steps_per_epoch - 1) and count:
-                        means = dict(zip(metrics, all_mean(sums / count).tolist()))  # the one host read
-                        sums, count = None, 0
-                        if skipped:
-                            means["skipped_steps"] = skipped
-                        train_seconds += time.perf_counter() - tick
-                        tick = time.perf_counter()
-                        means["img_per_s"] = seen * dist.world / train_seconds if train_seconds > 0 else 0.0
-                        if dist.main:
-                            checkpoint.append_metrics(run_dir, {"step": step, "epoch": epoch + 1, "split": "train", **means})
-                        reporter.metrics(step, epoch + 1, means)
-                    if stop_requested():
-                        save(epoch)
-                        # under torchrun a rank may stop because another rank was signalled
-                        raise Interrupted(step, run_dir, caught.get("signum", signal.SIGTERM), announce=dist.main,
-                                          world=dist.world)
-                    if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0 and i < steps_per_epoch - 1:
-                        save(epoch)  # mid-epoch: resume continues from this step, bit for bit
-                # end of an epoch
-                train_seconds += time.perf_counter() - tick
-                epoch += 1
-                last = step == total_steps
-                if not dist.main:  # rank 0 evaluates, draws samples and saves
-                    continue
-                with forked_rng():
-                    last_test = evaluate.elbo_dataset(model, test_set, t.eval_batch_size)
-                    checkpoint.append_metrics(run_dir, {"step": step, "epoch": epoch, "split": "test", **last_test,
-                                                        "kl_exact": kl_exact})
-                    reporter.note(f"epoch {epoch}/{t.epochs}: test ELBO {last_test['elbo']:.2f}, "
-                                  f"KL {last_test['kl']:.2f}, recon {last_test['recon']:.2f} nats")
-                    if last or (t.sample_every and epoch % t.sample_every == 0):
-                        model.eval()
-                        grid_labels = sample_labels(model, SAMPLE_GRID, device)
-                        grid = model.sample(len(grid_labels) if grid_labels is not None else SAMPLE_GRID,
-                                            generator=fixed_noise.manual_seed(cfg.seed), y=grid_labels)
-                        rows = model.spec.num_classes if grid_labels is not None else 8
-                        save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png", nrow=len(grid) // rows)
-                if last or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
-                    save(epoch)
-    finally:
-        loss_step = None  # DDP's reducer holds the process group: let it go before teardown
-    reporter.stop()
-    if not dist.main:
-        return {"run_dir": str(run_dir), "step": step, "rank": dist.rank}
-    if last_test is None:  # nothing left to train (resumed a finished run): still report
-        with forked_rng():
-            last_test = evaluate.elbo_dataset(model, test_set, t.eval_batch_size)
-        if not (run_dir / checkpoint.MODEL_FILE).exists():
-            save(step // steps_per_epoch)
-    return {
-        "run_dir": str(run_dir),
-        "step": step,
-        "epochs": t.epochs,
-        "test_elbo": last_test["elbo"],
-        "test_kl": last_test["kl"],
-        "kl_exact": kl_exact,
-        "active_units": last_test.get("active_units"),
-        "latent_dim": spec.latent_dim,
-        "kl_per_dim": last_test.get("kl_per_dim"),
-        "test_recon": last_test["recon"],
-        "train_seconds": train_seconds,
-        "img_per_s": seen * dist.world / train_seconds if train_seconds > 0 else None,
-        "processes": dist.world,
-        "skipped_steps": skipped,
-        "precision": t.precision,
-        "device": str(device),
-        "dataset": cfg.dataset.name,
-        "model": spec.arch,
-        "checkpoint": str(run_dir / checkpoint.MODEL_FILE),
-        "samples": str(run_dir / "samples"),
-    }
+
+def fit(composed: Composed, run_dir: Path, resume: bool = False, dist: Dist | None = None,
+        callbacks=()) -> TrainSummary | None:
+    """Train (or, with resume, continue) the model of `composed` in `run_dir`."""
+    trainer = build(composed, run_dir, dist, callbacks)
+    if resume:
+        trainer.resume()
+    if trainer.dist.main:
+        runs.create(trainer.run_dir, composed.to_yaml())
+    return trainer.fit()

@@ -46,6 +46,18 @@ class ImageSet:
             x = torch.bernoulli(x, generator=generator)
         return x
 
+    @staticmethod
+    def concat(parts: list["ImageSet"]) -> "ImageSet":
+        """The images of `parts` (same dataset, e.g. its train and test splits) as one set."""
+        first = parts[0]
+
+        def cat(name):
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else torch.cat(values)
+
+        return ImageSet(cat("images"), cat("labels"), first.num_classes, first.binarize, cat("factors"),
+                        first.factor_names, first.name)
+
     def head(self, n: int | None) -> "ImageSet":
         """The first n images (all when n is None)."""
         if n is None or n >= len(self):

@@ -1,20 +1,22 @@
-"""Models: `build(spec)` turns a VAESpec into a model; `spec_from_config` makes the spec."""
+"""Models: `build(spec)` turns a VAESpec into a model; `from_config` makes the spec from the
+typed config and what the data fixes (image shape, classes) and builds it."""
 
 from __future__ import annotations
 
-from .vae import AE, HVAE, KINDS, VAE, VAESpec, build
+from .vae import AE, HVAE, KINDS, VAE, PointMass, VAESpec, build
 
-__all__ = ["AE", "HVAE", "KINDS", "VAE", "VAESpec", "build", "spec_from_config"]
+__all__ = ["AE", "HVAE", "KINDS", "VAE", "PointMass", "VAESpec", "build", "from_config", "spec_from_config"]
 
 
 def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[int, int, int],
                      num_classes: int | None = None) -> VAESpec:
     """The model part of a run config (model.*, likelihood.*, prior.*) plus what the data fixes:
-    the image shape and, for a conditional model, the number of classes."""
+    the image shape and, for a conditional model, the number of classes. Keys the chosen options
+    leave unset (None) keep VAESpec's recorded values; config.validate has made sure that every
+    key a model uses is set."""
     kind = model_cfg.name if model_cfg.name in ("ae", "hvae") else "vae"
-    arch = model_cfg.network if kind != "vae" else model_cfg.name
-    return VAESpec(
-        arch=arch,
+    fields = dict(
+        arch=model_cfg.network if kind != "vae" else model_cfg.name,
         image_shape=image_shape,
         latent_dim=model_cfg.latent_dim,
         hidden=list(model_cfg.hidden),
@@ -25,8 +27,23 @@ def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[in
         activation=model_cfg.activation,
         num_classes=num_classes if model_cfg.conditional else None,
         per_pixel=bool(likelihood_cfg.per_pixel),
-        mixtures=likelihood_cfg.mixtures or 1,
-        prior_components=prior_cfg.components or 10,
-        latent_dim2=model_cfg.latent_dim2 or 50,
-        hidden2=list(model_cfg.hidden2 or [100, 100]),
+        mixtures=likelihood_cfg.mixtures,
+        prior_components=prior_cfg.components,
+        latent_dim2=model_cfg.latent_dim2,
+        hidden2=None if model_cfg.hidden2 is None else list(model_cfg.hidden2),
     )
+    optional = ("mixtures", "prior_components", "latent_dim2", "hidden2")
+    return VAESpec(**{k: v for k, v in fields.items() if v is not None or k not in optional})
+
+
+def from_config(cfg, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
+    """The model of a run config (config.Config) for data of `image_shape` with `num_classes`."""
+    from ..errors import UsageError
+
+    if cfg.model.conditional and num_classes is None:
+        raise UsageError(f"model.conditional=true needs class labels, and dataset={cfg.dataset.name} has none")
+    spec = spec_from_config(cfg.model, cfg.likelihood, cfg.prior, image_shape, num_classes)
+    try:
+        return build(spec)
+    except ValueError as e:  # e.g. too many conv stages for the image size
+        raise UsageError(f"cannot build model={cfg.model.name} for {spec.image_shape} images: {e}") from None

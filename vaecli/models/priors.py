@@ -65,7 +65,7 @@ class VampPrior(nn.Module):
         return MixtureSameFamily(Categorical(logits=uniform, validate_args=False), components, validate_args=False)
 
 
-def build(name: str, latent_dim: int, image_shape: tuple[int, int, int], components: int = 10) -> nn.Module:
+def build(name: str, latent_dim: int, image_shape: tuple[int, int, int], components: int) -> nn.Module:
     if name == "normal":
         return StandardNormal(latent_dim)
     if name == "mog":

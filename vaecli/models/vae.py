@@ -1,11 +1,17 @@
 """The model family: VAE (Kingma & Welling 2013), its conditional form (Sohn et al. 2015), the
 deterministic autoencoder baseline, and the two-stochastic-layer VAE of Burda et al. (2015).
 
-Every model answers the same questions, so objectives and commands never ask which one it is:
+Every model answers the same questions, so objectives and commands never ask which one it is
+(docs/ARCHITECTURE.md, "The model contract"):
+  encode(x, y)         q(z|x), a distribution with .mean and .stddev (a point mass for the AE)
+  decode(z, y)         p(x|z);  decode_images(z, y) its mean in [0, 1]
   terms(x, y)          one-sample pieces of the ELBO: log p(x|z), KL, KL per dimension
   log_weights(x, k, y) log p(x, z_j) - log q(z_j|x) for k posterior samples (IWAE)
   latent_mean(x, y)    the point in latent space an image maps to (interpolation)
-  decode(z, y)         p(x|z);  sample(n, ...) prior draws decoded to the likelihood mean
+  sample(n, ...)       prior draws decoded;  reconstruct(x, y) the posterior mean decoded
+and describes itself: latent_dim, conditional/num_classes, exact_kl (closed-form KL), has_bound
+(log_weights defines a bound on log p(x)), layers (stochastic layers), convolutional.
+Models raise plain Python errors (ValueError); mapping them to messages is the CLI's business.
 """
 
 from __future__ import annotations
@@ -15,9 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal
+from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal, constraints
 
-from ..errors import UsageError
 from . import blocks, likelihoods, priors
 
 KINDS = ("vae", "ae", "hvae")
@@ -40,6 +45,8 @@ class VAESpec:
     per_pixel: bool = False  # gaussian_learned: one sigma per pixel instead of one in all
     mixtures: int = 1  # logistic: mixture components per pixel
     prior_components: int = 10  # mog: Gaussians; vamp: pseudo-inputs
+    # The fields below matter only to some models; conf/ holds their defaults (e.g. 50 VampPrior
+    # components). The values here are what a spec records when its model does not use them.
     latent_dim2: int = 50  # hvae: the top stochastic layer
     hidden2: list[int] = field(default_factory=lambda: [100, 100])  # hvae: z1 <-> z2 networks
 
@@ -67,10 +74,42 @@ def _gaussian(params: Tensor) -> Distribution:
                        validate_args=False)
 
 
+class PointMass(Distribution):
+    """q(z|x) = delta(z - loc): the posterior of a deterministic encoder, so an autoencoder
+    answers encode() like every other model (diffusers' DiagonalGaussianDistribution with
+    deterministic=True plays the same role). Samples are loc itself; event (D,)."""
+
+    arg_constraints = {"loc": constraints.real}
+    has_rsample = True
+
+    def __init__(self, loc: Tensor):
+        self.loc = loc
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def stddev(self) -> Tensor:
+        return torch.zeros_like(self.loc)
+
+    @property
+    def variance(self) -> Tensor:
+        return torch.zeros_like(self.loc)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        return self.loc.expand(*sample_shape, *self.loc.shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        raise ValueError("a point-mass posterior has no density: a deterministic autoencoder has no bound")
+
+
 class VAE(nn.Module):
     """p(z) p(x|z) with an amortized Gaussian posterior q(z|x); images are (B, C, H, W)."""
 
-    stochastic = True
+    has_bound = True  # log_weights() bounds log p(x): ELBO and IWAE are defined
+    layers = 1  # stochastic layers; the latent z of encode() is the only one
 
     def __init__(self, spec: VAESpec):
         super().__init__()
@@ -99,6 +138,15 @@ class VAE(nn.Module):
         return bool(self.spec.num_classes)
 
     @property
+    def num_classes(self) -> int | None:
+        return self.spec.num_classes
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether its networks are convolutional (they can use the channels_last layout)."""
+        return self.spec.arch in ("conv", "resnet")
+
+    @property
     def exact_kl(self) -> bool:
         """Whether KL(q(z|x) || p(z)) has a closed form (standard-normal prior)."""
         return self.prior_net.analytic_kl
@@ -112,7 +160,7 @@ class VAE(nn.Module):
         if not self.conditional:
             return h
         if y is None:
-            raise UsageError("this is a conditional model: it needs class labels (e.g. --label 3)")
+            raise ValueError("this is a conditional model: it needs class labels (e.g. --label 3)")
         onehot = F.one_hot(y.long(), self.spec.num_classes).to(h.dtype)
         return torch.cat([h, onehot.expand(*h.shape[:-1], onehot.shape[-1])], dim=-1)
 
@@ -135,6 +183,10 @@ class VAE(nn.Module):
 
     def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.encode(x, y).mean
+
+    def decode_images(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The likelihood's mean for latents (..., latent_dim): images (..., C, H, W) in [0, 1]."""
+        return self.decode(z, y).mean.clamp(0, 1)
 
     # -- what objectives and evaluation use ------------------------------------------------
 
@@ -190,38 +242,40 @@ class VAE(nn.Module):
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
                y: Tensor | None = None) -> Tensor:
         """n images (n, C, H, W) in [0, 1]: prior draws decoded to the likelihood's mean."""
-        return self.decode(self._prior_draws(n, temperature, generator), y).mean.clamp(0, 1)
+        return self.decode_images(self._prior_draws(n, temperature, generator), y)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Decode the latent mean of each image: (B, C, H, W) in [0, 1]."""
-        return self.decode(self.latent_mean(x, y), y).mean.clamp(0, 1)
+        return self.decode_images(self.latent_mean(x, y), y)
 
 
 class AE(VAE):
-    """The deterministic autoencoder baseline: same networks, z = encoder(x), no KL.
+    """The deterministic autoencoder baseline: same networks, q(z|x) a point mass at
+    encoder(x), so its KL is zero by convention and its loss the reconstruction term alone.
 
-    Its loss is the reconstruction term alone. `sample` still decodes N(0, I) draws, which shows
-    the holes such an unregularized latent space has; there is no bound to evaluate.
+    `sample` still decodes N(0, I) draws, which shows the holes such an unregularized latent
+    space has. It bounds nothing (has_bound False): log_weights refuses.
     """
 
-    stochastic = False
+    has_bound = False
 
     def _head_outputs(self) -> int:
         return self.spec.latent_dim
 
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
-        raise UsageError("model=ae is a deterministic autoencoder: it has no posterior q(z|x)")
+    @property
+    def exact_kl(self) -> bool:
+        return True  # zero, exactly
 
-    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.head(self._condition(self.encoder(x), y))
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        return PointMass(self.head(self._condition(self.encoder(x), y)))
 
     def terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         log_px = self.decode(self.latent_mean(x, y), y).log_prob(x)
         return {"log_px": log_px, "kl": torch.zeros_like(log_px), "kl_per_dim": None, "kl_exact": True}
 
     def log_weights(self, x, k, y=None, reparam=False):
-        raise UsageError("model=ae is a deterministic autoencoder: it has no ELBO or IWAE bound "
+        raise ValueError("model=ae is a deterministic autoencoder: it has no ELBO or IWAE bound "
                          "to evaluate; train a VAE (e.g. model=mlp) for eval-iwae")
 
     def kl(self, x, y=None):
@@ -232,6 +286,8 @@ class HVAE(VAE):
     """Two stochastic layers (Burda et al. 2015): inference x -> z1 -> z2, generation
     p(z2) p(z1|z2) p(x|z1). z1 has latent_dim units, z2 latent_dim2; the z1 <-> z2 networks
     are MLPs with `hidden2` units. encode/decode/latent_mean work on z1."""
+
+    layers = 2
 
     def __init__(self, spec: VAESpec):
         super().__init__(spec)
@@ -289,7 +345,7 @@ class HVAE(VAE):
         p1 = self.p1(z2).base_dist
         eps = torch.randn(p1.loc.shape, generator=generator, device=self.device)
         z1 = p1.loc + temperature * p1.scale * eps
-        return self.decode(z1, y).mean.clamp(0, 1)
+        return self.decode_images(z1, y)
 
 
 def build(spec: VAESpec) -> VAE:

@@ -1,0 +1,78 @@
+"""The Typer application and the options every command shares, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+from .. import __version__
+from ..errors import UsageError
+
+app = typer.Typer(
+    name="vae",
+    help="Train, sample and evaluate Variational Autoencoders.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vaecli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Train, sample and evaluate Variational Autoencoders."""
+
+
+def at_least(minimum: float, strict: bool = False):
+    """An option callback: the value must be >= minimum (> with strict); None passes."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value):
+        if value is not None and ((value <= minimum) if strict else (value < minimum)):
+            bound = f"> {minimum}" if strict else f">= {minimum}"
+            raise UsageError(f"{param.opts[0]} must be {bound} (got {value})")
+        return value
+
+    return check
+
+
+def one_of(*choices: str):
+    """An option callback: the value must be one of `choices`."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value):
+        if value not in choices:
+            listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+            raise UsageError(f"{param.opts[0]} must be {listed} (got {value!r})")
+        return value
+
+    return check
+
+
+def out_option(default_name: str):
+    return Annotated[Optional[Path], typer.Option("--out", help=f"PNG to write (default: RUN/{default_name}).")]
+
+
+def label_option(help: str):
+    return Annotated[Optional[str], typer.Option("--label", help=f"Conditional models: {help}")]
+
+
+Ckpt = Annotated[Optional[str], typer.Option(
+    "--ckpt", help="Run folder or model.safetensors (default: the latest run under ./runs).")]
+DataRoot = Annotated[Optional[str], typer.Option(
+    "--data-root", help="Where the dataset lives (default: the checkpoint's, else $VAECLI_DATA or the cache dir).")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for the random draws.")]
+Steps = Annotated[int, typer.Option("--steps", callback=at_least(2), help="Points per strip, endpoints included.")]

@@ -1,0 +1,91 @@
+"""What commands that load a model have in common: the checkpoint, its dataset, --label, and
+image arguments (files, or test:N / train:N for a dataset image)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UsageError
+from .output import stderr
+
+DATASET_REF = re.compile(r"^(train|test):(\d+)$")
+
+
+def load(ckpt: Optional[str], device: str):
+    """The checkpoint (checkpoint.Loaded) on the chosen device."""
+    from .. import checkpoint, device as devices
+
+    return checkpoint.load_model(ckpt, device=devices.pick(device))
+
+
+def dataset(loaded, split: str, data_root: Optional[str]):
+    """The checkpoint's dataset (its test split by default), optionally from another root."""
+    from dataclasses import replace
+
+    from .. import data
+
+    cfg = replace(loaded.dataset, root=data_root) if data_root else loaded.dataset
+    return data.build(cfg, split, loaded.seed)
+
+
+def label(model, text: Optional[str], allow_all: bool = False) -> Optional[int | str]:
+    """--label: a class index (or 'all' where allowed) for a conditional model, else None."""
+    if text is None:
+        return None
+    if not model.conditional:
+        raise UsageError("--label needs a conditional model (train with model.conditional=true)")
+    if allow_all and text == "all":
+        return "all"
+    classes = model.num_classes
+    if not text.isdigit() or int(text) >= classes:
+        choices = f"0..{classes - 1}" + (" or all" if allow_all else "")
+        raise UsageError(f"--label must be a class index {choices} (got {text!r})")
+    return int(text)
+
+
+def images(refs: list[str], loaded, data_root: Optional[str], splits: Optional[dict] = None,
+           given_label: Optional[int] = None):
+    """Image files (converted to the model's shape) or dataset references like test:3.
+
+    Returns images (B, C, H, W), their names, and their labels (B,) for a conditional model
+    (a dataset image's own label; `given_label` for files), else None. `splits` caches splits.
+    """
+    import torch
+
+    from ..data.images import read_image
+
+    model = loaded.model
+    c, h, w = model.spec.image_shape
+    found, names, labels = [], [], []
+    splits = {} if splits is None else splits
+    for ref in refs:
+        match = DATASET_REF.match(ref)
+        if match and not Path(ref).exists():
+            split, index = match.group(1), int(match.group(2))
+            if split not in splits:
+                splits[split] = dataset(loaded, split, data_root)
+            data = splits[split]
+            if index >= len(data):
+                raise UsageError(f"{ref}: the {split} split has {len(data)} images (0..{len(data) - 1})")
+            found.append(data.to_float(data.images[index:index + 1])[0])
+            own = int(data.labels[index]) if data.labels is not None else None
+            labels.append(own if given_label is None else given_label)
+        else:
+            x, note = read_image(ref, c, (h, w))
+            if note:
+                stderr.print(f"note: {ref}: {note} to match the model")
+            found.append(x)
+            labels.append(given_label)
+        names.append(ref)
+    y = None
+    if model.conditional:
+        if any(v is None for v in labels):
+            raise UsageError("this conditional model needs a class for image files: pass --label N")
+        y = torch.tensor(labels, device=model.device)
+    return torch.stack(found).to(model.device), names, y
+
+
+def out_path(out: Optional[Path], loaded, default_name: str) -> Path:
+    return out or loaded.run_dir / default_name

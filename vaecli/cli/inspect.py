@@ -1,0 +1,136 @@
+"""vae traverse, latent-plot, plot-metrics and eval-disentanglement: looking into the latent
+space and the training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UsageError
+from . import inputs, output
+from .app import Ckpt, DataRoot, Device, Json, Steps, app, at_least, label_option, one_of, out_option
+
+
+DecodeLabel = label_option("the class to decode with.")
+TraverseOut = out_option("traverse.png")
+LatentOut = out_option("latent.png")
+ManifoldLabel = label_option("the class of the manifold grid.")
+
+
+@app.command()
+def traverse(
+    ckpt: Ckpt = None,
+    image: Optional[str] = typer.Option(None, "--image", help="Sweep around this image's posterior mean (file or test:N); default z = 0."),
+    dims: str = typer.Option("10", "--dims", help="How many dimensions (the most informative first), or 'all'."),
+    span: Annotated[float, typer.Option("--range", callback=at_least(0, strict=True),
+                                        help="Sweep each dimension over mean +- this.")] = 3.0,
+    steps: Steps = 9,
+    label: DecodeLabel = None,
+    out: TraverseOut = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """One row per latent dimension, sweeping it around a point; rows ordered by KL (most
+    informative first; by the variance of the posterior means where no per-dimension KL exists)."""
+    if dims != "all" and not (dims.isdigit() and int(dims) >= 1):
+        raise UsageError(f"--dims takes a number >= 1 or 'all' (got {dims!r})")
+    from .. import pictures
+    from ..data.images import save_grid
+
+    loaded = inputs.load(ckpt, device)
+    model = loaded.model
+    reference = inputs.dataset(loaded, "test", data_root).head(1000)
+    which = inputs.label(model, label)
+    x = y = None
+    if image is not None:
+        x, _, y = inputs.images([image], loaded, data_root, given_label=which)
+    result = pictures.traversal(model, reference, None if dims == "all" else int(dims), span, steps, x, y, which)
+    path = save_grid(result.pop("frames"), inputs.out_path(out, loaded, "traverse.png"), nrow=steps)
+    result.update({"out": str(path), "range": span, "steps": steps, "ckpt": str(loaded.path)})
+    chosen = result["dims"]
+    output.say(f"wrote {len(chosen)} rows (dims {', '.join(map(str, chosen))}, by {result['ordered_by']}) to {path}",
+               as_json)
+    output.emit({k: result[k] for k in ("out", "dims", "ordered_by", "scores", "range", "steps", "ckpt")}, as_json)
+
+
+@app.command("latent-plot")
+def latent_plot(
+    ckpt: Ckpt = None,
+    n: Annotated[int, typer.Option("--n", callback=at_least(1), help="Test images to plot.")] = 5000,
+    method: Annotated[str, typer.Option("--method", callback=one_of("auto", "pca", "tsne"),
+                                        help="auto (2-D latents directly, else PCA), pca or tsne.")] = "auto",
+    out: LatentOut = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for t-SNE.")] = 0,
+    label: ManifoldLabel = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """Posterior means of test images coloured by label: directly when latent_dim = 2 (with the
+    decoded manifold grid beside it), else projected by PCA or t-SNE."""
+    from .. import evaluate, pictures, plots
+    from ..data.images import save_grid
+
+    loaded = inputs.load(ckpt, device)
+    model = loaded.model
+    data = inputs.dataset(loaded, "test", data_root).head(n)
+    means = evaluate.latent_means(model, data)
+    points, used, axes = pictures.project_2d(means, method, seed)
+    path = inputs.out_path(out, loaded, "latent.png")
+    d = means.shape[1]
+    title = f"{loaded.dataset.name}: {len(means)} test images, latent_dim={d}, {used}"
+    labels = data.labels.numpy() if data.labels is not None else None
+    plots.scatter_figure(points, labels, path, title, *axes)
+    result = {"out": str(path), "method": used, "n": len(means), "latent_dim": d, "ckpt": str(loaded.path)}
+    if d == 2:
+        frames = pictures.manifold(model, 20, inputs.label(model, label))
+        result["manifold"] = str(save_grid(frames, Path(path).with_name(Path(path).stem + "_manifold.png"), nrow=20))
+    output.say(f"wrote {path}" + (f" and {result['manifold']}" if "manifold" in result else ""), as_json)
+    output.emit(result, as_json)
+
+
+@app.command("plot-metrics")
+def plot_metrics(
+    run: Path = typer.Argument(..., help="A run folder (with metrics.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/metrics.png)."),
+    as_json: Json = False,
+) -> None:
+    """Loss, ELBO, KL and active-unit curves from RUN/metrics.jsonl."""
+    from .. import plots, runs
+
+    records = runs.read_metrics(run)
+    path = plots.metrics_figure(records, out or run / "metrics.png", title=str(run))
+    output.say(f"wrote {path} ({len(records)} records)", as_json)
+    output.emit({"out": str(path), "records": len(records)}, as_json)
+
+
+@app.command("eval-disentanglement")
+def eval_disentanglement(
+    ckpt: Ckpt = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """MIG (Chen et al. 2018) of the posterior means against the ground-truth factors of the
+    shapes dataset (all of its images), with the per-factor breakdown."""
+    from ..disentanglement import model_mig
+
+    loaded = inputs.load(ckpt, device)
+    parts = [inputs.dataset(loaded, split, data_root) for split in ("train", "test")]
+    if parts[0].factors is None:
+        raise UsageError(f"eval-disentanglement needs ground-truth factors; dataset={loaded.dataset.name} "
+                         "has none (train on dataset=shapes)")
+    if loaded.model.latent_dim < 2:
+        raise UsageError("MIG needs a model with at least two latent dimensions")
+    result = model_mig(loaded.model, parts)
+    result["ckpt"] = str(loaded.path)
+    if not as_json:
+        rows = [[row["name"], "-" if row["mig"] is None else f"{row['mig']:.3f}", f"{row['entropy']:.2f}",
+                 f"z{row['top_dim']}: {row['mi_top']:.2f}", f"z{row['second_dim']}: {row['mi_second']:.2f}"]
+                for row in result["factors"]]
+        title = f"MIG {result['mig']:.3f} ({result['n']} images, latent_dim={result['latent_dim']})"
+        output.stdout.print(output.columns(title, ["factor", "MIG", "H (nats)", "best dim: MI", "2nd dim: MI"], rows))
+    output.emit(result, as_json)

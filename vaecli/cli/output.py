@@ -1,0 +1,150 @@
+"""What the commands print: results on stdout (a rich table, or exactly one JSON object with
+--json), progress and notes on stderr."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from rich.console import Console
+from rich.table import Table
+
+stdout = Console(highlight=False, soft_wrap=True)  # never break a path across lines
+stderr = Console(stderr=True, highlight=False)
+
+
+def emit(result: dict, as_json: bool, table: Table | None = None) -> None:
+    """Exactly one JSON object on stdout with --json, else the human table."""
+    if as_json:
+        sys.stdout.write(json.dumps(_finite(result), allow_nan=False) + "\n")
+        sys.stdout.flush()
+    elif table is not None:
+        stdout.print(table)
+
+
+def say(text: str, as_json: bool) -> None:
+    """A human line on stdout, unless --json."""
+    if not as_json:
+        stdout.print(text)
+
+
+def warn(text: str) -> None:
+    stderr.print("warning: " + text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _finite(value):
+    """NaN/inf -> null, so --json output is strict JSON (jq and JSON.parse reject NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def se(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "n/a (one image)"
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> Table:
+    """A two-column key/value table."""
+    from rich.markup import escape
+
+    out = Table(title=title, show_header=False, title_justify="left", min_width=len(title))
+    out.add_column(style="bold")
+    out.add_column(justify="right")
+    for key, value in rows:
+        out.add_row(escape(key), escape(value))  # "[z_u]" is text, not rich markup
+    return out
+
+
+def columns(title: str, names: list[str], rows: list[list[str]], bold_last: bool = False) -> Table:
+    """A table with a header row; the first column left-aligned, the rest right-aligned."""
+    out = Table(title=title, title_justify="left", min_width=len(title))
+    for i, name in enumerate(names):
+        out.add_column(name, justify="left" if i == 0 else "right")
+    for i, row in enumerate(rows):
+        out.add_row(*row, style="bold" if bold_last and i == len(rows) - 1 else None)
+    return out
+
+
+def kl_dims(values: list[float]) -> str:
+    """KL per dimension, largest first, as 'z3 4.21, z0 3.90, ...' (at most 8 shown)."""
+    order = sorted(range(len(values)), key=lambda d: -values[d])
+    shown = ", ".join(f"z{d} {values[d]:.2f}" for d in order[:8])
+    return shown + (f", … ({len(values) - 8} more)" if len(values) > 8 else "")
+
+
+class TrainProgress:
+    """A trainer callback (train.Callback's hooks) drawing a rich progress bar on stderr; the
+    per-epoch notes still print when the bar is off."""
+
+    def __init__(self, enabled: bool, quiet: bool):
+        self.enabled, self.quiet = enabled, quiet
+        self.progress = None
+
+    def on_train_start(self, trainer) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ELBO {task.fields[elbo]}  "
+                       "KL {task.fields[kl]}  {task.fields[ips]} img/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=stderr, transient=False,
+        )
+        self.task = self.progress.add_task("train", total=trainer.total_steps, completed=trainer.state.step,
+                                           epoch="-", loss="-", elbo="-", kl="-", ips="-")
+        self.progress.start()
+
+    def on_epoch_start(self, trainer, epoch: int) -> None: ...
+
+    def on_step_end(self, trainer) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=trainer.state.step)
+
+    def on_log(self, trainer, epoch: int, values: dict[str, float]) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=trainer.state.step, epoch=epoch, loss=f"{values['loss']:.2f}",
+                                 elbo=f"{values['elbo']:.2f}", kl=f"{values['kl']:.2f}",
+                                 ips=f"{values.get('img_per_s', 0):,.0f}")
+
+    def on_eval(self, trainer, epoch: int, test: dict) -> None:
+        if not self.quiet:
+            text = (f"epoch {epoch}/{trainer.settings.epochs}: test ELBO {test['elbo']:.2f}, "
+                    f"KL {test['kl']:.2f}, recon {test['recon']:.2f} nats")
+            (self.progress.console if self.progress is not None else stderr).print(text)
+
+    def on_train_end(self, trainer=None) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class Counter:
+    """A progress bar over images (eval-iwae) on an interactive stderr; `advance` is its callback."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.progress = None
+        if enabled and stderr.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("images  ETA"), TimeRemainingColumn(), console=stderr)
+            self.task = self.progress.add_task("eval", total=total)
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self.advance if self.progress is not None else None
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()

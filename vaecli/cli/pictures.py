@@ -1,0 +1,118 @@
+"""vae sample, reconstruct, interpolate: each parses, calls vaecli.pictures, writes the picture
+and says where."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from . import inputs, output
+from .app import Ckpt, DataRoot, Device, Json, Seed, Steps, app, at_least, label_option, out_option
+
+SampleLabel = label_option("a class, or 'all' for one row per class (default).")
+SampleOut = out_option("sample.png")
+FileLabel = label_option("the class of the image files.")
+ReconstructionOut = out_option("reconstruction.png")
+PathLabel = label_option("the class to decode with (default: A's).")
+InterpolationOut = out_option("interpolation.png")
+
+
+@app.command()
+def sample(
+    ckpt: Ckpt = None,
+    n: Annotated[int, typer.Option("--n", callback=at_least(1), help="Number of samples.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", callback=at_least(0, strict=True),
+                                               help="Scales the prior's sigma.")] = 1.0,
+    seed: Seed = 0,
+    label: SampleLabel = None,
+    out: SampleOut = None,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """Draw n images from the prior, decoded to the likelihood's mean, as one PNG grid.
+
+    For a conditional model, n per class (one row each) unless --label picks one class."""
+    import torch
+
+    from .. import pictures
+    from ..data.images import save_grid
+
+    loaded = inputs.load(ckpt, device)
+    model = loaded.model
+    which = inputs.label(model, label, allow_all=True)
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    images, nrow = pictures.prior_samples(model, n, temperature, generator, which)
+    path = save_grid(images, inputs.out_path(out, loaded, "sample.png"), nrow=nrow)
+    output.say(f"wrote {len(images)} samples to {path}", as_json)
+    output.emit({"out": str(path), "n": len(images), "temperature": temperature, "seed": seed,
+                 "ckpt": str(loaded.path), "label": "all" if model.conditional and which in (None, "all") else which},
+                as_json)
+
+
+@app.command()
+def reconstruct(
+    images: Optional[List[str]] = typer.Argument(
+        None, metavar="IMAGES", help="Image files, or test:N / train:N for dataset images."),
+    ckpt: Ckpt = None,
+    n: Annotated[int, typer.Option("--n", callback=at_least(1), help="Test images to use when no IMAGES are given.")] = 16,
+    samples: Annotated[int, typer.Option("--samples", callback=at_least(1),
+                                         help="Posterior samples per image for the -ELBO estimate.")] = 64,
+    label: FileLabel = None,
+    out: ReconstructionOut = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """Originals above their reconstructions in one PNG, with the -ELBO of each image
+    (-log p(x|z) for an autoencoder)."""
+    from .. import evaluate, pictures
+    from ..data.images import save_grid
+
+    loaded = inputs.load(ckpt, device)
+    splits: dict = {}
+    refs = list(images or [])
+    if not refs:
+        splits["test"] = inputs.dataset(loaded, "test", data_root)
+        refs = [f"test:{i}" for i in range(min(n, len(splits["test"])))]
+    x, names, y = inputs.images(refs, loaded, data_root, splits, inputs.label(loaded.model, label))
+    result = evaluate.reconstructions(loaded.model, x, y, samples)
+    grid, nrow = pictures.above_below(x, result["images"])
+    path = save_grid(grid, inputs.out_path(out, loaded, "reconstruction.png"), nrow=nrow)
+    key, losses = result["measure"], result["loss"]
+    per_image = [{"image": name, key: value} for name, value in zip(names, losses)]
+    summary = {"out": str(path), "n": len(x), "images": per_image, f"mean_{key}": sum(losses) / len(losses),
+               "ckpt": str(loaded.path)}
+    if not as_json:
+        measure = "-ELBO" if key == "neg_elbo" else "-log p(x|z)"
+        rows = [[row["image"], f"{row[key]:.2f}"] for row in per_image] + [["mean", f"{summary[f'mean_{key}']:.2f}"]]
+        output.stdout.print(output.columns(f"reconstructions -> {path}", ["image", f"{measure} (nats)"], rows,
+                                           bold_last=True))
+    output.emit(summary, as_json)
+
+
+@app.command()
+def interpolate(
+    a: str = typer.Argument(..., help="First image file (or test:N / train:N)."),
+    b: str = typer.Argument(..., help="Second image file (or test:N / train:N)."),
+    ckpt: Ckpt = None,
+    steps: Steps = 10,
+    slerp: bool = typer.Option(False, "--slerp", help="Spherical instead of linear interpolation."),
+    label: PathLabel = None,
+    out: InterpolationOut = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """Decode a path between the posterior means of two images, saved as a strip PNG."""
+    from .. import pictures
+    from ..data.images import save_grid
+
+    loaded = inputs.load(ckpt, device)
+    x, _, y = inputs.images([a, b], loaded, data_root, given_label=inputs.label(loaded.model, label))
+    frames = pictures.interpolation(loaded.model, x, y, steps, slerp)
+    path = save_grid(frames, inputs.out_path(out, loaded, "interpolation.png"), nrow=steps)
+    method = "slerp" if slerp else "lerp"
+    output.say(f"wrote a {steps}-step {method} strip to {path}", as_json)
+    output.emit({"out": str(path), "steps": steps, "method": method, "a": a, "b": b, "ckpt": str(loaded.path)},
+                as_json)

@@ -1,0 +1,83 @@
+"""vae train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import UsageError
+from . import output
+from .app import app
+
+
+@app.command(context_settings={"help_option_names": ["--help", "-h"]})
+def train(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, metavar="OVERRIDES",
+        help="Config overrides, e.g. dataset=shapes model=conv beta=4 trainer.epochs=20."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: runs/<time>-<dataset>-<model>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the composed config and exit."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the summary) on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, notes or table."),
+) -> None:
+    """Train a VAE. The run folder holds config.yaml, model.safetensors, metrics.jsonl, samples/."""
+    import sys
+
+    from ..config import load_config, resume_config
+
+    if resume is not None and run_dir is not None:
+        raise UsageError("--resume DIR continues that run in place; drop --run-dir")
+    composed = resume_config(resume, overrides or []) if resume is not None else load_config(overrides or [])
+    if print_config:
+        sys.stdout.write(composed.to_yaml())
+        return
+    from .. import distributed, runs
+    from .. import train as training
+
+    cfg = composed.cfg
+    with distributed.session(cfg.trainer.device) as dist:  # torchrun: rank 0 alone talks and writes
+        target = resume
+        if resume is None:
+            target = dist.broadcast(run_dir or runs.new_run_dir(cfg.dataset.name, cfg.model.name))
+            if dist.main:
+                runs.check_new_target(target)
+        talk = dist.main and not quiet and not as_json
+        progress = output.TrainProgress(enabled=output.stderr.is_terminal and talk, quiet=not talk)
+        try:
+            summary = training.fit(composed, target, resume=resume is not None, dist=dist, callbacks=[progress])
+        finally:
+            progress.on_train_end()
+    if summary is not None:
+        _report(summary, quiet, as_json)
+
+
+def _report(summary, quiet: bool, as_json: bool) -> None:
+    from ..evaluate import COLLAPSE_ADVICE, collapsed
+
+    s = summary
+    if s.active_units is not None and not quiet and collapsed(s.test_kl, s.active_units):
+        output.warn(COLLAPSE_ADVICE.format(kl=s.test_kl, active=s.active_units))
+    if quiet and not as_json:
+        print(s.run_dir)
+        return
+    rows = [
+        ("test ELBO", f"{s.test_elbo:.2f} nats"),
+        ("test KL" + ("" if s.kl_exact else " (Monte Carlo)"), f"{s.test_kl:.2f} nats"),
+        ("test recon", f"{s.test_recon:.2f} nats"),
+    ]
+    if s.active_units is not None:
+        rows.append(("active units", f"{s.active_units} / {s.latent_dim}"))
+    if s.kl_per_dim:
+        rows.append(("KL per dim", output.kl_dims(s.kl_per_dim)))
+    rows.append(("steps", str(s.step)))
+    if s.skipped_steps:
+        rows.append(("skipped steps", f"{s.skipped_steps} (non-finite loss or gradient)"))
+    if s.processes > 1:
+        rows.append(("processes", f"{s.processes} (torchrun)"))
+    rows += [("train time", f"{s.train_seconds:.1f} s"),
+             ("images/s", f"{s.img_per_s:,.0f}" if s.img_per_s else "-"),
+             ("run", s.run_dir)]
+    output.emit(s.to_dict(), as_json, output.table(f"vae train: {s.dataset} / {s.model} on {s.device}", rows))

@@ -1,0 +1,92 @@
+"""Where and how tensors run: the device, the RNG state a checkpoint keeps, mixed precision,
+torch.compile and the memory format. Nothing here knows a particular model."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+
+import torch
+
+from .config import DEVICES
+from .errors import UsageError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def pick(name: str) -> torch.device:
+    """auto -> cuda, then mps, then cpu; an explicit device that is missing is a UsageError."""
+    if name not in DEVICES:
+        raise UsageError(f"device must be one of {', '.join(DEVICES)} (got {name!r})")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto")
+    if name == "mps" and not _mps_available():
+        raise UsageError("trainer.device=mps but MPS is not available; use trainer.device=auto")
+    return torch.device(name)
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global RNG states a checkpoint keeps (CPU, and every CUDA device when on CUDA)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
+    if device.type == "cuda" and cuda:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def forked_rng(device: torch.device):
+    """A block whose random draws do not move the global RNG (evaluation, sample grids)."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of trainer.precision (None for fp32). The networks run in it; the
+    distributions (log-likelihood, KL) stay fp32 (models cast)."""
+    dtype = AMP_DTYPES.get(precision)
+    if dtype is not None and device.type == "mps":
+        raise UsageError(f"trainer.precision={precision} is supported on cuda and cpu, not mps; use fp32")
+    return dtype
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def use_channels_last(setting: str, model: torch.nn.Module, device: torch.device) -> bool:
+    """trainer.channels_last for this model: only convolutional networks can use NHWC, and
+    `auto` turns it on for CUDA alone (cuDNN's tensor-core kernels; no gain measured on CPU)."""
+    setting = str(setting).lower()
+    if not getattr(model, "convolutional", False):
+        return False
+    return device.type == "cuda" if setting == "auto" else setting == "true"
+
+
+def compile_methods(model: torch.nn.Module, device: torch.device, names=("terms", "log_weights")) -> None:
+    """torch.compile the methods objectives call. They become instance attributes, so the module,
+    its state_dict and therefore the checkpoint stay those of the plain model. dynamic=False: one
+    specialised graph per batch shape (train, last batch, eval) ran 1.2x faster than eager on CPU,
+    where dynamic-shape graphs were no faster than eager."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        raise UsageError("trainer.compile=true on CPU needs a C++ compiler (g++ or clang++) on PATH; "
+                         "install one or drop trainer.compile")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
+    for name in names:
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=False))

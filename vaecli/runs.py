@@ -1,0 +1,146 @@
+"""The run folder: its paths, a new run's name, finding runs (`--ckpt`, the latest run), and
+metrics.jsonl. No torch here; checkpoint.py reads and writes the safetensors files.
+
+runs/<name>/
+  config.yaml                resolved config (what --resume composes from)
+  model.safetensors          weights + metadata (checkpoint.py)
+  trainer.safetensors        optimizer, RNG, scaler state (checkpoint.py)
+  trainer.next.safetensors   only while a checkpoint is being written (the commit protocol)
+  metrics.jsonl              one JSON object per logged training step and per test evaluation
+  samples/epoch_NNN.png      the sample grid after an epoch
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .atomic import atomic_write
+from .errors import UsageError, VaeError
+
+RUNS_DIR = Path("runs")
+CONFIG_FILE = "config.yaml"
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.safetensors"
+TRAINER_NEXT = "trainer.next.safetensors"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating and finding runs
+
+
+def new_run_dir(dataset: str, model: str, root: Path = RUNS_DIR) -> Path:
+    """root/<time>-<dataset>-<model>, with -1, -2, ... when that name is taken."""
+    base = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{model}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def check_new_target(run_dir: Path) -> None:
+    """A new run may go into a missing or existing folder, but never over another run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--run-dir {run_dir} exists and is not a folder")
+    if (run_dir / MODEL_FILE).exists():
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                         "or choose another --run-dir")
+
+
+def create(run_dir: Path, config_yaml: str) -> None:
+    """Make the folder and (re)write its config.yaml."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VaeError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+    write_text(run_dir / CONFIG_FILE, config_yaml)
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Half-written `.*.tmp` files of a killed process (atomic_write's temporaries)."""
+    for stale in Path(run_dir).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def latest_run(root: Path = RUNS_DIR) -> Path | None:
+    """The run folder under `root` whose model.safetensors was written most recently."""
+    if not root.is_dir():
+        return None
+    candidates = [p for p in root.glob(f"*/{MODEL_FILE}") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent if candidates else None
+
+
+def resolve(path: str | Path | None) -> Path:
+    """--ckpt: a run folder, a model.safetensors file, or None for the latest run under ./runs."""
+    if path is None:
+        run = latest_run()
+        if run is None:
+            raise UsageError(f"no trained run under ./{RUNS_DIR}; train one with 'vae train' or pass --ckpt PATH")
+        return run / MODEL_FILE
+    p = Path(path)
+    if p.is_dir():
+        if not (p / MODEL_FILE).is_file():
+            raise UsageError(f"{p} holds no {MODEL_FILE}; pass a run folder or a .safetensors file")
+        return p / MODEL_FILE
+    if not p.exists():
+        raise UsageError(f"no checkpoint at {p}")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    try:
+        with open(Path(run_dir) / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise VaeError(f"cannot append to {Path(run_dir) / METRICS_FILE}: {e.strerror or e}") from None
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep the metrics.jsonl lines up to `step` (the checkpoint a run resumes from): lines
+    logged after it, and a line cut short by a crash, would otherwise appear twice or break
+    readers."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    write_text(path, "".join(line + "\n" for line in kept))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """RUN/metrics.jsonl -> records; a missing file or a broken line is a UsageError naming it."""
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"{run_dir} is not a run folder")
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise UsageError(f"no metrics file at {path}")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UsageError(f"{path}:{number} is not a JSON line") from None
+        if isinstance(record, dict):
+            records.append(record)
+    if not records:
+        raise UsageError(f"{path} holds no metrics yet")
+    return records
