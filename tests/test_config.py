@@ -133,3 +133,26 @@ def test_config_dir_is_found_and_holds_every_group():
     root = config_dir()
     assert (root / "config.yaml").is_file()
     assert all((root / group).is_dir() for group in GROUPS)
+
+
+def test_the_yaml_is_the_one_source_of_defaults():
+    """The dataclasses carry types, not values: a key the YAML sets has no Python default, and
+    the model spec takes the YAML's value (VampPrior: 50 pseudo-inputs, not a code fallback)."""
+    import dataclasses
+
+    from omegaconf import MISSING
+
+    from vaecli.config import TrainerConfig
+
+    assert all(f.default is MISSING for f in dataclasses.fields(TrainerConfig))
+    cfg = load_config(["prior=vamp"]).cfg
+    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, 28, 28))
+    assert cfg.prior.components == spec.prior_components == 50
+
+
+def test_a_run_saved_before_a_key_existed_resumes_with_that_keys_yaml_default(tmp_path):
+    text = load_config(["dataset=shapes", "trainer.epochs=3"]).to_yaml()
+    assert "max_bad_steps: 20" in text
+    (tmp_path / "config.yaml").write_text(text.replace("  max_bad_steps: 20\n", ""))
+    cfg = resume_config(tmp_path, []).cfg
+    assert cfg.trainer.max_bad_steps == 20 and cfg.trainer.epochs == 3 and cfg.dataset.name == "shapes"

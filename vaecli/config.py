@@ -2,7 +2,12 @@
 
 The YAML tree under conf/ is composed with Hydra's Compose API, then merged onto the typed
 dataclasses below, so a wrong type fails here and everything downstream gets plain dataclasses.
-Only this module (and cli.py, for errors) knows Hydra and OmegaConf.
+Only this module knows Hydra and OmegaConf.
+
+One source of defaults: the YAML files (with a comment for every key). The dataclasses give
+types only: a key every option sets is MISSING here, and the Optional keys that only some
+options use default to None ("not used by this choice"). A run saved before a key existed is
+resumed with that key's YAML default. Every cross-field rule lives in validate().
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
+
+from omegaconf import MISSING
 
 from .errors import UsageError
 
@@ -30,7 +37,7 @@ KL_SCHEDULES = ("constant", "linear", "cyclic")
 class DatasetConfig:
     """One schema for every dataset; each conf/dataset/*.yaml sets the keys that apply to it."""
 
-    name: str = "mnist"
+    name: str = MISSING
     root: Optional[str] = None  # None: $VAECLI_DATA, else the user cache dir
     limit: Optional[int] = None  # first N training images only
     binarize: Optional[str] = None  # binarized_mnist: dynamic | static
@@ -44,11 +51,11 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # mlp | conv | resnet | ae | hvae
-    latent_dim: int = 20
-    hidden: List[int] = field(default_factory=lambda: [400])
-    activation: str = "relu"
-    conditional: bool = False
+    name: str = MISSING  # mlp | conv | resnet | ae | hvae
+    latent_dim: int = MISSING
+    hidden: List[int] = MISSING
+    activation: str = MISSING
+    conditional: bool = MISSING
     network: Optional[str] = None  # ae, hvae: mlp | conv | resnet
     latent_dim2: Optional[int] = None  # hvae: z2
     hidden2: Optional[List[int]] = None  # hvae: z1 <-> z2 MLPs
@@ -56,7 +63,7 @@ class ModelConfig:
 
 @dataclass
 class LikelihoodConfig:
-    name: str = "bernoulli"
+    name: str = MISSING
     sigma: Optional[float] = None  # gaussian: fixed sigma; gaussian_learned: initial sigma
     per_pixel: Optional[bool] = None  # gaussian_learned
     mixtures: Optional[int] = None  # logistic
@@ -64,43 +71,47 @@ class LikelihoodConfig:
 
 @dataclass
 class PriorConfig:
-    name: str = "normal"
+    name: str = MISSING
     components: Optional[int] = None  # mog, vamp
 
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "elbo"
+    name: str = MISSING
     k: Optional[int] = None  # iwae: importance samples
 
 
 @dataclass
 class KLConfig:
-    schedule: str = "constant"
-    warmup_steps: int = 10000
-    cycles: int = 4
-    ratio: float = 0.5
-    free_bits: float = 0.0
+    """Types only: the defaults and their reasons are in conf/config.yaml."""
+
+    schedule: str = MISSING
+    warmup_steps: int = MISSING
+    cycles: int = MISSING
+    ratio: float = MISSING
+    free_bits: float = MISSING
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    device: str = "auto"
-    num_workers: int = 2
-    sample_every: int = 1
-    checkpoint_every: int = 1
-    log_every: int = 50
-    eval_batch_size: int = 1000
-    adam_eps: float = 1e-8
-    lr_schedule: str = "constant"
-    precision: str = "fp32"
-    max_bad_steps: int = 20
-    checkpoint_every_steps: int = 0
-    compile: bool = False
-    channels_last: str = "auto"
+    """Types only: the defaults and their reasons are in conf/trainer/default.yaml."""
+
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    device: str = MISSING
+    num_workers: int = MISSING
+    sample_every: int = MISSING
+    checkpoint_every: int = MISSING
+    log_every: int = MISSING
+    eval_batch_size: int = MISSING
+    adam_eps: float = MISSING
+    lr_schedule: str = MISSING
+    precision: str = MISSING
+    max_bad_steps: int = MISSING
+    checkpoint_every_steps: int = MISSING
+    compile: bool = MISSING
+    channels_last: str = MISSING
 
 
 @dataclass
@@ -112,8 +123,8 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     kl: KLConfig = field(default_factory=KLConfig)
-    beta: float = 1.0
-    seed: int = 0
+    beta: float = MISSING
+    seed: int = MISSING
 
 
 def config_dir() -> Path:
@@ -282,12 +293,22 @@ def apply_overrides(saved: dict, overrides: list[str] | tuple[str, ...]) -> Comp
 
 def _finish(raw: dict, reference: dict) -> Composed:
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
     typed = _typed(raw)
-    cfg: Config = OmegaConf.to_object(typed)
+    try:
+        cfg: Config = OmegaConf.to_object(typed)
+    except MissingMandatoryValue as e:
+        raise UsageError(f"config key {getattr(e, 'full_key', None) or '?'} has no value; set it") from None
     validate(cfg)
     tree = _prune(OmegaConf.to_container(typed), reference)
     return Composed(cfg=cfg, tree=tree)
+
+
+def check_device(name: str, key: str = "device") -> None:
+    """The one check of a device name (trainer.device, and --device of every command)."""
+    if name not in DEVICES:
+        raise UsageError(f"{key} must be one of {', '.join(DEVICES)} (got {name!r})")
 
 
 def validate(cfg: Config) -> None:
@@ -306,7 +327,7 @@ def validate(cfg: Config) -> None:
     need(t.batch_size >= 1, f"trainer.batch_size must be >= 1 (got {t.batch_size})")
     need(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1 (got {t.eval_batch_size})")
     need(t.lr > 0, f"trainer.lr must be > 0 (got {t.lr})")
-    need(t.device in DEVICES, f"trainer.device must be one of {', '.join(DEVICES)} (got {t.device!r})")
+    check_device(t.device, "trainer.device")
     need(t.num_workers >= 0, f"trainer.num_workers must be >= 0 (got {t.num_workers})")
     need(t.sample_every >= 0, f"trainer.sample_every must be >= 0 (got {t.sample_every})")
     need(t.checkpoint_every >= 0, f"trainer.checkpoint_every must be >= 0 (got {t.checkpoint_every})")
@@ -422,9 +443,27 @@ def load_saved(path: Path) -> dict:
     return saved
 
 
+def _with_current_defaults(saved: dict) -> dict:
+    """A saved run config completed with today's YAML defaults (for the same group options) for
+    any key that vaecli did not have when the run was made."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    selections = []
+    for group in GROUPS:
+        section = saved.get(group)
+        if isinstance(section, dict) and section.get("name") in group_options(group):
+            selections.append(f"{group}={section['name']}")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        defaults = compose("config", overrides=selections)
+    OmegaConf.set_struct(defaults, False)  # a key vaecli no longer has is reported by _typed
+    merged = OmegaConf.merge(defaults, OmegaConf.create(saved))
+    return _resolve(merged)
+
+
 def resume_config(run_dir: Path, overrides: list[str] | tuple[str, ...]) -> Composed:
     """The saved config of `run_dir` with `overrides` applied; model/data changes are refused."""
-    saved = load_saved(Path(run_dir) / "config.yaml")
+    saved = _with_current_defaults(load_saved(Path(run_dir) / "config.yaml"))
     before = _finish(saved, reference=saved).tree
     after = apply_overrides(saved, overrides)
     for key in FROZEN_ON_RESUME:

@@ -10,7 +10,7 @@ import shutil
 
 import torch
 
-from .config import DEVICES
+from .config import check_device
 from .errors import UsageError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -22,8 +22,7 @@ def _mps_available() -> bool:
 
 def pick(name: str) -> torch.device:
     """auto -> cuda, then mps, then cpu; an explicit device that is missing is a UsageError."""
-    if name not in DEVICES:
-        raise UsageError(f"device must be one of {', '.join(DEVICES)} (got {name!r})")
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
