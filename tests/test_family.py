@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from vaecli import objectives
-from vaecli.errors import UsageError
 from vaecli.models import VAESpec, build
 from vaecli.models.likelihoods import LOG_SIGMA_MIN
 from vaecli.train import burda_lr

@@ -213,6 +213,7 @@ class Trainer:
         self.images = self.train_set.images.to(self.device)
         self.labels = self.train_set.labels.to(self.device) if self.train_set.labels is not None else None
         self.fixed_noise = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
         if self.settings.compile:
             devices.compile_methods(self.model, self.device)
         self.loss_step = self.dist.wrap(_LossStep(self.model, self.objective), self.device)
@@ -280,7 +281,7 @@ class Trainer:
         gradients are the loss scaler's business (it skips those steps itself)."""
         if self.scaler.is_enabled():
             return bool(torch.isfinite(loss))
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in self._params if p.grad is not None]
         total = torch.stack([g.sum() for g in grads]).sum() if grads else loss.new_zeros(())
         return bool(torch.isfinite(loss.detach().float() + total))
 
