@@ -15,7 +15,7 @@ from vaecli.errors import UsageError
 
 def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones():
     assert set(group_options("dataset")) == {"mnist", "binarized_mnist", "fashion_mnist", "cifar10", "folder", "shapes"}
-    assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae"}
+    assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae", "vqvae"}
     assert set(group_options("likelihood")) == {"bernoulli", "cbernoulli", "gaussian", "gaussian_learned", "logistic"}
     assert set(group_options("prior")) == {"normal", "mog", "vamp"}
     assert set(group_options("objective")) == {"elbo", "iwae"}

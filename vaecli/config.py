@@ -51,7 +51,7 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # mlp | conv | resnet | ae | hvae
+    name: str = MISSING  # mlp | conv | resnet | ae | hvae | vqvae
     latent_dim: int = MISSING
     hidden: List[int] = MISSING
     activation: str = MISSING
@@ -59,6 +59,12 @@ class ModelConfig:
     network: Optional[str] = None  # ae, hvae: mlp | conv | resnet
     latent_dim2: Optional[int] = None  # hvae: z2
     hidden2: Optional[List[int]] = None  # hvae: z1 <-> z2 MLPs
+    codebook_size: Optional[int] = None  # vqvae: K codes
+    code_dim: Optional[int] = None  # vqvae: size of each code vector
+    commitment: Optional[float] = None  # vqvae: commitment loss weight
+    ema_decay: Optional[float] = None  # vqvae: codebook EMA decay (0: codebook loss)
+    dead_after: Optional[int] = None  # vqvae: steps unused before a code is revived (0: never)
+    kmeans_init: Optional[bool] = None  # vqvae: k-means initialisation of the codebook
 
 
 @dataclass
@@ -365,7 +371,7 @@ def _validate_model(cfg: Config, need) -> None:
     """Model, prior, objective and KL settings, and the combinations that make no sense."""
     m, p, o, kl = cfg.model, cfg.prior, cfg.objective, cfg.kl
     need(m.activation in ACTIVATIONS, f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {m.activation!r})")
-    if m.name in ("ae", "hvae"):
+    if m.name in ("ae", "hvae", "vqvae"):
         need(m.network in NETWORKS, f"model.network must be one of {', '.join(NETWORKS)} (got {m.network!r})")
     if m.name == "hvae":
         need((m.latent_dim2 or 0) >= 1, f"model.latent_dim2 must be >= 1 (got {m.latent_dim2})")
@@ -387,6 +393,8 @@ def _validate_model(cfg: Config, need) -> None:
         need(kl.free_bits == 0, "model=ae has no KL term; drop kl.free_bits")
     if m.name == "hvae":
         need(p.name == "normal", "model=hvae uses a N(0, I) prior on its top layer z2; use prior=normal")
+    if m.name == "vqvae":
+        _validate_vqvae(cfg, need)
     if kl.free_bits > 0:
         need(p.name == "normal" and m.name != "hvae",
              "kl.free_bits needs a KL per latent dimension: prior=normal with model=mlp, conv, resnet")
@@ -395,6 +403,20 @@ def _validate_model(cfg: Config, need) -> None:
              "objective=iwae trains the importance-weighted bound itself: drop beta, kl.schedule and kl.free_bits")
     if p.name == "vamp":
         need(not m.conditional, "prior=vamp is not available for conditional models (its pseudo-inputs have no label)")
+
+
+def _validate_vqvae(cfg: Config, need) -> None:
+    m = cfg.model
+    need(m.network in ("conv", "resnet"), f"model=vqvae needs a code grid: model.network=conv or resnet (got {m.network!r})")
+    need((m.codebook_size or 0) >= 2, f"model.codebook_size must be >= 2 (got {m.codebook_size})")
+    need((m.code_dim or 0) >= 1, f"model.code_dim must be >= 1 (got {m.code_dim})")
+    need(m.commitment is not None and m.commitment >= 0, f"model.commitment must be >= 0 (got {m.commitment})")
+    need(m.ema_decay is not None and 0 <= m.ema_decay < 1, f"model.ema_decay must be in [0, 1) (got {m.ema_decay})")
+    need(m.dead_after is not None and m.dead_after >= 0, f"model.dead_after must be >= 0 (got {m.dead_after})")
+    need(cfg.prior.name == "normal", "model=vqvae has its own prior over codes (uniform while training it); use prior=normal")
+    need(cfg.objective.name == "elbo", "model=vqvae has a point-mass posterior: importance sampling adds nothing; use objective=elbo")
+    need(cfg.kl.schedule == "constant" and cfg.kl.free_bits == 0 and cfg.beta == 1.0,
+         "model=vqvae's KL to the uniform code prior is a constant: beta, kl.schedule and kl.free_bits change nothing; drop them")
 
 
 def data_root(cfg: DatasetConfig) -> Path:

@@ -19,6 +19,7 @@ from .errors import UsageError
 # is measured fastest (bench/RESULTS.md: 1.6x over 64 MiB blocks, which page-fault on every
 # allocation); a GPU wants large blocks to fill its cores.
 CHUNK_ELEMENTS = {"cpu": 3 * 2**20, "cuda": 2**26}
+NOT_AVERAGED = ("elbo", "kl", "recon", "loss", "aux_loss", "kl_clamped", "kl_weight")  # training-only metrics
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: unit u is active when Cov_x(E_q[z_u]) > 0.01
 COLLAPSE_KL = 0.1  # nats: a model whose latents carry less than this has collapsed
 LOG_2PI = math.log(2 * math.pi)
@@ -66,7 +67,7 @@ def dimension_scores(model, data: ImageSet) -> tuple[list[float], str]:
     """How much each latent dimension is used, and by what measure: the KL per dimension where
     it has a closed form, else the variance of the posterior mean over `data`."""
     loc, scale = posteriors(model, data)
-    if model.has_bound and model.exact_kl:
+    if model.has_bound and model.exact_kl and model.posterior == "gaussian":
         return kl_per_dim(loc, scale), "kl"
     return active_units(loc)[1], "variance of the posterior mean"
 
@@ -107,7 +108,11 @@ def mutual_information(loc: torch.Tensor, scale: torch.Tensor, chunk: int = 512,
 
 def latent_diagnostics(model, data: ImageSet, mean_kl: float, batch_size: int = 1000) -> dict:
     """Active units, KL per dimension (closed-form models), I(x; z), KL(q(z) || p(z)) and
-    whether the posterior has collapsed. `mean_kl` is the model's mean KL over `data`."""
+    whether the posterior has collapsed. `mean_kl` is the model's mean KL over `data`. A
+    point-mass posterior (VQ-VAE) has none of these: all None, never collapsed."""
+    if model.posterior != "gaussian":
+        return {"active_units": None, "latent_dim": model.latent_dim, "posterior_mean_variance": None,
+                "kl_per_dim": None, "mutual_info": None, "agg_posterior_kl": None, "collapsed": False}
     loc, scale = posteriors(model, data, batch_size)
     active, variances = active_units(loc)
     mi = mutual_information(loc, scale, generator=torch.Generator(device=loc.device).manual_seed(0))
@@ -135,16 +140,18 @@ COLLAPSE_ADVICE = ("posterior collapse: the latents carry almost no information 
 @torch.no_grad()
 def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict:
     """Mean ELBO, KL and recon (nats/image) over `data`, one posterior sample per image, and
-    (for probabilistic encoders) the cheap diagnostics: active units and KL per dimension."""
+    (for Gaussian posteriors) the cheap diagnostics: active units and KL per dimension, plus
+    the model's own statistics (a VQ-VAE's codebook perplexity and dead codes), image-weighted."""
     model.eval()
     device = model.device
-    totals = torch.zeros(3, device=device, dtype=torch.float64)
+    names, totals = None, None
     for x, y in _batches(data, batch_size, device):
         _, m = objectives.elbo(model, x, y=y)
-        totals += torch.stack([m["elbo"], m["kl"], m["recon"]]).double() * x.shape[0]
-    elbo, kl, recon = (totals / max(len(data), 1)).tolist()
-    result = {"elbo": elbo, "kl": kl, "recon": recon}
-    if model.has_bound:  # the latent diagnostics of a posterior with a KL
+        names = names or ["elbo", "kl", "recon", *(k for k in m if k not in NOT_AVERAGED)]
+        values = torch.stack([m[k] for k in names]).double() * x.shape[0]
+        totals = values if totals is None else totals + values
+    result = dict(zip(names, (totals / max(len(data), 1)).tolist()))
+    if model.has_bound and model.posterior == "gaussian":
         loc, scale = posteriors(model, data, batch_size)
         result["active_units"] = active_units(loc)[0]
         result["kl_per_dim"] = kl_per_dim(loc, scale) if model.exact_kl else None
@@ -216,6 +223,8 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
         "samples_per_s": n * k_max / seconds if seconds > 0 else float("nan"),
     }
     result.update(latent_diagnostics(model, data, kl))
+    test = elbo_dataset(model, data, max(batch_size, 256))  # last: it must not move the bounds' RNG
+    result.update({k: v for k, v in test.items() if k not in ("elbo", "kl", "recon", "active_units", "kl_per_dim")})
     return result
 
 

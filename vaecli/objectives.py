@@ -47,7 +47,8 @@ def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
     free_bits = lambda > 0 (Kingma et al. 2016): the KL of each latent dimension enters the
     loss as max(lambda, its batch mean), so the encoder is not pushed below lambda nats per
     dimension; `kl_clamped` is that term, `kl` the true KL. The reported `elbo` is always
-    the true bound (beta = 1, no clamp).
+    the true bound (beta = 1, no clamp). A model's `aux_loss` (not part of the bound) is added
+    to the loss, and its `stats` (scalars such as codebook perplexity) join the metrics.
     """
     terms = model.terms(x, y)
     log_px, kl = terms["log_px"], terms["kl"]
@@ -61,6 +62,10 @@ def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
     else:
         kl_term = kl.mean()
     loss = -log_px.mean() + beta * kl_term
+    if "aux_loss" in terms:  # a training loss outside the bound (VQ-VAE: commitment, codebook)
+        loss = loss + terms["aux_loss"]
+        metrics["aux_loss"] = terms["aux_loss"].detach()
+    metrics.update({k: v.detach() for k, v in terms.get("stats", {}).items()})
     metrics["loss"] = loss.detach()
     return loss, metrics
 

@@ -64,6 +64,8 @@ class TrainSummary:
     model: str
     checkpoint: str
     samples: str
+    codebook: dict | None = None  # VQ-VAE: test perplexity, dead codes, revived codes, size
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -320,6 +322,8 @@ class Trainer:
 
     def sample_grid(self, epoch: int) -> None:
         """The same prior draws after every epoch (one row per class for a conditional model)."""
+        if not self.model.can_sample:
+            return
         self.model.eval()
         per_row = max(1, SAMPLE_GRID // self.model.num_classes) if self.model.conditional else SAMPLE_GRID
         grid, nrow = pictures.prior_samples(self.model, per_row, generator=self.fixed_noise.manual_seed(self.cfg.seed))
@@ -381,7 +385,16 @@ class Trainer:
             test_recon=test["recon"], train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
             processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.settings.precision,
             device=str(self.device), dataset=self.cfg.dataset.name, model=model.spec.arch,
-            checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR))
+            checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR),
+            codebook=codebook_health(test, model))
+
+
+def codebook_health(test: dict, model) -> dict | None:
+    """The codebook figures of a test evaluation (None for a model without a codebook)."""
+    if "perplexity" not in test:
+        return None
+    return {"perplexity": test["perplexity"], "dead_codes": test["dead_codes"], "revived": int(test["revived"]),
+            "size": model.spec.codebook_size}
 
 
 def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks=()) -> Trainer:

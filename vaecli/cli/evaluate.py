@@ -54,6 +54,10 @@ def eval_iwae(
         result = evaluate.iwae_dataset(loaded.model, data, ks, batch_size, on_batch=advance)
     result.update({"split": split, "ckpt": str(loaded.path), "dataset": loaded.dataset.name,
                    "kl_exact": loaded.model.exact_kl})
+    if loaded.model.posterior == "point":
+        output.stderr.print("note: the posterior is a point mass on the codes, so the bound is the same for every k; "
+                            "it uses a uniform prior over codes (KL = h*w*log K)", markup=False, highlight=False,
+                            soft_wrap=True)
     if result["collapsed"]:
         output.warn(evaluate.COLLAPSE_ADVICE.format(kl=result["kl"], active=result["active_units"]))
     output.emit(result, as_json, _iwae_table(result, loaded.dataset.name, split))
@@ -66,11 +70,17 @@ def _iwae_table(result: dict, dataset: str, split: str):
         rows.append((f"IWAE (k={j})", f"{bound['iwae']:.2f} ± {output.se(bound['iwae_se'])} nats"))
     rows += [
         ("-log p(x) <=", f"{result['nll']:.2f} nats = {result['bits_per_dim']:.4f} bits/dim"),
-        ("KL" + ("" if result["kl_exact"] else f" (Monte Carlo, k={k})"), f"{result['kl']:.2f} nats"),
+        ("KL" + ("" if result["kl_exact"] else f" (Monte Carlo, k={k})")
+         + (" (uniform prior over codes)" if "perplexity" in result else ""), f"{result['kl']:.2f} nats"),
         ("recon", f"{result['recon']:.2f} nats"),
-        ("active units", f"{result['active_units']} / {result['latent_dim']} (Cov_x E[z_u] > 0.01)"),
-        ("I(x; z)", f"{result['mutual_info']:.2f} nats (at most log n = {math.log(result['n']):.2f})"),
     ]
+    if result["active_units"] is not None:
+        rows.append(("active units", f"{result['active_units']} / {result['latent_dim']} (Cov_x E[z_u] > 0.01)"))
+    if result["mutual_info"] is not None:
+        rows.append(("I(x; z)", f"{result['mutual_info']:.2f} nats (at most log n = {math.log(result['n']):.2f})"))
+    if "perplexity" in result:
+        rows.append(("codebook", f"perplexity {result['perplexity']:.1f}, {result['dead_codes']:.0f} codes unused per "
+                                 f"batch, {result['revived']:.0f} revived in training"))
     if result["agg_posterior_kl"] is not None:
         rows.append(("KL(q(z) || p(z))", f"{result['agg_posterior_kl']:.2f} nats (mean KL - I(x; z))"))
     if result["kl_per_dim"] is not None:

@@ -93,12 +93,12 @@ class TrainProgress:
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ELBO {task.fields[elbo]}  "
-                       "KL {task.fields[kl]}  {task.fields[ips]} img/s"),
+                       "KL {task.fields[kl]}{task.fields[codes]}  {task.fields[ips]} img/s"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=stderr, transient=False,
         )
         self.task = self.progress.add_task("train", total=trainer.total_steps, completed=trainer.state.step,
-                                           epoch="-", loss="-", elbo="-", kl="-", ips="-")
+                                           epoch="-", loss="-", elbo="-", kl="-", codes="", ips="-")
         self.progress.start()
 
     def on_epoch_start(self, trainer, epoch: int) -> None: ...
@@ -111,12 +111,15 @@ class TrainProgress:
         if self.progress is not None:
             self.progress.update(self.task, completed=trainer.state.step, epoch=epoch, loss=f"{values['loss']:.2f}",
                                  elbo=f"{values['elbo']:.2f}", kl=f"{values['kl']:.2f}",
+                                 codes=(f"  perplexity {values['perplexity']:.0f}, {values['dead_codes']:.0f} dead, "
+                                        f"{values['revived']:.0f} revived" if "perplexity" in values else ""),
                                  ips=f"{values.get('img_per_s', 0):,.0f}")
 
     def on_eval(self, trainer, epoch: int, test: dict) -> None:
         if not self.quiet:
             text = (f"epoch {epoch}/{trainer.settings.epochs}: test ELBO {test['elbo']:.2f}, "
-                    f"KL {test['kl']:.2f}, recon {test['recon']:.2f} nats")
+                    f"KL {test['kl']:.2f}, recon {test['recon']:.2f} nats"
+                    + (f", codebook perplexity {test['perplexity']:.1f}" if "perplexity" in test else ""))
             (self.progress.console if self.progress is not None else stderr).print(text)
 
     def on_train_end(self, trainer=None) -> None:

@@ -72,6 +72,10 @@ def _report(summary, quiet: bool, as_json: bool) -> None:
         rows.append(("active units", f"{s.active_units} / {s.latent_dim}"))
     if s.kl_per_dim:
         rows.append(("KL per dim", output.kl_dims(s.kl_per_dim)))
+    if s.codebook:
+        c = s.codebook
+        rows.append(("codebook", f"perplexity {c['perplexity']:.1f} of {c['size']} codes, {c['dead_codes']:.0f} unused "
+                                 f"(test batches), {c['revived']} revived"))
     rows.append(("steps", str(s.step)))
     if s.skipped_steps:
         rows.append(("skipped steps", f"{s.skipped_steps} (non-finite loss or gradient)"))

@@ -55,41 +55,30 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-def encoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int],
-            activation: str = "relu") -> tuple[nn.Module, int]:
-    """An encoder body and the size of its feature vector."""
-    c, h, w = image_shape
+def _down(arch: str, channels: int, hidden: list[int], activation: str) -> list[nn.Module]:
+    """Stride-2 stages from `channels` input channels to hidden[-1] (conv or resnet)."""
     act = ACTIVATIONS[activation]
-    if arch == "mlp":
-        return nn.Sequential(nn.Flatten(), mlp([c * h * w, *hidden], activation, final_activation=True)), hidden[-1]
-    hs, ws = _check_stages(h, w, len(hidden))
     layers: list[nn.Module] = []
     if arch == "conv":
-        for c_in, c_out in zip([c, *hidden[:-1]], hidden):
+        for c_in, c_out in zip([channels, *hidden[:-1]], hidden):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), act()]
     elif arch == "resnet":
-        layers.append(nn.Conv2d(c, hidden[0], 3, padding=1))
+        layers.append(nn.Conv2d(channels, hidden[0], 3, padding=1))
         for c_in, c_out in zip(hidden, [*hidden[1:], hidden[-1]]):
             layers += [ResBlock(c_in, activation), act(), nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)]
         layers.append(act())
     else:
         raise ValueError(f"unknown network {arch!r}")
-    layers.append(nn.Flatten())
-    return nn.Sequential(*layers), hidden[-1] * hs[-1] * ws[-1]
+    return layers
 
 
-def decoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int], in_features: int,
-            out_channels: int, activation: str = "relu") -> nn.Module:
-    """A decoder from (B, in_features) to (B, out_channels, H, W)."""
-    c, h, w = image_shape
-    act = ACTIVATIONS[activation]
-    if arch == "mlp":
-        return nn.Sequential(mlp([in_features, *reversed(hidden), out_channels * h * w], activation),
-                             nn.Unflatten(1, (out_channels, h, w)))
+def _up(arch: str, image_shape: tuple[int, int, int], hidden: list[int], out_channels: int,
+        activation: str) -> list[nn.Module]:
+    """The mirror of _down: from hidden[-1] channels at the smallest size to out_channels at H x W."""
+    _, h, w = image_shape
     hs, ws = _check_stages(h, w, len(hidden))
-    top = hidden[-1]
-    layers: list[nn.Module] = [nn.Linear(in_features, top * hs[-1] * ws[-1]), act(),
-                               nn.Unflatten(1, (top, hs[-1], ws[-1]))]
+    act = ACTIVATIONS[activation]
+    layers: list[nn.Module] = []
     n = len(hidden)
     if arch == "conv":
         outs = [*reversed(hidden[:-1]), out_channels]
@@ -107,4 +96,44 @@ def decoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int], in_
         layers += [ResBlock(hidden[0], activation), act(), nn.Conv2d(hidden[0], out_channels, 3, padding=1)]
     else:
         raise ValueError(f"unknown network {arch!r}")
-    return nn.Sequential(*layers)
+    return layers
+
+
+def encoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int],
+            activation: str = "relu") -> tuple[nn.Module, int]:
+    """An encoder body and the size of its feature vector."""
+    c, h, w = image_shape
+    if arch == "mlp":
+        return nn.Sequential(nn.Flatten(), mlp([c * h * w, *hidden], activation, final_activation=True)), hidden[-1]
+    hs, ws = _check_stages(h, w, len(hidden))
+    return nn.Sequential(*_down(arch, c, hidden, activation), nn.Flatten()), hidden[-1] * hs[-1] * ws[-1]
+
+
+def decoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int], in_features: int,
+            out_channels: int, activation: str = "relu") -> nn.Module:
+    """A decoder from (B, in_features) to (B, out_channels, H, W)."""
+    c, h, w = image_shape
+    if arch == "mlp":
+        return nn.Sequential(mlp([in_features, *reversed(hidden), out_channels * h * w], activation),
+                             nn.Unflatten(1, (out_channels, h, w)))
+    hs, ws = _check_stages(h, w, len(hidden))
+    top = hidden[-1]
+    return nn.Sequential(nn.Linear(in_features, top * hs[-1] * ws[-1]), ACTIVATIONS[activation](),
+                         nn.Unflatten(1, (top, hs[-1], ws[-1])), *_up(arch, image_shape, hidden, out_channels, activation))
+
+
+def grid_encoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int], code_dim: int,
+                 activation: str = "relu") -> tuple[nn.Module, tuple[int, int]]:
+    """Images (B, C, H, W) -> a grid of code_dim vectors (B, code_dim, h, w), and (h, w)."""
+    c, h, w = image_shape
+    if arch not in ("conv", "resnet"):
+        raise ValueError(f"a code grid needs a convolutional network (conv or resnet), not {arch!r}")
+    hs, ws = _check_stages(h, w, len(hidden))
+    return nn.Sequential(*_down(arch, c, hidden, activation), nn.Conv2d(hidden[-1], code_dim, 1)), (hs[-1], ws[-1])
+
+
+def grid_decoder(arch: str, image_shape: tuple[int, int, int], hidden: list[int], in_channels: int,
+                 out_channels: int, activation: str = "relu") -> nn.Module:
+    """A grid (B, in_channels, h, w) -> (B, out_channels, H, W), mirroring grid_encoder."""
+    return nn.Sequential(nn.Conv2d(in_channels, hidden[-1], 3, padding=1), ACTIVATIONS[activation](),
+                         *_up(arch, image_shape, hidden, out_channels, activation))

@@ -25,7 +25,7 @@ from torch.distributions import Distribution, Independent, MixtureSameFamily, No
 
 from . import blocks, likelihoods, priors
 
-KINDS = ("vae", "ae", "hvae")
+KINDS = ("vae", "ae", "hvae", "vqvae")
 
 
 @dataclass
@@ -49,6 +49,12 @@ class VAESpec:
     # components). The values here are what a spec records when its model does not use them.
     latent_dim2: int = 50  # hvae: the top stochastic layer
     hidden2: list[int] = field(default_factory=lambda: [100, 100])  # hvae: z1 <-> z2 networks
+    codebook_size: int = 512  # vqvae: K codes
+    code_dim: int = 64  # vqvae: D, the size of each code vector
+    commitment: float = 0.25  # vqvae: beta of the commitment loss
+    ema_decay: float = 0.99  # vqvae: codebook EMA decay; 0 = learn the codes by the codebook loss
+    dead_after: int = 100  # vqvae: revive a code unused for this many training steps (0: never)
+    kmeans_init: bool = False  # vqvae: initialise the codebook by k-means on the first batch
 
     def __post_init__(self):
         self.image_shape = tuple(int(s) for s in self.image_shape)
@@ -105,11 +111,63 @@ class PointMass(Distribution):
         raise ValueError("a point-mass posterior has no density: a deterministic autoencoder has no bound")
 
 
-class VAE(nn.Module):
-    """p(z) p(x|z) with an amortized Gaussian posterior q(z|x); images are (B, C, H, W)."""
+class LatentModel(nn.Module):
+    """What every model shares: its spec, what it describes of itself, class conditioning, and
+    the pictures made from encode/decode. Subclasses provide the distributions."""
 
     has_bound = True  # log_weights() bounds log p(x): ELBO and IWAE are defined
     layers = 1  # stochastic layers; the latent z of encode() is the only one
+    posterior = "gaussian"  # q(z|x): "gaussian" (KL per dimension, I(x; z)) or "point" (a point mass)
+    can_sample = True  # sample() draws from the model's prior
+
+    @property
+    def latent_dim(self) -> int:
+        return self.spec.latent_dim
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.spec.num_classes)
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.spec.num_classes
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether its networks are convolutional (they can use the channels_last layout)."""
+        return self.spec.arch in ("conv", "resnet")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _onehot(self, y: Tensor | None, dtype: torch.dtype) -> Tensor:
+        if y is None:
+            raise ValueError("this is a conditional model: it needs class labels (e.g. --label 3)")
+        return F.one_hot(y.long(), self.spec.num_classes).to(dtype)
+
+    def _condition(self, h: Tensor, y: Tensor | None) -> Tensor:
+        """Append one-hot labels (B,) to features (..., B, F) for a conditional model."""
+        if not self.conditional:
+            return h
+        onehot = self._onehot(y, h.dtype)
+        return torch.cat([h, onehot.expand(*h.shape[:-1], onehot.shape[-1])], dim=-1)
+
+    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.encode(x, y).mean
+
+    def decode_images(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The likelihood's mean for latents (..., latent_dim): images (..., C, H, W) in [0, 1]."""
+        return self.decode(z, y).mean.clamp(0, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Decode the latent mean of each image: (B, C, H, W) in [0, 1]."""
+        return self.decode_images(self.latent_mean(x, y), y)
+
+
+class VAE(LatentModel):
+    """p(z) p(x|z) with an amortized Gaussian posterior q(z|x); images are (B, C, H, W)."""
 
     def __init__(self, spec: VAESpec):
         super().__init__()
@@ -130,39 +188,9 @@ class VAE(nn.Module):
         return self.spec.latent_dim
 
     @property
-    def latent_dim(self) -> int:
-        return self.spec.latent_dim
-
-    @property
-    def conditional(self) -> bool:
-        return bool(self.spec.num_classes)
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.spec.num_classes
-
-    @property
-    def convolutional(self) -> bool:
-        """Whether its networks are convolutional (they can use the channels_last layout)."""
-        return self.spec.arch in ("conv", "resnet")
-
-    @property
     def exact_kl(self) -> bool:
         """Whether KL(q(z|x) || p(z)) has a closed form (standard-normal prior)."""
         return self.prior_net.analytic_kl
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def _condition(self, h: Tensor, y: Tensor | None) -> Tensor:
-        """Append one-hot labels (B,) to features (..., B, F) for a conditional model."""
-        if not self.conditional:
-            return h
-        if y is None:
-            raise ValueError("this is a conditional model: it needs class labels (e.g. --label 3)")
-        onehot = F.one_hot(y.long(), self.spec.num_classes).to(h.dtype)
-        return torch.cat([h, onehot.expand(*h.shape[:-1], onehot.shape[-1])], dim=-1)
 
     # -- the model's distributions ---------------------------------------------------------
 
@@ -180,13 +208,6 @@ class VAE(nn.Module):
     def prior(self, temperature: float = 1.0) -> Distribution:
         """p(z), event (latent_dim,); temperature scales its sigma(s)."""
         return self.prior_net(temperature, encode=self.encode)
-
-    def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.encode(x, y).mean
-
-    def decode_images(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """The likelihood's mean for latents (..., latent_dim): images (..., C, H, W) in [0, 1]."""
-        return self.decode(z, y).mean.clamp(0, 1)
 
     # -- what objectives and evaluation use ------------------------------------------------
 
@@ -244,12 +265,6 @@ class VAE(nn.Module):
         """n images (n, C, H, W) in [0, 1]: prior draws decoded to the likelihood's mean."""
         return self.decode_images(self._prior_draws(n, temperature, generator), y)
 
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Decode the latent mean of each image: (B, C, H, W) in [0, 1]."""
-        return self.decode_images(self.latent_mean(x, y), y)
-
-
 class AE(VAE):
     """The deterministic autoencoder baseline: same networks, q(z|x) a point mass at
     encoder(x), so its KL is zero by convention and its loss the reconstruction term alone.
@@ -259,6 +274,7 @@ class AE(VAE):
     """
 
     has_bound = False
+    posterior = "point"
 
     def _head_outputs(self) -> int:
         return self.spec.latent_dim
@@ -346,9 +362,3 @@ class HVAE(VAE):
         eps = torch.randn(p1.loc.shape, generator=generator, device=self.device)
         z1 = p1.loc + temperature * p1.scale * eps
         return self.decode_images(z1, y)
-
-
-def build(spec: VAESpec) -> VAE:
-    if spec.kind not in KINDS:
-        raise ValueError(f"unknown model kind {spec.kind!r}")
-    return {"vae": VAE, "ae": AE, "hvae": HVAE}[spec.kind](spec)

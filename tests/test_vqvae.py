@@ -1,0 +1,157 @@
+"""VQ-VAE: the quantizer's maths against independent computations, the bound, bit-exact resume,
+and every command on a tiny run."""
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vaecli import checkpoint
+from vaecli.cli import run
+from vaecli.config import load_config, resume_config
+from vaecli.errors import UsageError
+from vaecli.models import VAESpec, build
+from vaecli.models.quantize import VectorQuantizer
+from vaecli.train import fit
+
+TINY = ["dataset=shapes", "dataset.image_size=16", "dataset.scales=2", "dataset.rotations=2", "dataset.positions=4",
+        "model=vqvae", "model.hidden=[8,16]", "model.code_dim=4", "model.codebook_size=16", "model.dead_after=3",
+        "trainer.batch_size=16", "trainer.log_every=1", "trainer.sample_every=1", "trainer.eval_batch_size=64"]
+
+
+def test_each_vector_goes_to_its_nearest_code():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3, ema_decay=0).eval()
+    grid = torch.randn(2, 3, 4, 5)
+    codes, index = vq.quantize(grid)
+    flat = grid.permute(0, 2, 3, 1).reshape(-1, 3)
+    expected = torch.cdist(flat, vq.codebook.detach()).argmin(1)
+    assert torch.equal(index.flatten(), expected)
+    assert torch.equal(codes.permute(0, 2, 3, 1).reshape(-1, 3), vq.codebook.detach()[expected])
+
+
+def test_the_gradient_passes_straight_through_the_rounding():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3, ema_decay=0.99, dead_after=0).eval()
+    grid = torch.randn(2, 3, 4, 4, requires_grad=True)
+    out = vq(grid)
+    assert torch.allclose(out["codes"], vq.quantize(grid.detach())[0], atol=1e-6)  # forward: the codes
+    weights = torch.randn_like(grid)
+    (out["codes"] * weights).sum().backward()
+    assert torch.equal(grid.grad, weights)  # backward: identity
+
+
+def test_the_ema_update_moves_each_code_to_the_smoothed_mean_of_its_vectors():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 2, ema_decay=0.9, dead_after=0, eps=1e-5)
+    old_codes, old_sizes, old_sums = vq.codebook.clone(), vq.cluster_size.clone(), vq.code_sum.clone()
+    grid = torch.randn(3, 2, 2, 2)
+    index = vq(grid)["index"].flatten()
+    flat = grid.permute(0, 2, 3, 1).reshape(-1, 2)
+    sizes = 0.9 * old_sizes + 0.1 * torch.stack([(index == k).sum() for k in range(4)]).float()
+    sums = 0.9 * old_sums + 0.1 * torch.stack([flat[index == k].sum(0) for k in range(4)])
+    n = sizes.sum()
+    smoothed = (sizes + 1e-5) / (n + 4 * 1e-5) * n
+    assert torch.allclose(vq.codebook, sums / smoothed[:, None], atol=1e-6)
+    assert not torch.allclose(vq.codebook, old_codes)
+
+
+def test_a_code_unused_for_dead_after_steps_is_revived_from_the_batch():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 2, ema_decay=0.99, dead_after=2)
+    vq.codebook[3], vq.code_sum[3] = 1e6, 1e6  # far from every vector (the EMA keeps it there): never chosen
+    grid = torch.randn(2, 2, 3, 3)
+    vq(grid)
+    assert vq.revived.item() == 0 and vq.idle_steps[3] == 1
+    vq(grid)
+    flat = grid.permute(0, 2, 3, 1).reshape(-1, 2)
+    assert vq.revived.item() >= 1 and vq.idle_steps[3] == 0
+    assert (vq.codebook[3] - flat).abs().sum(1).min() < 1e-6  # re-seeded at one of the vectors
+
+
+def test_kmeans_initialisation_fits_the_first_batch_better_than_the_random_codebook():
+    torch.manual_seed(0)
+    grid = torch.randn(4, 2, 4, 4) * 3
+    flat = grid.permute(0, 2, 3, 1).reshape(-1, 2)
+    plain = VectorQuantizer(8, 2, dead_after=0).eval()
+    fitted = VectorQuantizer(8, 2, dead_after=0, kmeans_init=True)
+    fitted(grid)
+    assert fitted.initialised.item() == 1
+    error = {name: (flat - vq.quantize(grid)[0].permute(0, 2, 3, 1).reshape(-1, 2)).pow(2).sum().item()
+             for name, vq in (("plain", plain), ("kmeans", fitted.eval()))}
+    assert error["kmeans"] < 0.2 * error["plain"]
+
+
+def test_the_bound_is_log_p_x_given_the_codes_minus_hw_log_k_for_every_k():
+    torch.manual_seed(0)
+    model = build(VAESpec("conv", (1, 8, 8), hidden=[4], kind="vqvae", codebook_size=5, code_dim=2)).eval()
+    x = (torch.rand(3, 1, 8, 8) > 0.5).float()
+    with torch.no_grad():
+        grid = model.encoder(x)
+        flat = grid.permute(0, 2, 3, 1).reshape(-1, 2)
+        codes = model.quantizer.codebook[torch.cdist(flat, model.quantizer.codebook).argmin(1)]
+        logits = model.decoder(codes.view(3, 4, 4, 2).permute(0, 3, 1, 2))
+        log_px = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        log_w, _ = model.log_weights(x, 7)
+    assert log_w.shape == (7, 3) and torch.allclose(log_w, (log_px - 16 * math.log(5)).expand(7, 3), atol=1e-4)
+    assert torch.allclose(model.kl(x), torch.full((3,), 16 * math.log(5)))
+
+
+def test_vqvae_config_rules():
+    for override, needle in (("model.network=mlp", "conv or resnet"), ("objective=iwae", "point-mass"),
+                             ("prior=mog", "its own prior"), ("beta=4", "constant"), ("model.ema_decay=1", "[0, 1)")):
+        with pytest.raises(UsageError, match=re_escape(needle)):
+            load_config(TINY + [override])
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
+
+
+def test_resume_is_bit_identical_with_ema_codebook_and_revival(tmp_path):
+    fit(load_config(TINY + ["trainer.epochs=2"]), tmp_path / "whole")
+    fit(load_config(TINY + ["trainer.epochs=1"]), tmp_path / "split")
+    fit(resume_config(tmp_path / "split", ["trainer.epochs=2"]), tmp_path / "split", resume=True)
+    whole, split = load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(tmp_path / "split/model.safetensors"))
+    assert whole.keys() == split.keys() and "quantizer.cluster_size" in whole
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    assert whole["quantizer.revived"].item() > 0  # revival ran, and drew the same vectors
+
+
+def cli_json(capsys, *args):
+    assert run([*args, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_command_on_a_tiny_vqvae_run(tmp_path, capsys):
+    summary = cli_json(capsys, "train", *TINY, "trainer.epochs=1", "--run-dir", str(tmp_path / "run"))
+    ckpt = str(tmp_path / "run")
+    assert summary["codebook"]["size"] == 16 and 1 <= summary["codebook"]["perplexity"] <= 16
+    train_lines = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert {"perplexity", "dead_codes", "revived", "aux_loss"} <= set(train_lines[0])
+    assert not (tmp_path / "run/samples").exists()  # no prior to draw a grid from
+    assert run(["sample", "--ckpt", ckpt]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no prior over its code grid" in err[0]
+    recon = cli_json(capsys, "reconstruct", "--ckpt", ckpt, "--n", "3", "--out", str(tmp_path / "r.png"))
+    assert recon["n"] == 3 and recon["mean_neg_elbo"] > 0
+    for flag in ([], ["--slerp"]):
+        strip = cli_json(capsys, "interpolate", "test:0", "test:1", "--ckpt", ckpt, "--steps", "4", *flag,
+                         "--out", str(tmp_path / "i.png"))
+        assert Image.open(strip["out"]).size == (4 * 16 + 5 * 2, 16 + 2 * 2)
+    bound = cli_json(capsys, "eval-iwae", "--ckpt", ckpt, "--k", "1,5", "--n", "8")
+    assert bound["iwae_by_k"]["1"]["iwae"] == pytest.approx(bound["iwae_by_k"]["5"]["iwae"])  # k changes nothing
+    assert bound["kl"] == pytest.approx(16 * math.log(16)) and bound["mutual_info"] is None
+    assert 1 <= bound["perplexity"] <= 16 and bound["bits_per_dim"] > 0
+    assert abs(bound["elbo"] + bound["recon"] + bound["kl"]) < 1e-4
+    traversed = cli_json(capsys, "traverse", "--ckpt", ckpt, "--dims", "2", "--out", str(tmp_path / "t.png"))
+    assert traversed["ordered_by"] == "variance of the posterior mean" and len(traversed["dims"]) == 2
+    plot = cli_json(capsys, "latent-plot", "--ckpt", ckpt, "--n", "40", "--out", str(tmp_path / "l.png"))
+    assert plot["method"] == "pca" and plot["latent_dim"] == 4 * 4 * 4
+    loaded = checkpoint.load_model(ckpt)
+    assert loaded.model.latent_dim == 64 and loaded.model.encode(torch.zeros(1, 1, 16, 16)).mean.shape == (1, 64)

@@ -1,0 +1,109 @@
+"""VQ-VAE (van den Oord et al. 2017): a convolutional encoder to an h x w grid of D-dim vectors,
+each replaced by the nearest of K codes, and a decoder from the code grid to p(x|z_q).
+
+As a latent-variable model: the posterior is a point mass on the codes, so log p(x) >=
+log p(x|z_q) + log p(z_q). Under the uniform prior over codes that the first training stage
+assumes, log p(z_q) = -h*w*log K, a constant: it is the model's KL (exact, zero gradient) and
+the bound is the same for every k. Training minimises -log p(x|z_q) plus the commitment loss
+(and the codebook loss when the codebook is not an EMA).
+
+In latent space, a point is the continuous encoder output, flattened (latent_dim = D*h*w):
+interpolation and PCA work on it, and decode() quantizes before decoding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import blocks, likelihoods
+from .quantize import VectorQuantizer
+from .vae import LatentModel, PointMass, VAESpec
+
+
+class VQVAE(LatentModel):
+    """Images (B, C, H, W) <-> a grid of K codes (B, h, w)."""
+
+    posterior = "point"
+    can_sample = False  # until a prior over the code grid is trained (not built yet)
+
+    def __init__(self, spec: VAESpec):
+        super().__init__()
+        self.spec = spec
+        self.likelihood = likelihoods.build(spec.likelihood, spec.sigma, spec.per_pixel, spec.mixtures)
+        self.encoder, self.grid = blocks.grid_encoder(spec.arch, spec.image_shape, spec.hidden, spec.code_dim,
+                                                      spec.activation)
+        self.quantizer = VectorQuantizer(spec.codebook_size, spec.code_dim, spec.ema_decay, spec.dead_after,
+                                         spec.kmeans_init)
+        out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
+        self.decoder = blocks.grid_decoder(spec.arch, spec.image_shape, spec.hidden,
+                                           spec.code_dim + (spec.num_classes or 0), out_channels, spec.activation)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.spec.code_dim * self.grid[0] * self.grid[1]
+
+    @property
+    def exact_kl(self) -> bool:
+        return True  # KL to the uniform code prior: h*w*log K, exactly
+
+    @property
+    def log_prior(self) -> float:
+        """log p(z_q) of any code grid under the uniform prior: -h*w*log K."""
+        return -self.grid[0] * self.grid[1] * math.log(self.spec.codebook_size)
+
+    # -- the model's distributions ---------------------------------------------------------
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> PointMass:
+        """The continuous encoder outputs (B, latent_dim) as a point mass (the encoder does not
+        see the label; a conditional VQ-VAE conditions its decoder)."""
+        return PointMass(self.encoder(x).float().flatten(1))
+
+    def _decode_grid(self, codes: Tensor, y: Tensor | None):
+        """p(x|z_q) for code vectors (B, D, h, w)."""
+        if self.conditional:
+            onehot = self._onehot(y, codes.dtype)[:, :, None, None].expand(-1, -1, *codes.shape[2:])
+            codes = torch.cat([codes, onehot], 1)
+        return self.likelihood(self.decoder(codes).float())
+
+    def decode(self, z: Tensor, y: Tensor | None = None):
+        """p(x|z) for continuous latents (B, latent_dim), quantized to the nearest codes first."""
+        if z.dim() != 2:
+            raise ValueError(f"decode takes latents (B, {self.latent_dim}); got {tuple(z.shape)}")
+        codes, _ = self.quantizer.quantize(z.reshape(-1, self.spec.code_dim, *self.grid))
+        return self._decode_grid(codes, y)
+
+    def code_grid(self, x: Tensor) -> Tensor:
+        """The code indices (B, h, w) of images."""
+        return self.quantizer.quantize(self.encoder(x))[1]
+
+    # -- what objectives and evaluation use ------------------------------------------------
+
+    def terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """log_px (B,), the constant KL (B,), and `aux_loss` (the commitment/codebook loss, not
+        part of the bound) with the codebook's health in `stats`. Training mode updates the
+        codebook."""
+        q = self.quantizer(self.encoder(x))
+        log_px = self._decode_grid(q["codes"], y).log_prob(x)
+        kl = torch.full_like(log_px, -self.log_prior)
+        aux = (self.spec.commitment * q["commit"] + q["codebook_loss"]).mean()
+        stats = {"perplexity": q["perplexity"], "dead_codes": q["dead_codes"], "revived": q["revived"]}
+        return {"log_px": log_px, "kl": kl, "kl_per_dim": None, "kl_exact": True, "aux_loss": aux, "stats": stats}
+
+    def log_weights(self, x: Tensor, k: int, y: Tensor | None = None,
+                    reparam: bool = False) -> tuple[Tensor, Tensor]:
+        """log p(x|z_q) + log p(z_q) - log q(z_q|x) with q a point mass (log q = 0): the same for
+        every one of the k "samples"."""
+        codes, _ = self.quantizer.quantize(self.encoder(x))
+        log_px = self._decode_grid(codes, y).log_prob(x)
+        return (log_px + self.log_prior).expand(k, -1), log_px.expand(k, -1)
+
+    def kl(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return torch.full((x.shape[0],), -self.log_prior, device=x.device)
+
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+               y: Tensor | None = None) -> Tensor:
+        raise ValueError("a VQ-VAE samples from a learned prior over its code grid, and this vaecli cannot "
+                         "train one yet; reconstruct, interpolate and eval-iwae work")
