@@ -84,7 +84,7 @@ def test_each_likelihood_composes_and_trains_one_step(likelihood):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["foo=1"], "unknown key 'foo'; valid keys at the top level: beta, dataset, kl, likelihood"),
+    (["foo=1"], "unknown key 'foo'; valid keys at the top level: beta, code_prior, dataset, kl, likelihood"),
     (["trainer.foo=1"], "valid keys in 'trainer': adam_eps, batch_size"),
     (["dataset=nope"], "unknown dataset 'nope'; choose one of: binarized_mnist"),
     (["beta=abc"], "invalid value for beta: 'abc' is not a number"),

@@ -155,3 +155,119 @@ def test_every_command_on_a_tiny_vqvae_run(tmp_path, capsys):
     assert plot["method"] == "pca" and plot["latent_dim"] == 4 * 4 * 4
     loaded = checkpoint.load_model(ckpt)
     assert loaded.model.latent_dim == 64 and loaded.model.encode(torch.zeros(1, 1, 16, 16)).mean.shape == (1, 64)
+
+
+# -- stage two: the prior over codes ------------------------------------------------------------
+
+from vaecli.distributed import resume_command  # noqa: E402
+from vaecli.models.code_prior import CodePrior, PriorSpec  # noqa: E402
+
+PRIOR = ["trainer.epochs=1", "code_prior.width=16", "code_prior.layers=1", "code_prior.heads=2"]
+
+
+def test_the_prior_never_sees_a_code_at_or_after_the_one_it_predicts():
+    torch.manual_seed(0)
+    prior = CodePrior(PriorSpec(7, (3, 4), width=16, layers=2, heads=2)).eval()
+    codes = torch.randint(0, 7, (2, 12))
+    base = prior.logits(codes)
+    for j in range(12):
+        changed = codes.clone()
+        changed[:, j] = (changed[:, j] + 1) % 7
+        logits = prior.logits(changed)
+        assert torch.equal(logits[:, :j + 1], base[:, :j + 1])  # position i sees codes < i only
+        if j < 11:
+            assert not torch.allclose(logits[:, j + 1:], base[:, j + 1:])
+
+
+def test_sampling_draws_each_code_from_the_conditional_that_log_prob_scores():
+    torch.manual_seed(0)
+    prior = CodePrior(PriorSpec(5, (2, 3), width=16, layers=1, heads=2)).eval()
+    grid = prior.sample(4, generator=torch.Generator().manual_seed(1))
+    assert grid.shape == (4, 2, 3) and grid.max() < 5
+    codes = grid.flatten(1)
+    stepwise = sum(torch.log_softmax(prior.logits(codes[:, :i + 1])[:, i], -1).gather(1, codes[:, i:i + 1]).squeeze(1)
+                   for i in range(6))
+    assert torch.allclose(prior.log_prob(grid), stepwise, atol=1e-5)
+    assert torch.equal(prior.sample(4, generator=torch.Generator().manual_seed(1)), grid)  # reproducible
+    cold = prior.sample(64, temperature=1e-4, generator=torch.Generator().manual_seed(2))
+    assert (cold == cold[0]).all()  # T -> 0 is the argmax path
+
+
+def test_the_resume_command_of_each_stage():
+    assert resume_command("runs/x", 1) == "vae train --resume runs/x"
+    assert resume_command("runs/x", 1, "prior") == "vae train-prior --ckpt runs/x --resume"
+    assert resume_command("runs/x", 2, "prior") == "torchrun --nproc-per-node 2 -m vaecli train-prior --ckpt runs/x --resume"
+
+
+@pytest.fixture(scope="module")
+def vq_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("vq") / "run"
+    fit(load_config(TINY + ["trainer.epochs=2"]), run_dir)
+    return run_dir
+
+
+def one_error(capsys, argv, code, needle):
+    assert run(argv) == code, argv
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], lines
+
+
+def test_train_prior_then_sample_and_a_tighter_bound(vq_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(vq_run, run_dir)
+    one_error(capsys, ["sample", "--ckpt", str(run_dir)], 2, "vae train-prior")
+    uniform = cli_json(capsys, "eval-iwae", "--ckpt", str(run_dir), "--k", "1", "--n", "16")
+    assert uniform["code_prior"] == "uniform"
+    summary = cli_json(capsys, "train-prior", "--ckpt", str(run_dir), *PRIOR)
+    assert summary["test_bound"] > summary["uniform_bound"] and summary["step"] > 0
+    assert (run_dir / "prior.safetensors").is_file() and (run_dir / "prior_samples/epoch_001.png").is_file()
+    lines = [json.loads(line) for line in (run_dir / "prior.metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["split"] == "test" and "nll" in lines[0]
+    grid = cli_json(capsys, "sample", "--ckpt", str(run_dir), "--n", "4", "--temperature", "0.7")
+    assert Image.open(grid["out"]).size[0] > 0
+    learned = cli_json(capsys, "eval-iwae", "--ckpt", str(run_dir), "--k", "1", "--n", "16")
+    assert learned["code_prior"] == "learned" and learned["iwae"] > uniform["iwae"]
+    assert learned["recon"] == pytest.approx(uniform["recon"])  # the same codes, a better prior
+    model = checkpoint.load_model(run_dir).model
+    assert model.can_sample and model.sample(2).shape == (2, 1, 16, 16)  # vaecli.load gives a sampler
+    one_error(capsys, ["train-prior", "--ckpt", str(run_dir), *PRIOR], 2, "already has a prior")
+
+
+def test_prior_resume_is_bit_identical(vq_run, tmp_path, capsys):
+    import shutil
+
+    for name in ("whole", "split"):
+        shutil.copytree(vq_run, tmp_path / name)
+    cli_json(capsys, "train-prior", "--ckpt", str(tmp_path / "whole"), *PRIOR[1:], "trainer.epochs=2")
+    cli_json(capsys, "train-prior", "--ckpt", str(tmp_path / "split"), *PRIOR[1:], "trainer.epochs=1")
+    cli_json(capsys, "train-prior", "--ckpt", str(tmp_path / "split"), "--resume", "trainer.epochs=2")
+    whole = load_file(str(tmp_path / "whole/prior.safetensors"))
+    split = load_file(str(tmp_path / "split/prior.safetensors"))
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_bad_inputs_of_the_prior_stage(vq_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(vq_run, run_dir)
+    one_error(capsys, ["train-prior", "--ckpt", str(run_dir), "--resume"], 2, "has no prior to resume")
+    one_error(capsys, ["train-prior", "--ckpt", str(run_dir), "model.codebook_size=8"], 2, "cannot change model")
+    cli_json(capsys, "train-prior", "--ckpt", str(run_dir), *PRIOR)
+    fit(resume_config(run_dir, ["trainer.epochs=3"]), run_dir, resume=True)  # the VQ-VAE moves on
+    one_error(capsys, ["sample", "--ckpt", str(run_dir)], 2, "trained on the codes of this VQ-VAE at step")
+    vae_run = tmp_path / "vae"
+    fit(load_config(TINY[:5] + ["model.hidden=[8]", "model.latent_dim=2", "trainer.epochs=1"]), vae_run)
+    one_error(capsys, ["train-prior", "--ckpt", str(vae_run)], 2, "for VQ-VAE runs")
+
+
+def test_a_conditional_vqvae_and_prior_sample_one_row_per_class(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    fit(load_config(TINY + ["trainer.epochs=1", "model.conditional=true"]), run_dir)
+    cli_json(capsys, "train-prior", "--ckpt", str(run_dir), *PRIOR)
+    grid = cli_json(capsys, "sample", "--ckpt", str(run_dir), "--n", "2", "--out", str(tmp_path / "all.png"))
+    assert grid["label"] == "all" and grid["n"] == 6  # 3 shapes x 2
+    one = cli_json(capsys, "sample", "--ckpt", str(run_dir), "--n", "3", "--label", "1", "--out", str(tmp_path / "1.png"))
+    assert one["label"] == 1 and one["n"] == 3

@@ -19,7 +19,7 @@ from .atomic import atomic_write
 from .config import DatasetConfig
 from .errors import UsageError, VaeError
 from .models import VAE, VAESpec, build
-from .runs import MODEL_FILE, TRAINER_FILE, TRAINER_NEXT, resolve
+from .runs import MODEL, MODEL_FILE, PRIOR, TRAINER_FILE, TRAINER_NEXT, Stage, resolve  # noqa: F401 (file names re-exported)
 
 FORMAT = "1"  # bump when the layout of the tensors or metadata changes incompatibly
 MAX_METADATA_CHARS = 1_000_000  # a model spec is a few hundred bytes; refuse absurd headers
@@ -62,7 +62,8 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 # Model files
 
 
-def save_model(path: Path, model: VAE, dataset: DatasetConfig, seed: int, step: int, epoch: int) -> None:
+def save_model(path: Path, model: VAE, dataset: DatasetConfig, seed: int, step: int, epoch: int,
+               extra: dict[str, str] | None = None) -> None:
     """Weights of the unwrapped module plus everything needed to rebuild it and its data."""
     metadata = {
         "vaecli.format": FORMAT,
@@ -72,6 +73,7 @@ def save_model(path: Path, model: VAE, dataset: DatasetConfig, seed: int, step: 
         "vaecli.seed": str(seed),
         "vaecli.step": str(step),
         "vaecli.epoch": str(epoch),
+        **(extra or {}),
     }
     save_tensors(path, model.state_dict(), metadata)
 
@@ -83,6 +85,7 @@ class Loaded:
     seed: int
     step: int
     path: Path  # the model.safetensors file
+    metadata: dict | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -111,9 +114,8 @@ def _int_field(metadata: dict, key: str, path: Path) -> int:
         raise UsageError(f"{path}: '{key}' metadata is not an integer (corrupt checkpoint?)") from None
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> Loaded:
-    """Rebuild the model from a run folder or model.safetensors alone, on any device."""
-    file = resolve(path)
+def _rebuild(file: Path, spec_type, build_fn):
+    """The module saved in `file` (built from its spec metadata), its metadata and dataset config."""
     tensors, metadata = read_tensors(file)
     if "vaecli.format" not in metadata:
         raise UsageError(f"{file} has no vaecli metadata: not a vaecli checkpoint")
@@ -125,16 +127,38 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     spec_fields = _json_field(metadata, "vaecli.model", file)
     data_fields = _json_field(metadata, "vaecli.dataset", file)
     try:
-        spec = VAESpec(**spec_fields)
         dataset = DatasetConfig(**data_fields)
-        model = build(spec)
+        model = build_fn(spec_type(**spec_fields))
         model.load_state_dict(tensors, strict=True)
     except (TypeError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0]
         raise UsageError(f"{file}: weights and metadata do not describe a model this vaecli can build ({reason})") from None
+    return model, metadata, dataset
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu", stage: Stage = MODEL,
+               with_prior: bool = True) -> Loaded:
+    """Rebuild the model from a run folder or model.safetensors alone, on any device. A VQ-VAE
+    gets the prior over its codes from prior.safetensors beside it, when there is one that was
+    trained on its codes (with_prior). stage=PRIOR loads that prior itself."""
+    if stage.kind == "prior":
+        from .models.code_prior import CodePrior, PriorSpec
+
+        file = Path(path) / stage.model if Path(path).is_dir() else Path(path)
+        model, metadata, dataset = _rebuild(file, PriorSpec, CodePrior)
+    else:
+        file = resolve(path)
+        model, metadata, dataset = _rebuild(file, VAESpec, build)
+    step = _int_field(metadata, "vaecli.step", file)
+    if with_prior and stage.kind == "model" and (file.parent / PRIOR.model).is_file() and hasattr(model, "attach_prior"):
+        prior = load_model(file.parent, device, PRIOR)
+        trained_for = _int_field(prior.metadata, "vaecli.vq_step", prior.path)
+        model.attach_prior(prior.model if trained_for == step else None,
+                           None if trained_for == step else
+                           f"{prior.path} was trained on the codes of this VQ-VAE at step {trained_for}, and the "
+                           f"model is now at step {step}; train it again with: vae train-prior --ckpt {file.parent}")
     model.to(device).eval()
-    return Loaded(model, dataset, _int_field(metadata, "vaecli.seed", file),
-                  _int_field(metadata, "vaecli.step", file), file)
+    return Loaded(model, dataset, _int_field(metadata, "vaecli.seed", file), step, file, metadata)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,41 +223,41 @@ def load_trainer(path: Path) -> dict:
 
 def save_checkpoint(run_dir: Path, model: VAE, dataset: DatasetConfig, seed: int, optimizer: torch.optim.Optimizer,
                     rng: dict[str, torch.Tensor], step: int, epoch: int, scaler: dict | None = None,
-                    world: int = 1) -> None:
+                    world: int = 1, stage: Stage = MODEL, extra: dict[str, str] | None = None) -> None:
     """Write model and trainer state so that a crash at any moment (kill -9, power loss) leaves a
     matching pair: the new trainer state goes to trainer.next, then the model file is replaced
     (the commit point), then trainer.next replaces trainer. Each write is atomic
     (atomic_write); load_trainer_for picks whichever trainer file matches the model."""
     run_dir = Path(run_dir)
-    save_trainer(run_dir / TRAINER_NEXT, optimizer, rng, step, epoch, scaler=scaler, world=world)
-    save_model(run_dir / MODEL_FILE, model, dataset, seed, step, epoch)
+    save_trainer(run_dir / stage.trainer_next, optimizer, rng, step, epoch, scaler=scaler, world=world)
+    save_model(run_dir / stage.model, model, dataset, seed, step, epoch, extra)
     try:
-        os.replace(run_dir / TRAINER_NEXT, run_dir / TRAINER_FILE)
+        os.replace(run_dir / stage.trainer_next, run_dir / stage.trainer)
     except OSError as e:
-        raise VaeError(f"cannot write {run_dir / TRAINER_FILE}: {e.strerror or e}") from None
+        raise VaeError(f"cannot write {run_dir / stage.trainer}: {e.strerror or e}") from None
 
 
-def load_trainer_for(run_dir: Path, step: int, promote: bool = True) -> dict:
+def load_trainer_for(run_dir: Path, step: int, promote: bool = True, stage: Stage = MODEL) -> dict:
     """The trainer state that belongs to the model at `step`: trainer.safetensors, or
     trainer.next.safetensors when a crash came between the model file and the final rename
     (which `promote` then finishes; under torchrun only rank 0 promotes, before the others read)."""
     run_dir = Path(run_dir)
     found = []
-    for name in (TRAINER_FILE, TRAINER_NEXT):
+    for name in (stage.trainer, stage.trainer_next):
         if (run_dir / name).is_file():
             state = load_trainer(run_dir / name)
             if state["step"] == step:
-                if name == TRAINER_NEXT and promote:  # finish the interrupted checkpoint
-                    os.replace(run_dir / TRAINER_NEXT, run_dir / TRAINER_FILE)
+                if name == stage.trainer_next and promote:  # finish the interrupted checkpoint
+                    os.replace(run_dir / stage.trainer_next, run_dir / stage.trainer)
                 return state
             found.append(f"{name} at step {state['step']}")
     raise VaeError(f"{run_dir}: the model is at step {step} but the trainer state is "
                    f"{', '.join(found) or 'missing'}; the run folder is inconsistent (start a new run)")
 
 
-def saved_step(run_dir: Path) -> int | None:
+def saved_step(run_dir: Path, stage: Stage = MODEL) -> int | None:
     """The step of the run's model file, or None when there is none (yet)."""
-    path = Path(run_dir) / MODEL_FILE
+    path = Path(run_dir) / stage.model
     if not path.is_file():
         return None
     from safetensors import safe_open

@@ -99,6 +99,16 @@ class KLConfig:
 
 
 @dataclass
+class CodePriorConfig:
+    """Types only: the defaults are in conf/config.yaml (code_prior:)."""
+
+    width: int = MISSING
+    layers: int = MISSING
+    heads: int = MISSING
+    dropout: float = MISSING
+
+
+@dataclass
 class TrainerConfig:
     """Types only: the defaults and their reasons are in conf/trainer/default.yaml."""
 
@@ -129,6 +139,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     kl: KLConfig = field(default_factory=KLConfig)
+    code_prior: CodePriorConfig = field(default_factory=CodePriorConfig)
     beta: float = MISSING
     seed: int = MISSING
 
@@ -355,6 +366,11 @@ def validate(cfg: Config) -> None:
     if lik.name == "logistic":
         need(lik.mixtures is not None and lik.mixtures >= 1, f"likelihood.mixtures must be >= 1 (got {lik.mixtures})")
     _validate_model(cfg, need)
+    cp = cfg.code_prior
+    need(cp.width >= 1 and cp.layers >= 1 and cp.heads >= 1,
+         f"code_prior.width, .layers and .heads must be >= 1 (got {cp.width}, {cp.layers}, {cp.heads})")
+    need(cp.width % cp.heads == 0, f"code_prior.width ({cp.width}) must be a multiple of code_prior.heads ({cp.heads})")
+    need(0 <= cp.dropout < 1, f"code_prior.dropout must be in [0, 1) (got {cp.dropout})")
     need(t.max_bad_steps >= 1, f"trainer.max_bad_steps must be >= 1 (got {t.max_bad_steps})")
     need(t.checkpoint_every_steps >= 0,
          f"trainer.checkpoint_every_steps must be >= 0 (got {t.checkpoint_every_steps})")
@@ -430,7 +446,8 @@ def data_root(cfg: DatasetConfig) -> Path:
 
 
 # Keys that fix the model's shape or the data order; --resume refuses to change them.
-FROZEN_ON_RESUME = ("dataset", "model", "likelihood", "prior", "seed", "trainer.batch_size")
+FROZEN_ON_RESUME = ("dataset", "model", "likelihood", "prior", "seed", "trainer.batch_size", "code_prior")
+FROZEN_FOR_PRIOR = ("dataset", "model", "likelihood", "prior", "seed")  # the VQ-VAE the prior is for
 
 
 def _get(tree: dict, dotted: str) -> Any:
@@ -483,12 +500,15 @@ def _with_current_defaults(saved: dict) -> dict:
     return _resolve(merged)
 
 
-def resume_config(run_dir: Path, overrides: list[str] | tuple[str, ...]) -> Composed:
-    """The saved config of `run_dir` with `overrides` applied; model/data changes are refused."""
-    saved = _with_current_defaults(load_saved(Path(run_dir) / "config.yaml"))
+def resume_config(run_dir: Path, overrides: list[str] | tuple[str, ...], name: str = "config.yaml",
+                  frozen: tuple[str, ...] = FROZEN_ON_RESUME) -> Composed:
+    """The saved config `name` of `run_dir` with `overrides` applied; changes to the `frozen`
+    keys (the model and the data order) are refused. vae train-prior starts from the VQ-VAE's
+    config this way, with FROZEN_FOR_PRIOR."""
+    saved = _with_current_defaults(load_saved(Path(run_dir) / name))
     before = _finish(saved, reference=saved).tree
     after = apply_overrides(saved, overrides)
-    for key in FROZEN_ON_RESUME:
+    for key in frozen:
         changed = _first_difference(_get(before, key), _get(after.tree, key), key)
         if changed:
             raise UsageError(

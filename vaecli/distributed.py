@@ -32,11 +32,11 @@ def quiet_rank() -> bool:
     return torchrun_world() > 1 and int(os.environ.get("RANK", "0") or 0) != 0
 
 
-def resume_command(run_dir: Path, world: int) -> str:
-    """The command that continues `run_dir` with the number of processes it was trained with."""
-    if world > 1:
-        return f"torchrun --nproc-per-node {world} -m vaecli train --resume {run_dir}"
-    return f"vae train --resume {run_dir}"
+def resume_command(run_dir: Path, world: int, stage: str = "model") -> str:
+    """The command that continues `run_dir` (its model, or a VQ-VAE's prior) with the number of
+    processes it was trained with."""
+    args = f"train --resume {run_dir}" if stage == "model" else f"train-prior --ckpt {run_dir} --resume"
+    return f"torchrun --nproc-per-node {world} -m vaecli {args}" if world > 1 else f"vae {args}"
 
 
 @dataclass

@@ -26,8 +26,7 @@ def prior_samples(model, n: int, temperature: float = 1.0, generator: torch.Gene
     An unconditional model: n images in a near-square grid. A conditional one: n per class, one
     row each (label None or 'all'), or n of class `label`."""
     if not model.can_sample:
-        raise UsageError("this VQ-VAE has no prior over its code grid to sample from, and this version of "
-                         "vaecli cannot train one yet; reconstruct, interpolate and eval-iwae work on it")
+        raise UsageError(model.prior_problem)
     y, nrow = None, grid_rows(n)
     if model.conditional and label in (None, "all"):
         y, nrow = class_rows(model.num_classes, n, model.device), n

@@ -8,12 +8,16 @@ runs/<name>/
   trainer.next.safetensors   only while a checkpoint is being written (the commit protocol)
   metrics.jsonl              one JSON object per logged training step and per test evaluation
   samples/epoch_NNN.png      the sample grid after an epoch
+A VQ-VAE run also holds its second stage, the prior over its codes (`vae train-prior`), in
+files of the same roles: prior.config.yaml, prior.safetensors, prior.trainer(.next).safetensors,
+prior.metrics.jsonl, prior_samples/. A `Stage` names one set.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_write
@@ -26,6 +30,24 @@ TRAINER_FILE = "trainer.safetensors"
 TRAINER_NEXT = "trainer.next.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The files of one trained model in a run folder."""
+
+    kind: str  # "model" (the VAE) or "prior" (a VQ-VAE's prior over codes)
+    config: str
+    model: str
+    trainer: str
+    trainer_next: str
+    metrics: str
+    samples: str
+
+
+MODEL = Stage("model", CONFIG_FILE, MODEL_FILE, TRAINER_FILE, TRAINER_NEXT, METRICS_FILE, SAMPLES_DIR)
+PRIOR = Stage("prior", "prior.config.yaml", "prior.safetensors", "prior.trainer.safetensors",
+              "prior.trainer.next.safetensors", "prior.metrics.jsonl", "prior_samples")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -54,13 +76,13 @@ def check_new_target(run_dir: Path) -> None:
                          "or choose another --run-dir")
 
 
-def create(run_dir: Path, config_yaml: str) -> None:
-    """Make the folder and (re)write its config.yaml."""
+def create(run_dir: Path, config_yaml: str, name: str = CONFIG_FILE) -> None:
+    """Make the folder and (re)write its config file."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VaeError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-    write_text(run_dir / CONFIG_FILE, config_yaml)
+    write_text(run_dir / name, config_yaml)
 
 
 def remove_stale_temp_files(run_dir: Path) -> None:
@@ -98,19 +120,19 @@ def resolve(path: str | Path | None) -> Path:
 # metrics.jsonl
 
 
-def append_metrics(run_dir: Path, record: dict) -> None:
+def append_metrics(run_dir: Path, record: dict, name: str = METRICS_FILE) -> None:
     try:
-        with open(Path(run_dir) / METRICS_FILE, "a") as f:
+        with open(Path(run_dir) / name, "a") as f:
             f.write(json.dumps(record) + "\n")
     except OSError as e:
-        raise VaeError(f"cannot append to {Path(run_dir) / METRICS_FILE}: {e.strerror or e}") from None
+        raise VaeError(f"cannot append to {Path(run_dir) / name}: {e.strerror or e}") from None
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
+def truncate_metrics(run_dir: Path, step: int, name: str = METRICS_FILE) -> None:
     """Keep the metrics.jsonl lines up to `step` (the checkpoint a run resumes from): lines
     logged after it, and a line cut short by a crash, would otherwise appear twice or break
     readers."""
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / name
     if not path.is_file():
         return
     kept = []

@@ -152,8 +152,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, model, objective, train_set, test_set, run_dir: Path, device: torch.device,
-                 dist: Dist | None = None, callbacks=()):
+                 dist: Dist | None = None, callbacks=(), stage: runs.Stage = runs.MODEL):
         t = self.settings = cfg.trainer
+        self.stage = stage  # which files of the run folder this model's checkpoints and logs are
+        self.checkpoint_metadata: dict[str, str] = {}  # extra metadata for the model file
         self.cfg, self.model, self.objective = cfg, model, objective
         self.train_set, self.test_set = train_set, test_set
         self.run_dir, self.device = Path(run_dir), device
@@ -181,17 +183,17 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the run folder's checkpoint: weights, optimizer, loss scaler, RNG, step."""
         run_dir, dist, t = self.run_dir, self.dist, self.settings
-        loaded = checkpoint.load_model(run_dir, device=self.device)
+        loaded = checkpoint.load_model(run_dir, device=self.device, stage=self.stage, with_prior=False)
         if asdict(loaded.model.spec) != asdict(self.model.spec):
             raise UsageError(f"{run_dir}: the saved model differs from its config.yaml; start a new run")
         self.model.load_state_dict(loaded.model.state_dict())
         if dist.main:  # rank 0 may finish an interrupted checkpoint; the others read after it
-            state = checkpoint.load_trainer_for(run_dir, loaded.step)
+            state = checkpoint.load_trainer_for(run_dir, loaded.step, stage=self.stage)
         dist.barrier()
         if not dist.main:
-            state = checkpoint.load_trainer_for(run_dir, loaded.step, promote=False)
+            state = checkpoint.load_trainer_for(run_dir, loaded.step, promote=False, stage=self.stage)
         if state["world"] != dist.world:  # like trainer.batch_size: the global batch is part of the run
-            how = distributed.resume_command(run_dir, state["world"])
+            how = distributed.resume_command(run_dir, state["world"], self.stage.kind)
             raise UsageError(f"{run_dir} was trained by {state['world']} process(es) and this is {dist.world}: "
                              f"the global batch would change; resume it with: "
                              f"{how}{'' if state['world'] > 1 else ' (without torchrun)'}")
@@ -203,7 +205,7 @@ class Trainer:
         devices.set_rng_state(state["rng"], self.device)
         self.state.step = state["step"]
         if dist.main:  # lines logged after the checkpoint (a crash) would be logged again
-            runs.truncate_metrics(run_dir, self.state.step)
+            runs.truncate_metrics(run_dir, self.state.step, self.stage.metrics)
             runs.remove_stale_temp_files(run_dir)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ class Trainer:
         self.fixed_noise = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         if self.settings.compile:
-            devices.compile_methods(self.model, self.device)
+            devices.compile_methods(self.model, self.device, getattr(self.model, "compiled_methods", ("terms", "log_weights")))
         self.loss_step = self.dist.wrap(_LossStep(self.model, self.objective), self.device)
         self.emit("on_train_start")
         try:
@@ -298,7 +300,8 @@ class Trainer:
         self._tick = now
         means["img_per_s"] = self.images_per_second() or 0.0
         if self.dist.main:
-            runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "train", **means})
+            runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "train", **means},
+                                *self._metrics_name())
         self.emit("on_log", epoch, means)
 
     def end_epoch(self, epoch: int) -> None:
@@ -310,15 +313,20 @@ class Trainer:
         with devices.forked_rng(self.device):  # evaluation and pictures must not move the training RNG
             self.last_test = self.evaluate()
             runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "test",
-                                               **self.last_test, "kl_exact": self.model.exact_kl})
+                                               **self.last_test}, *self._metrics_name())
             self.emit("on_eval", epoch, self.last_test)
             if last or (t.sample_every and epoch % t.sample_every == 0):
                 self.sample_grid(epoch)
         if last or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
             self.save(epoch)
 
+    def _metrics_name(self) -> tuple[str, ...]:
+        return () if self.stage.metrics == runs.METRICS_FILE else (self.stage.metrics,)
+
     def evaluate(self) -> dict:
-        return evaluate.elbo_dataset(self.model, self.test_set, self.settings.eval_batch_size)
+        result = evaluate.elbo_dataset(self.model, self.test_set, self.settings.eval_batch_size)
+        result["kl_exact"] = self.model.exact_kl
+        return result
 
     def sample_grid(self, epoch: int) -> None:
         """The same prior draws after every epoch (one row per class for a conditional model)."""
@@ -327,7 +335,7 @@ class Trainer:
         self.model.eval()
         per_row = max(1, SAMPLE_GRID // self.model.num_classes) if self.model.conditional else SAMPLE_GRID
         grid, nrow = pictures.prior_samples(self.model, per_row, generator=self.fixed_noise.manual_seed(self.cfg.seed))
-        save_grid(grid, self.run_dir / runs.SAMPLES_DIR / f"epoch_{epoch:03d}.png", nrow=nrow)
+        save_grid(grid, self.run_dir / self.stage.samples / f"epoch_{epoch:03d}.png", nrow=nrow)
 
     # -- checkpoints, stopping -----------------------------------------------------------------
 
@@ -336,13 +344,13 @@ class Trainer:
             scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
             checkpoint.save_checkpoint(self.run_dir, self.model, self.cfg.dataset, self.cfg.seed, self.optimizer,
                                        devices.rng_state(self.device), self.state.step, epoch, scaler=scaler,
-                                       world=self.dist.world)
+                                       world=self.dist.world, stage=self.stage, extra=self.checkpoint_metadata)
 
     def interrupt(self, epoch: int):
         """A signal reached some rank: every rank saves (rank 0 writes) and stops after this step."""
         self.save(epoch)
         signum = self._caught.get("signum", signal.SIGTERM)  # a rank may stop for another's signal
-        command = distributed.resume_command(self.run_dir, self.dist.world)
+        command = distributed.resume_command(self.run_dir, self.dist.world, self.stage.kind)
         raise Interrupted(f"interrupted at step {self.state.step}; resume with: {command}", signum,
                           announce=self.dist.main)
 
@@ -354,7 +362,7 @@ class Trainer:
                           "or use likelihood=gaussian)")
         if t.precision == "fp16":
             likely.append("fp16 overflow (try trainer.precision=bf16 or fp32)")
-        saved = checkpoint.saved_step(self.run_dir)
+        saved = checkpoint.saved_step(self.run_dir, self.stage)
         keep = (f"the last good checkpoint (step {saved}) is in {self.run_dir}" if saved is not None
                 else "no checkpoint was written yet")
         return VaeError(f"training diverged: {self.state.bad_in_a_row} steps in a row (to step {self.state.step}) "
@@ -375,7 +383,7 @@ class Trainer:
         if self.last_test is None:  # nothing left to train (resumed a finished run): still report
             with devices.forked_rng(self.device):
                 self.last_test = self.evaluate()
-            if not (self.run_dir / runs.MODEL_FILE).exists():
+            if not (self.run_dir / self.stage.model).exists():
                 self.save(self.state.step // self.steps_per_epoch)
         test, model = self.last_test, self.model
         return TrainSummary(

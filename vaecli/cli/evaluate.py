@@ -55,9 +55,12 @@ def eval_iwae(
     result.update({"split": split, "ckpt": str(loaded.path), "dataset": loaded.dataset.name,
                    "kl_exact": loaded.model.exact_kl})
     if loaded.model.posterior == "point":
+        result["code_prior"] = "learned" if loaded.model.code_prior is not None else "uniform"
         output.stderr.print("note: the posterior is a point mass on the codes, so the bound is the same for every k; "
-                            "it uses a uniform prior over codes (KL = h*w*log K)", markup=False, highlight=False,
-                            soft_wrap=True)
+                            + ("it uses the learned prior over codes (vae train-prior)"
+                               if result["code_prior"] == "learned" else
+                               "it uses a uniform prior over codes (KL = h*w*log K); train a prior with vae "
+                               "train-prior for a tighter bound"), markup=False, highlight=False, soft_wrap=True)
     if result["collapsed"]:
         output.warn(evaluate.COLLAPSE_ADVICE.format(kl=result["kl"], active=result["active_units"]))
     output.emit(result, as_json, _iwae_table(result, loaded.dataset.name, split))
@@ -71,7 +74,8 @@ def _iwae_table(result: dict, dataset: str, split: str):
     rows += [
         ("-log p(x) <=", f"{result['nll']:.2f} nats = {result['bits_per_dim']:.4f} bits/dim"),
         ("KL" + ("" if result["kl_exact"] else f" (Monte Carlo, k={k})")
-         + (" (uniform prior over codes)" if "perplexity" in result else ""), f"{result['kl']:.2f} nats"),
+         + (f" ({result['code_prior']} prior over codes)" if "code_prior" in result else ""),
+         f"{result['kl']:.2f} nats"),
         ("recon", f"{result['recon']:.2f} nats"),
     ]
     if result["active_units"] is not None:

@@ -76,6 +76,10 @@ def kl_dims(values: list[float]) -> str:
     return shown + (f", … ({len(values) - 8} more)" if len(values) > 8 else "")
 
 
+def _maybe(values: dict, key: str) -> str:
+    return f"{values[key]:.2f}" if key in values else "-"
+
+
 class TrainProgress:
     """A trainer callback (train.Callback's hooks) drawing a rich progress bar on stderr; the
     per-epoch notes still print when the bar is off."""
@@ -110,17 +114,22 @@ class TrainProgress:
     def on_log(self, trainer, epoch: int, values: dict[str, float]) -> None:
         if self.progress is not None:
             self.progress.update(self.task, completed=trainer.state.step, epoch=epoch, loss=f"{values['loss']:.2f}",
-                                 elbo=f"{values['elbo']:.2f}", kl=f"{values['kl']:.2f}",
+                                 elbo=_maybe(values, "elbo"), kl=_maybe(values, "kl"),
                                  codes=(f"  perplexity {values['perplexity']:.0f}, {values['dead_codes']:.0f} dead, "
                                         f"{values['revived']:.0f} revived" if "perplexity" in values else ""),
                                  ips=f"{values.get('img_per_s', 0):,.0f}")
 
     def on_eval(self, trainer, epoch: int, test: dict) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        if "nll" in test:  # a VQ-VAE's prior
+            text = (f"epoch {epoch}/{trainer.settings.epochs}: test NLL of the codes {test['nll']:.2f} nats "
+                    f"({test['bits_per_code']:.3f} bits/code), bound on log p(x) {test['elbo']:.2f} nats")
+        else:
             text = (f"epoch {epoch}/{trainer.settings.epochs}: test ELBO {test['elbo']:.2f}, "
                     f"KL {test['kl']:.2f}, recon {test['recon']:.2f} nats"
                     + (f", codebook perplexity {test['perplexity']:.1f}" if "perplexity" in test else ""))
-            (self.progress.console if self.progress is not None else stderr).print(text)
+        (self.progress.console if self.progress is not None else stderr).print(text)
 
     def on_train_end(self, trainer=None) -> None:
         if self.progress is not None:

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from . import output
-from .app import app
+from .app import Ckpt, app
 
 
 @app.command(context_settings={"help_option_names": ["--help", "-h"]})
@@ -85,3 +85,50 @@ def _report(summary, quiet: bool, as_json: bool) -> None:
              ("images/s", f"{s.img_per_s:,.0f}" if s.img_per_s else "-"),
              ("run", s.run_dir)]
     output.emit(s.to_dict(), as_json, output.table(f"vae train: {s.dataset} / {s.model} on {s.device}", rows))
+
+
+@app.command("train-prior", context_settings={"help_option_names": ["--help", "-h"]})
+def train_prior(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, metavar="OVERRIDES", help="trainer.* and code_prior.* overrides, e.g. trainer.epochs=20 code_prior.layers=6."),
+    ckpt: Ckpt = None,
+    resume: bool = typer.Option(False, "--resume", help="Continue the prior already in the run folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the summary) on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, notes or table."),
+) -> None:
+    """Train the prior over a VQ-VAE's codes (stage two): a causal transformer over the code grids
+    of the training images, into RUN/prior.safetensors. Then `vae sample` draws from it."""
+    from .. import distributed, prior, runs
+    from ..config import FROZEN_FOR_PRIOR, resume_config
+
+    run_dir = runs.resolve(ckpt).parent
+    if resume and not (run_dir / runs.PRIOR.config).is_file():
+        raise UsageError(f"{run_dir} has no prior to resume (no {runs.PRIOR.config}); start one with: "
+                         f"vae train-prior --ckpt {run_dir}")
+    if resume:
+        composed = resume_config(run_dir, overrides or [], name=runs.PRIOR.config)
+    else:
+        composed = resume_config(run_dir, overrides or [], frozen=FROZEN_FOR_PRIOR)
+    if composed.cfg.model.name != "vqvae":
+        raise UsageError(f"{run_dir} holds a model={composed.cfg.model.name} run; vae train-prior is for "
+                         "VQ-VAE runs (model=vqvae)")
+    with distributed.session(composed.cfg.trainer.device) as dist:
+        talk = dist.main and not quiet and not as_json
+        progress = output.TrainProgress(enabled=output.stderr.is_terminal and talk, quiet=not talk)
+        try:
+            summary = prior.fit(composed, run_dir, resume=resume, dist=dist, callbacks=[progress])
+        finally:
+            progress.on_train_end()
+    if summary is None:
+        return
+    if quiet and not as_json:
+        print(summary.prior)
+        return
+    s = summary
+    rows = [("test NLL of the codes", f"{s.test_nll:.2f} nats ({s.bits_per_code:.3f} bits/code)"),
+            ("bound on log p(x)", f"{s.test_bound:.2f} nats = {s.bits_per_dim:.4f} bits/dim"),
+            ("  with a uniform prior", f"{s.uniform_bound:.2f} nats"),
+            ("  recon -log p(x|z_q)", f"{s.test_recon:.2f} nats"),
+            ("steps", str(s.step)), ("train time", f"{s.train_seconds:.1f} s"),
+            ("images/s", f"{s.img_per_s:,.0f}" if s.img_per_s else "-"), ("prior", s.prior)]
+    output.emit(s.to_dict(), as_json, output.table(f"vae train-prior: {run_dir} on {s.device}", rows))

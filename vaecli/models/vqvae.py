@@ -2,10 +2,11 @@
 each replaced by the nearest of K codes, and a decoder from the code grid to p(x|z_q).
 
 As a latent-variable model: the posterior is a point mass on the codes, so log p(x) >=
-log p(x|z_q) + log p(z_q). Under the uniform prior over codes that the first training stage
-assumes, log p(z_q) = -h*w*log K, a constant: it is the model's KL (exact, zero gradient) and
-the bound is the same for every k. Training minimises -log p(x|z_q) plus the commitment loss
-(and the codebook loss when the codebook is not an EMA).
+log p(x|z_q) + log p(z_q), the same for every k. While the autoencoder trains (stage one) the
+prior is uniform over codes, log p(z_q) = -h*w*log K, a constant: the model's KL (exact, zero
+gradient). Training minimises -log p(x|z_q) plus the commitment loss (and the codebook loss when
+the codebook is not an EMA). Stage two (`vae train-prior`) fits an autoregressive prior over
+the code grids (code_prior.py); attached, it gives samples and a tighter bound.
 
 In latent space, a point is the continuous encoder output, flattened (latent_dim = D*h*w):
 interpolation and PCA work on it, and decode() quantizes before decoding.
@@ -27,7 +28,6 @@ class VQVAE(LatentModel):
     """Images (B, C, H, W) <-> a grid of K codes (B, h, w)."""
 
     posterior = "point"
-    can_sample = False  # until a prior over the code grid is trained (not built yet)
 
     def __init__(self, spec: VAESpec):
         super().__init__()
@@ -40,20 +40,43 @@ class VQVAE(LatentModel):
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
         self.decoder = blocks.grid_decoder(spec.arch, spec.image_shape, spec.hidden,
                                            spec.code_dim + (spec.num_classes or 0), out_channels, spec.activation)
+        self.attach_prior(None, "this VQ-VAE has no prior over its code grid yet; train one with: vae train-prior")
 
+    def attach_prior(self, prior, problem: str | None = None) -> None:
+        """Use `prior` (a CodePrior, or None for the uniform prior) for samples and the bound;
+        `problem` says why sampling is not possible without one. The prior has its own file, so it
+        is kept out of this module's state_dict."""
+        self.__dict__["code_prior"] = prior
+        self.__dict__["prior_problem"] = problem
+        if prior is not None:
+            prior.to(next(self.parameters()).device).eval()
+
+    @property
+    def can_sample(self) -> bool:
+        return self.code_prior is not None
+
+    def to(self, *args, **kwargs):
+        if self.code_prior is not None:
+            self.code_prior.to(*args, **kwargs)
+        return super().to(*args, **kwargs)
     @property
     def latent_dim(self) -> int:
         return self.spec.code_dim * self.grid[0] * self.grid[1]
 
     @property
     def exact_kl(self) -> bool:
-        return True  # KL to the uniform code prior: h*w*log K, exactly
+        return True  # -log p(z_q): h*w*log K under the uniform prior, or the prior's exact log-probability
 
     @property
     def log_prior(self) -> float:
         """log p(z_q) of any code grid under the uniform prior: -h*w*log K."""
         return -self.grid[0] * self.grid[1] * math.log(self.spec.codebook_size)
 
+    def log_p_codes(self, index: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(z_q) (B,) of code grids (B, h, w): the attached prior's, else the uniform one's."""
+        if self.code_prior is None:
+            return torch.full((index.shape[0],), self.log_prior, device=index.device)
+        return self.code_prior.log_prob(index, y)
     # -- the model's distributions ---------------------------------------------------------
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> PointMass:
@@ -87,7 +110,7 @@ class VQVAE(LatentModel):
         codebook."""
         q = self.quantizer(self.encoder(x))
         log_px = self._decode_grid(q["codes"], y).log_prob(x)
-        kl = torch.full_like(log_px, -self.log_prior)
+        kl = -self.log_p_codes(q["index"], y)
         aux = (self.spec.commitment * q["commit"] + q["codebook_loss"]).mean()
         stats = {"perplexity": q["perplexity"], "dead_codes": q["dead_codes"], "revived": q["revived"]}
         return {"log_px": log_px, "kl": kl, "kl_per_dim": None, "kl_exact": True, "aux_loss": aux, "stats": stats}
@@ -96,14 +119,20 @@ class VQVAE(LatentModel):
                     reparam: bool = False) -> tuple[Tensor, Tensor]:
         """log p(x|z_q) + log p(z_q) - log q(z_q|x) with q a point mass (log q = 0): the same for
         every one of the k "samples"."""
-        codes, _ = self.quantizer.quantize(self.encoder(x))
+        codes, index = self.quantizer.quantize(self.encoder(x))
         log_px = self._decode_grid(codes, y).log_prob(x)
-        return (log_px + self.log_prior).expand(k, -1), log_px.expand(k, -1)
+        return (log_px + self.log_p_codes(index, y)).expand(k, -1), log_px.expand(k, -1)
 
     def kl(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return torch.full((x.shape[0],), -self.log_prior, device=x.device)
+        """KL(q || p) of a point mass on z_q: -log p(z_q)."""
+        return -self.log_p_codes(self.code_grid(x), y)
 
+    @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
                y: Tensor | None = None) -> Tensor:
-        raise ValueError("a VQ-VAE samples from a learned prior over its code grid, and this vaecli cannot "
-                         "train one yet; reconstruct, interpolate and eval-iwae work")
+        """n images: code grids drawn from the prior (temperature divides its logits), decoded."""
+        if self.code_prior is None:
+            raise ValueError(self.prior_problem)
+        index = self.code_prior.sample(n, temperature, generator, y)
+        codes = self.quantizer.lookup(index).permute(0, 3, 1, 2)
+        return self._decode_grid(codes, y).mean.clamp(0, 1)
