@@ -257,7 +257,11 @@ def test_bad_inputs_of_the_prior_stage(vq_run, tmp_path, capsys):
     one_error(capsys, ["train-prior", "--ckpt", str(run_dir), "model.codebook_size=8"], 2, "cannot change model")
     cli_json(capsys, "train-prior", "--ckpt", str(run_dir), *PRIOR)
     fit(resume_config(run_dir, ["trainer.epochs=3"]), run_dir, resume=True)  # the VQ-VAE moves on
-    one_error(capsys, ["sample", "--ckpt", str(run_dir)], 2, "trained on the codes of this VQ-VAE at step")
+    one_error(capsys, ["sample", "--ckpt", str(run_dir)], 2, "was trained on the codes at step")
+    other = tmp_path / "other"  # a prior copied from another run at the same step
+    fit(load_config(TINY + ["trainer.epochs=2", "seed=1"]), other)
+    shutil.copy(run_dir / "prior.safetensors", other)
+    one_error(capsys, ["sample", "--ckpt", str(other)], 2, "of another VQ-VAE")
     vae_run = tmp_path / "vae"
     fit(load_config(TINY[:5] + ["model.hidden=[8]", "model.latent_dim=2", "trainer.epochs=1"]), vae_run)
     one_error(capsys, ["train-prior", "--ckpt", str(vae_run)], 2, "for VQ-VAE runs")

@@ -136,6 +136,22 @@ def _rebuild(file: Path, spec_type, build_fn):
     return model, metadata, dataset
 
 
+def _attach_prior(vqvae, file: Path, step: int, device) -> None:
+    """Give a VQ-VAE the prior beside it (prior.safetensors) if it was trained on this model's
+    codes (the codebook's fingerprint and step match); otherwise say why not."""
+    if not (file.parent / PRIOR.model).is_file():
+        return
+    prior = load_model(file.parent, device, PRIOR)
+    trained_step = _int_field(prior.metadata, "vaecli.vq_step", prior.path)
+    if prior.metadata.get("vaecli.vq_codebook") == vqvae.codebook_fingerprint():
+        vqvae.attach_prior(prior.model)
+        return
+    now = (f"at step {trained_step}, and the model is now at step {step}" if trained_step != step
+           else "of another VQ-VAE (its codebook differs)")
+    vqvae.attach_prior(None, f"{prior.path} was trained on the codes {now}; train it again with: "
+                             f"vae train-prior --ckpt {file.parent}")
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu", stage: Stage = MODEL,
                with_prior: bool = True) -> Loaded:
     """Rebuild the model from a run folder or model.safetensors alone, on any device. A VQ-VAE
@@ -150,13 +166,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         file = resolve(path)
         model, metadata, dataset = _rebuild(file, VAESpec, build)
     step = _int_field(metadata, "vaecli.step", file)
-    if with_prior and stage.kind == "model" and (file.parent / PRIOR.model).is_file() and hasattr(model, "attach_prior"):
-        prior = load_model(file.parent, device, PRIOR)
-        trained_for = _int_field(prior.metadata, "vaecli.vq_step", prior.path)
-        model.attach_prior(prior.model if trained_for == step else None,
-                           None if trained_for == step else
-                           f"{prior.path} was trained on the codes of this VQ-VAE at step {trained_for}, and the "
-                           f"model is now at step {step}; train it again with: vae train-prior --ckpt {file.parent}")
+    if with_prior and stage.kind == "model" and hasattr(model, "attach_prior"):
+        _attach_prior(model, file, step, device)
     model.to(device).eval()
     return Loaded(model, dataset, _int_field(metadata, "vaecli.seed", file), step, file, metadata)
 

@@ -148,7 +148,8 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     trainer = PriorTrainer(vqvae, test_log_px, math.prod(vqvae.spec.image_shape), cfg=cfg, model=model,
                            objective=prior_nll, train_set=train_codes, test_set=test_codes, run_dir=run_dir,
                            device=device, dist=dist, callbacks=callbacks, stage=runs.PRIOR)
-    trainer.checkpoint_metadata = {"vaecli.vq_step": str(loaded.step)}
+    # which VQ-VAE the prior belongs to (checkpoint.load_model checks before attaching it)
+    trainer.checkpoint_metadata = {"vaecli.vq_step": str(loaded.step), "vaecli.vq_codebook": vqvae.codebook_fingerprint()}
     return trainer
 
 

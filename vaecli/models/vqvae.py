@@ -51,6 +51,12 @@ class VQVAE(LatentModel):
         if prior is not None:
             prior.to(next(self.parameters()).device).eval()
 
+    def codebook_fingerprint(self) -> str:
+        """A short hash of the codebook: which VQ-VAE (and which state of it) a prior was fit to."""
+        import hashlib
+
+        return hashlib.sha256(self.quantizer.codebook.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+
     @property
     def can_sample(self) -> bool:
         return self.code_prior is not None
@@ -59,6 +65,7 @@ class VQVAE(LatentModel):
         if self.code_prior is not None:
             self.code_prior.to(*args, **kwargs)
         return super().to(*args, **kwargs)
+
     @property
     def latent_dim(self) -> int:
         return self.spec.code_dim * self.grid[0] * self.grid[1]
@@ -77,6 +84,7 @@ class VQVAE(LatentModel):
         if self.code_prior is None:
             return torch.full((index.shape[0],), self.log_prior, device=index.device)
         return self.code_prior.log_prob(index, y)
+
     # -- the model's distributions ---------------------------------------------------------
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> PointMass:
