@@ -63,7 +63,10 @@ def traversal(model, reference: ImageSet, dims: int | None, span: float, steps: 
               x: Tensor | None = None, y: Tensor | None = None, label: int | None = None) -> dict:
     """One row per latent dimension sweeping it over +-span around the latent mean of x (or
     z = 0), the most used dimensions first (by KL, or by the variance of the posterior mean over
-    `reference`); `dims` of them, or all when None. Returns frames, dims, scores, ordered_by."""
+    `reference`); `dims` of them, or all when None. Returns frames, dims, scores, ordered_by.
+    A model with discrete codes (VQ-VAE) swaps codes instead: see code_traversal."""
+    if model.discrete:
+        return code_traversal(model, reference, dims, steps, x, y, label)
     scores, ordered_by = evaluate.dimension_scores(model, reference)
     order = sorted(range(len(scores)), key=lambda d: -scores[d])
     chosen = order if dims is None else order[:dims]
@@ -108,3 +111,34 @@ def project_2d(points: Tensor, method: str = "auto", seed: int = 0):
     projected = centred @ v.T[:, :2] if d >= 2 else torch.cat([centred, torch.zeros_like(centred)], 1)
     axes = tuple(f"PC{i + 1} ({share[i]:.0%} of variance)" if i < len(share) else f"PC{i + 1}" for i in range(2))
     return projected.numpy(), "pca", axes
+
+
+@torch.no_grad()
+def code_traversal(model, reference: ImageSet, positions: int | None, steps: int, x: Tensor | None = None,
+                   y: Tensor | None = None, label: int | None = None) -> dict:
+    """For a VQ-VAE: one row per grid position, the image's code there (x, else the first
+    reference image) replaced by each of the `steps` codes used most often at that position over
+    `reference`; positions with the most varied codes (entropy of their usage) first. `dims` are
+    the positions as row-major indices into the h x w grid."""
+    grids = torch.cat([model.code_grid(xb) for xb, _ in evaluate._batches(reference, 500, model.device)]).flatten(1)
+    counts = torch.stack([torch.bincount(grids[:, p], minlength=model.spec.codebook_size) for p in range(grids.shape[1])])
+    probs = counts.double() / counts.sum(1, keepdim=True)
+    entropy = -(probs * probs.clamp(min=1e-12).log()).sum(1)
+    order = entropy.argsort(descending=True).tolist()
+    chosen = order if positions is None else order[:positions]
+    if x is None:
+        x = reference.to_float(reference.images[:1].to(model.device))
+        y = None if reference.labels is None or not model.conditional else reference.labels[:1].to(model.device)
+    if model.conditional and y is None:
+        y = torch.tensor([label or 0], device=model.device)
+    base = model.code_grid(x[:1]).flatten(1)[0]
+    rows = []
+    for p in chosen:
+        swapped = base.expand(steps, -1).clone()
+        top = counts[p].argsort(descending=True)[:steps]
+        swapped[:, p] = top.repeat(-(-steps // len(top)))[:steps]  # fewer codes than steps: cycle them
+        rows.append(swapped)
+    index = torch.cat(rows).view(-1, *model.grid)
+    frames = model.decode_codes(index, None if y is None else y[:1].expand(len(index)))
+    return {"frames": frames, "dims": chosen, "scores": [entropy[p].item() for p in chosen],
+            "ordered_by": "entropy of the codes at each grid position"}

@@ -118,6 +118,7 @@ class LatentModel(nn.Module):
     has_bound = True  # log_weights() bounds log p(x): ELBO and IWAE are defined
     layers = 1  # stochastic layers; the latent z of encode() is the only one
     posterior = "gaussian"  # q(z|x): "gaussian" (KL per dimension, I(x; z)) or "point" (a point mass)
+    discrete = False  # latents are code indices (VQ-VAE): traverse swaps codes instead of sweeping
     can_sample = True  # sample() draws from the model's prior
 
     @property

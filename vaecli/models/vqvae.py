@@ -28,6 +28,7 @@ class VQVAE(LatentModel):
     """Images (B, C, H, W) <-> a grid of K codes (B, h, w)."""
 
     posterior = "point"
+    discrete = True
 
     def __init__(self, spec: VAESpec):
         super().__init__()
@@ -135,12 +136,15 @@ class VQVAE(LatentModel):
         """KL(q || p) of a point mass on z_q: -log p(z_q)."""
         return -self.log_p_codes(self.code_grid(x), y)
 
+    def decode_codes(self, index: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] decoded from code grids (B, h, w)."""
+        codes = self.quantizer.lookup(index).permute(0, 3, 1, 2)
+        return self._decode_grid(codes, y).mean.clamp(0, 1)
+
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
                y: Tensor | None = None) -> Tensor:
         """n images: code grids drawn from the prior (temperature divides its logits), decoded."""
         if self.code_prior is None:
             raise ValueError(self.prior_problem)
-        index = self.code_prior.sample(n, temperature, generator, y)
-        codes = self.quantizer.lookup(index).permute(0, 3, 1, 2)
-        return self._decode_grid(codes, y).mean.clamp(0, 1)
+        return self.decode_codes(self.code_prior.sample(n, temperature, generator, y), y)
