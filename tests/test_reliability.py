@@ -137,10 +137,10 @@ def test_mid_epoch_checkpoints_resume_bit_identically_and_drop_later_log_lines(t
     split = tmp_path / "split"
     plain = runs.append_metrics
 
-    def die_after_step_18(run_dir, record):  # the process dies during step 19
+    def die_after_step_18(run_dir, record, *name):  # the process dies during step 19
         if record["step"] == 19:
             raise SystemExit("killed")
-        plain(run_dir, record)
+        plain(run_dir, record, *name)
 
     monkeypatch.setattr(runs, "append_metrics", die_after_step_18)
     with pytest.raises(SystemExit):

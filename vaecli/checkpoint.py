@@ -166,7 +166,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         file = resolve(path)
         model, metadata, dataset = _rebuild(file, VAESpec, build)
     step = _int_field(metadata, "vaecli.step", file)
-    if with_prior and stage.kind == "model" and hasattr(model, "attach_prior"):
+    if with_prior and stage.kind == "model" and model.discrete:  # a VQ-VAE: its prior has its own file
         _attach_prior(model, file, step, device)
     model.to(device).eval()
     return Loaded(model, dataset, _int_field(metadata, "vaecli.seed", file), step, file, metadata)

@@ -25,7 +25,7 @@ COLLAPSE_KL = 0.1  # nats: a model whose latents carry less than this has collap
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _batches(data: ImageSet, batch_size: int, device: torch.device):
+def batches(data: ImageSet, batch_size: int, device: torch.device):
     """(x, y) batches on `device`: images as floats, labels (or None)."""
     for start in range(0, len(data), batch_size):
         cut = slice(start, start + batch_size)
@@ -39,7 +39,7 @@ def posteriors(model, data: ImageSet, batch_size: int = 1000) -> tuple[torch.Ten
     standard deviations of an autoencoder's point mass are zero)."""
     model.eval()
     locs, scales = [], []
-    for x, y in _batches(data, batch_size, model.device):
+    for x, y in batches(data, batch_size, model.device):
         q = model.encode(x, y)
         locs.append(q.mean.double())
         scales.append(q.stddev.double())
@@ -145,7 +145,7 @@ def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict:
     model.eval()
     device = model.device
     names, totals = None, None
-    for x, y in _batches(data, batch_size, device):
+    for x, y in batches(data, batch_size, device):
         _, m = objectives.elbo(model, x, y=y)
         names = names or ["elbo", "kl", "recon", *(k for k in m if k not in NOT_AVERAGED)]
         values = torch.stack([m[k] for k in names]).double() * x.shape[0]
@@ -191,7 +191,7 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
     parts: dict[str, list[torch.Tensor]] = {"iwae": [], "elbo": [], "kl": [], "recon": []}
     by_k: dict[int, list[torch.Tensor]] = {j: [] for j in ks}
     start = time.perf_counter()
-    for x, y in _batches(data, batch_size, device):
+    for x, y in batches(data, batch_size, device):
         result = objectives.iwae_bound(model, x, k_max, chunk, y, also=tuple(ks))
         for key in parts:
             parts[key].append(result[key].cpu())
@@ -223,8 +223,9 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
         "samples_per_s": n * k_max / seconds if seconds > 0 else float("nan"),
     }
     result.update(latent_diagnostics(model, data, kl))
-    test = elbo_dataset(model, data, max(batch_size, 256))  # last: it must not move the bounds' RNG
-    result.update({k: v for k, v in test.items() if k not in ("elbo", "kl", "recon", "active_units", "kl_per_dim")})
+    if model.discrete:  # the codebook's health; last, so it does not move the bounds' RNG
+        test = elbo_dataset(model, data, max(batch_size, 256))
+        result.update({k: v for k, v in test.items() if k not in ("elbo", "kl", "recon", "active_units", "kl_per_dim")})
     return result
 
 

@@ -120,7 +120,7 @@ def code_traversal(model, reference: ImageSet, positions: int | None, steps: int
     reference image) replaced by each of the `steps` codes used most often at that position over
     `reference`; positions with the most varied codes (entropy of their usage) first. `dims` are
     the positions as row-major indices into the h x w grid."""
-    grids = torch.cat([model.code_grid(xb) for xb, _ in evaluate._batches(reference, 500, model.device)]).flatten(1)
+    grids = torch.cat([model.code_grid(xb) for xb, _ in evaluate.batches(reference, 500, model.device)]).flatten(1)
     counts = torch.stack([torch.bincount(grids[:, p], minlength=model.spec.codebook_size) for p in range(grids.shape[1])])
     probs = counts.double() / counts.sum(1, keepdim=True)
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(1)

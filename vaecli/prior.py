@@ -45,7 +45,7 @@ def codes_of(vqvae, images: ImageSet, batch_size: int = 500) -> tuple[CodeSet, t
     """The code grids of a dataset and log p(x|z_q) (N,) of each image under the VQ-VAE."""
     vqvae.eval()
     grids, log_px = [], []
-    for x, y in evaluate._batches(images, batch_size, vqvae.device):
+    for x, y in evaluate.batches(images, batch_size, vqvae.device):
         codes, index = vqvae.quantizer.quantize(vqvae.encoder(x))
         grids.append(index)
         log_px.append(vqvae._decode_grid(codes, y).log_prob(x).double())
@@ -89,7 +89,7 @@ class PriorTrainer(Trainer):
     def evaluate(self) -> dict:
         self.model.eval()
         nll = 0.0
-        for x, y in evaluate._batches(self.test_set, self.settings.eval_batch_size, self.device):
+        for x, y in evaluate.batches(self.test_set, self.settings.eval_batch_size, self.device):
             nll -= self.model.log_prob(x, y).double().sum().item()
         nll /= len(self.test_set)
         bound = -self.test_recon - nll
@@ -134,7 +134,7 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
         device = torch.device("cuda", dist.local_rank)
     loaded = checkpoint.load_model(run_dir, device=device, with_prior=False)
     vqvae = loaded.model
-    if not hasattr(vqvae, "attach_prior"):
+    if not vqvae.discrete:
         raise UsageError(f"{run_dir} holds a model={cfg.model.name} run; vae train-prior is for VQ-VAE runs "
                          "(model=vqvae)")
     torch.manual_seed(cfg.seed)

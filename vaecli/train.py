@@ -301,7 +301,7 @@ class Trainer:
         means["img_per_s"] = self.images_per_second() or 0.0
         if self.dist.main:
             runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "train", **means},
-                                *self._metrics_name())
+                                self.stage.metrics)
         self.emit("on_log", epoch, means)
 
     def end_epoch(self, epoch: int) -> None:
@@ -313,15 +313,12 @@ class Trainer:
         with devices.forked_rng(self.device):  # evaluation and pictures must not move the training RNG
             self.last_test = self.evaluate()
             runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "test",
-                                               **self.last_test}, *self._metrics_name())
+                                               **self.last_test}, self.stage.metrics)
             self.emit("on_eval", epoch, self.last_test)
             if last or (t.sample_every and epoch % t.sample_every == 0):
                 self.sample_grid(epoch)
         if last or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
             self.save(epoch)
-
-    def _metrics_name(self) -> tuple[str, ...]:
-        return () if self.stage.metrics == runs.METRICS_FILE else (self.stage.metrics,)
 
     def evaluate(self) -> dict:
         result = evaluate.elbo_dataset(self.model, self.test_set, self.settings.eval_batch_size)
