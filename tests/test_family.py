@@ -9,7 +9,7 @@ import torch
 from vaecli import objectives
 from vaecli.models import VAESpec, build
 from vaecli.models.likelihoods import LOG_SIGMA_MIN
-from vaecli.train import burda_lr
+from vaecli.callbacks import burda_lr
 
 # -- likelihoods ---------------------------------------------------------------------------
 

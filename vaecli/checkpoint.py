@@ -2,7 +2,8 @@
 safetensors only (no pickle anywhere), each written atomically, the two committed as a pair.
 
   model.safetensors    weights; metadata: model spec, dataset config, seed, version, step
-  trainer.safetensors  optimizer tensors and RNG states; scalars in metadata
+  trainer.safetensors  optimizer tensors, RNG states and the trainer callbacks' tensors (e.g. the
+                       training weights when model.safetensors holds their EMA); scalars in metadata
 """
 
 from __future__ import annotations
@@ -203,9 +204,11 @@ def optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
 
 
 def save_trainer(path: Path, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor],
-                 step: int, epoch: int, scaler: dict | None = None, world: int = 1) -> None:
+                 step: int, epoch: int, scaler: dict | None = None, world: int = 1,
+                 callbacks: dict[str, torch.Tensor] | None = None) -> None:
     tensors, rest = optimizer_tensors(optimizer)
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    tensors.update({f"callback.{k}": v for k, v in (callbacks or {}).items()})
     metadata = {"vaecli.format": FORMAT, "vaecli.step": str(step), "vaecli.epoch": str(epoch),
                 "vaecli.optimizer": json.dumps(rest)}
     metadata["vaecli.world"] = str(world)  # torchrun processes: a step is world x batch_size images
@@ -215,12 +218,14 @@ def save_trainer(path: Path, optimizer: torch.optim.Optimizer, rng: dict[str, to
 
 
 def load_trainer(path: Path) -> dict:
-    """{'optimizer': state_dict, 'rng': {name: tensor}, 'step': int, 'epoch': int}."""
+    """{'optimizer': state_dict, 'rng': {name: tensor}, 'callbacks': {name.key: tensor}, 'step',
+    'epoch', 'scaler', 'world'}."""
     tensors, metadata = read_tensors(path)
     rest = _json_field(metadata, "vaecli.optimizer", path)
     return {
         "optimizer": optimizer_state(tensors, rest),
         "rng": {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")},
+        "callbacks": {k[9:]: v for k, v in tensors.items() if k.startswith("callback.")},
         "step": _int_field(metadata, "vaecli.step", path),
         "epoch": _int_field(metadata, "vaecli.epoch", path),
         "scaler": _json_field(metadata, "vaecli.scaler", path) if "vaecli.scaler" in metadata else None,
@@ -234,13 +239,15 @@ def load_trainer(path: Path) -> dict:
 
 def save_checkpoint(run_dir: Path, model: VAE, dataset: DatasetConfig, seed: int, optimizer: torch.optim.Optimizer,
                     rng: dict[str, torch.Tensor], step: int, epoch: int, scaler: dict | None = None,
-                    world: int = 1, stage: Stage = MODEL, extra: dict[str, str] | None = None) -> None:
+                    world: int = 1, stage: Stage = MODEL, extra: dict[str, str] | None = None,
+                    callbacks: dict[str, torch.Tensor] | None = None) -> None:
     """Write model and trainer state so that a crash at any moment (kill -9, power loss) leaves a
     matching pair: the new trainer state goes to trainer.next, then the model file is replaced
     (the commit point), then trainer.next replaces trainer. Each write is atomic
     (atomic_write); load_trainer_for picks whichever trainer file matches the model."""
     run_dir = Path(run_dir)
-    save_trainer(run_dir / stage.trainer_next, optimizer, rng, step, epoch, scaler=scaler, world=world)
+    save_trainer(run_dir / stage.trainer_next, optimizer, rng, step, epoch, scaler=scaler, world=world,
+                 callbacks=callbacks)
     save_model(run_dir / stage.model, model, dataset, seed, step, epoch, extra)
     try:
         os.replace(run_dir / stage.trainer_next, run_dir / stage.trainer)

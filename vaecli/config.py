@@ -29,7 +29,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "true", "false")
 NETWORKS = ("mlp", "conv", "resnet")
 ACTIVATIONS = ("relu", "tanh", "elu")
-LR_SCHEDULES = ("constant", "burda")
+LR_SCHEDULES = ("constant", "cosine", "burda")
 KL_SCHEDULES = ("constant", "linear", "cyclic")
 
 
@@ -51,7 +51,7 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # mlp | conv | resnet | ae | hvae | vqvae
+    name: str = MISSING  # mlp | conv | resnet | ae | hvae | vqvae | ladder
     latent_dim: int = MISSING
     hidden: List[int] = MISSING
     activation: str = MISSING
@@ -65,6 +65,7 @@ class ModelConfig:
     ema_decay: Optional[float] = None  # vqvae: codebook EMA decay (0: codebook loss)
     dead_after: Optional[int] = None  # vqvae: steps unused before a code is revived (0: never)
     kmeans_init: Optional[bool] = None  # vqvae: k-means initialisation of the codebook
+    groups: Optional[int] = None  # ladder: latent groups (of latent_dim units each)
 
 
 @dataclass
@@ -128,6 +129,11 @@ class TrainerConfig:
     checkpoint_every_steps: int = MISSING
     compile: bool = MISSING
     channels_last: str = MISSING
+    warmup_steps: int = MISSING
+    lr_min: float = MISSING
+    ema: float = MISSING
+    grad_clip: float = MISSING
+    skip_threshold: float = MISSING
 
 
 @dataclass
@@ -381,18 +387,26 @@ def validate(cfg: Config) -> None:
     need(t.adam_eps > 0, f"trainer.adam_eps must be > 0 (got {t.adam_eps})")
     need(t.lr_schedule in LR_SCHEDULES,
          f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})")
+    need(t.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0 (got {t.warmup_steps})")
+    need(0 <= t.lr_min <= t.lr, f"trainer.lr_min must be in [0, trainer.lr] (got {t.lr_min})")
+    need(0 <= t.ema < 1, f"trainer.ema must be in [0, 1): the EMA decay, e.g. 0.999; 0 is off (got {t.ema})")
+    need(t.grad_clip >= 0, f"trainer.grad_clip must be >= 0 (got {t.grad_clip}; 0 is off)")
+    need(t.skip_threshold >= 0, f"trainer.skip_threshold must be >= 0 (got {t.skip_threshold}; 0 is off)")
 
 
 def _validate_model(cfg: Config, need) -> None:
     """Model, prior, objective and KL settings, and the combinations that make no sense."""
     m, p, o, kl = cfg.model, cfg.prior, cfg.objective, cfg.kl
     need(m.activation in ACTIVATIONS, f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {m.activation!r})")
-    if m.name in ("ae", "hvae", "vqvae"):
+    if m.name in ("ae", "hvae", "vqvae", "ladder"):
         need(m.network in NETWORKS, f"model.network must be one of {', '.join(NETWORKS)} (got {m.network!r})")
     if m.name == "hvae":
         need((m.latent_dim2 or 0) >= 1, f"model.latent_dim2 must be >= 1 (got {m.latent_dim2})")
         need(bool(m.hidden2) and all(h >= 1 for h in m.hidden2),
              f"model.hidden2 must list positive widths, e.g. [50,50] (got {m.hidden2})")
+    if m.name == "ladder":
+        need((m.groups or 0) >= 1, f"model.groups must be >= 1 (got {m.groups})")
+        need(p.name == "normal", "model=ladder has its own hierarchical prior (N(0, I) on the top group); use prior=normal")
     if p.name in ("mog", "vamp"):
         need((p.components or 0) >= 1, f"prior.components must be >= 1 (got {p.components})")
     if o.name == "iwae":
@@ -413,7 +427,8 @@ def _validate_model(cfg: Config, need) -> None:
         _validate_vqvae(cfg, need)
     if kl.free_bits > 0:
         need(p.name == "normal" and m.name != "hvae",
-             "kl.free_bits needs a KL per latent dimension: prior=normal with model=mlp, conv, resnet")
+             "kl.free_bits needs a KL per latent dimension or group: prior=normal with model=mlp, conv, resnet "
+             "or ladder")
     if o.name == "iwae":
         need(kl.schedule == "constant" and kl.free_bits == 0 and cfg.beta == 1.0,
              "objective=iwae trains the importance-weighted bound itself: drop beta, kl.schedule and kl.free_bits")

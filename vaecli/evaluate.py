@@ -151,11 +151,30 @@ def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict:
         values = torch.stack([m[k] for k in names]).double() * x.shape[0]
         totals = values if totals is None else totals + values
     result = dict(zip(names, (totals / max(len(data), 1)).tolist()))
-    if model.has_bound and model.posterior == "gaussian":
+    if model.groups > 1:
+        result.update(group_diagnostics(model, data, result, batch_size))
+    elif model.has_bound and model.posterior == "gaussian":
         loc, scale = posteriors(model, data, batch_size)
         result["active_units"] = active_units(loc)[0]
         result["kl_per_dim"] = kl_per_dim(loc, scale) if model.exact_kl else None
     return result
+
+
+@torch.no_grad()
+def group_diagnostics(model, data: ImageSet, averages: dict, batch_size: int = 1000) -> dict:
+    """For a model with latent groups (model=ladder): the mean KL of each group (top first,
+    taken out of `averages`, elbo_dataset's kl_group1..G), its active units (Burda's Cov_x E[z_u]
+    > 0.01, on the path through every group's posterior mean), active units in all, and the
+    groups that carry information (KL >= COLLAPSE_KL nats)."""
+    kls = [averages.pop(f"kl_group{t + 1}") for t in range(model.groups)]
+    means: list[list[torch.Tensor]] = [[] for _ in range(model.groups)]
+    for x, y in batches(data, batch_size, model.device):
+        for t, loc in enumerate(model.group_means(x, y)):
+            means[t].append(loc.double())
+    active = [active_units(torch.cat(m))[0] for m in means]
+    return {"kl_per_group": kls, "active_per_group": active, "active_units": sum(active),
+            "active_groups": sum(kl >= COLLAPSE_KL for kl in kls), "kl_per_dim": None,
+            "latent_dim": model.latent_dim * model.groups}
 
 
 def bits_per_dim(nats_per_image: float, dims: int) -> float:
@@ -223,9 +242,14 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
         "samples_per_s": n * k_max / seconds if seconds > 0 else float("nan"),
     }
     result.update(latent_diagnostics(model, data, kl))
-    if model.discrete:  # the codebook's health; last, so it does not move the bounds' RNG
+    if model.discrete or model.groups > 1:  # codebook health, or the groups' KL; last: the bounds' RNG stays
         test = elbo_dataset(model, data, max(batch_size, 256))
-        result.update({k: v for k, v in test.items() if k not in ("elbo", "kl", "recon", "active_units", "kl_per_dim")})
+        keep = ("kl_per_group", "active_per_group", "active_units", "active_groups", "latent_dim", "perplexity",
+                "dead_codes", "revived")
+        result.update({k: v for k, v in test.items() if k in keep})
+        if model.groups > 1:  # I(x; z) above was of the top group alone: not the hierarchy's
+            result["mutual_info"] = None
+            result["collapsed"] = collapsed(kl, result["active_units"])
     return result
 
 

@@ -46,7 +46,8 @@ def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
 
     free_bits = lambda > 0 (Kingma et al. 2016): the KL of each latent dimension enters the
     loss as max(lambda, its batch mean), so the encoder is not pushed below lambda nats per
-    dimension; `kl_clamped` is that term, `kl` the true KL. The reported `elbo` is always
+    dimension; for a model with latent groups (model=ladder) the clamp is per group, at lambda
+    times the group's size. `kl_clamped` is that term, `kl` the true KL. The reported `elbo` is always
     the true bound (beta = 1, no clamp). A model's `aux_loss` (not part of the bound) is added
     to the loss, and its `stats` (scalars such as codebook perplexity) join the metrics.
     """
@@ -54,10 +55,13 @@ def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
     log_px, kl = terms["log_px"], terms["kl"]
     metrics = {"elbo": (log_px - kl).mean().detach(), "recon": -log_px.mean().detach(), "kl": kl.mean().detach()}
     if free_bits > 0:
-        per_dim = terms["kl_per_dim"]
-        if per_dim is None:
-            raise ValueError("free bits need a KL per latent dimension (prior=normal, model=mlp/conv/resnet)")
-        kl_term = per_dim.mean(0).clamp(min=free_bits).sum()
+        if "kl_groups" in terms:  # a hierarchy: lambda per unit, applied to each group's KL
+            kl_term = terms["kl_groups"].mean(0).clamp(min=free_bits * terms["group_size"]).sum()
+        elif terms["kl_per_dim"] is not None:
+            kl_term = terms["kl_per_dim"].mean(0).clamp(min=free_bits).sum()
+        else:
+            raise ValueError("free bits need a KL per latent dimension or group (prior=normal, "
+                             "model=mlp/conv/resnet/ladder)")
         metrics["kl_clamped"] = kl_term.detach()
     else:
         kl_term = kl.mean()

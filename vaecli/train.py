@@ -14,13 +14,15 @@ import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, device as devices, distributed, evaluate, models, objectives, pictures, runs
+from . import callbacks as features, checkpoint, data, device as devices, distributed, evaluate, models, objectives
+from . import pictures, runs
+from .callbacks import Callback  # noqa: F401 (the hook base class, re-exported for users of the trainer)
 from .config import Composed, Config
 from .data.images import save_grid
 from .distributed import Dist
@@ -35,7 +37,8 @@ class TrainState:
 
     step: int = 0  # optimizer steps taken (skipped ones included), over all epochs
     bad_in_a_row: int = 0  # non-finite steps in a row (the NaN guard)
-    skipped: int = 0  # non-finite steps in all
+    skipped: int = 0  # steps not applied in all: non-finite, or refused by a callback (extreme gradient norm)
+    applied: bool = False  # whether the last step updated the weights
     images_seen: int = 0  # this process's images this session
     seconds: float = 0.0  # training time this session, evaluation excluded
 
@@ -65,42 +68,12 @@ class TrainSummary:
     checkpoint: str
     samples: str
     codebook: dict | None = None  # VQ-VAE: test perplexity, dead codes, revived codes, size
+    kl_per_group: list[float] | None = None  # model=ladder: test KL of each latent group, top first
+    active_per_group: list[int] | None = None  # model=ladder: active units of each group
 
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class Callback:
-    """Hooks into the loop; override what you need. `trainer.state` holds the step and counters,
-    `trainer.optimizer` the learning rate. Called on every rank (check `trainer.dist.main` before
-    writing or printing)."""
-
-    def on_train_start(self, trainer: "Trainer") -> None: ...
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
-    def on_step_end(self, trainer: "Trainer") -> None: ...
-    def on_log(self, trainer: "Trainer", epoch: int, values: dict[str, float]) -> None: ...
-    def on_eval(self, trainer: "Trainer", epoch: int, test: dict) -> None: ...
-    def on_train_end(self, trainer: "Trainer") -> None: ...
-
-
-class BurdaLR(Callback):
-    """Burda et al. (2015): 3^i passes at base * 10^(-i/7) for i = 0..7, then the last rate."""
-
-    def __init__(self, base: float):
-        self.base = base
-
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = burda_lr(self.base, epoch)
-
-
-def burda_lr(base: float, epoch: int) -> float:
-    """Stage i covers epochs [(3^i - 1)/2, (3^(i+1) - 1)/2) at base * 10^(-i/7)."""
-    i = 0
-    while i < 7 and epoch >= (3 ** (i + 1) - 1) // 2:
-        i += 1
-    return base * 10 ** (-i / 7)
 
 
 class _LossStep(torch.nn.Module):
@@ -160,7 +133,6 @@ class Trainer:
         self.train_set, self.test_set = train_set, test_set
         self.run_dir, self.device = Path(run_dir), device
         self.dist = dist or Dist()
-        self.callbacks = list(callbacks)
         self.channels_last = devices.use_channels_last(t.channels_last, model, device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -175,8 +147,11 @@ class Trainer:
         self.global_batch = t.batch_size * self.dist.world
         self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
         self.total_steps = t.epochs * self.steps_per_epoch
+        self.callbacks = [*callbacks, *features.from_config(t, self.total_steps)]  # lr schedule, EMA, grad guard
         self.last_test: dict | None = None
+        self.extra_metrics: dict[str, torch.Tensor] = {}  # set by callbacks during a step, logged with it
         self._sums, self._count, self._tick, self._caught = None, 0, 0.0, {}
+        self._unscaled = False
 
     # -- resume --------------------------------------------------------------------------------
 
@@ -203,10 +178,25 @@ class Trainer:
         for group in self.optimizer.param_groups:  # a changed lr or eps applies from here on
             group["lr"], group["eps"] = t.lr, t.adam_eps
         devices.set_rng_state(state["rng"], self.device)
+        self.load_callback_states(state["callbacks"])
         self.state.step = state["step"]
         if dist.main:  # lines logged after the checkpoint (a crash) would be logged again
             runs.truncate_metrics(run_dir, self.state.step, self.stage.metrics)
             runs.remove_stale_temp_files(run_dir)
+
+    def load_callback_states(self, saved: dict[str, torch.Tensor]) -> None:
+        """Give each stateful callback its tensors; a feature that holds state cannot be turned
+        on or off by a resume (the model file would mean something else)."""
+        stateful = {c.name: c for c in self.callbacks if hasattr(c, "state_dict")}
+        names = {key.split(".", 1)[0] for key in saved}
+        for name in sorted(names ^ set(stateful)):
+            was = "on" if name in names else "off"
+            raise UsageError(f"{self.run_dir} was trained with trainer.{name} {was}: it cannot be turned "
+                             f"{'off' if was == 'on' else 'on'} when resuming; start a new run")
+        for name, callback in stateful.items():
+            prefix = f"{name}."
+            tensors = {k[len(prefix):]: v.to(self.device) for k, v in saved.items() if k.startswith(prefix)}
+            callback.load_state_dict(self, tensors)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -264,20 +254,44 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.state.step += 1
         self.state.images_seen += x.shape[0]
-        if self.finite(loss):
+        self.state.applied = self.finite(loss) and self.gradients_accepted()
+        if self.state.applied:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.state.bad_in_a_row = 0
+            metrics = {**metrics, **self.extra_metrics}
             self._names = list(metrics)
             values = torch.stack(list(metrics.values()))
             self._sums = values if self._sums is None else self._sums + values  # stays on device: no sync
             self._count += 1
-        else:  # skip: the weights and Adam's state never see a NaN
+        else:  # skip: the weights and Adam's state never see a NaN or an extreme gradient
+            if self._unscaled:
+                self.scaler.update()  # closes this step's unscale_; lowers the loss scale if it overflowed
             self.state.bad_in_a_row += 1
             self.state.skipped += 1
             if self.state.bad_in_a_row >= self.settings.max_bad_steps:
                 raise self.diverged()
         self.emit("on_step_end")
+
+    def gradients_accepted(self) -> bool:
+        """Every callback with an on_gradients hook (clipping, skipping) accepts the update;
+        under fp16 they see the true gradients (unscaled first)."""
+        self.extra_metrics = {}
+        hooks = [c for c in self.callbacks if hasattr(c, "on_gradients")]
+        self._unscaled = bool(hooks) and self.scaler.is_enabled()
+        if self._unscaled:
+            self.scaler.unscale_(self.optimizer)
+        return all(callback.on_gradients(self) is not False for callback in hooks)
+
+    @contextmanager
+    def eval_weights(self):
+        """The weights that evaluation, pictures and the model file use: the callbacks' choice
+        (EMA's average), else the training weights."""
+        with ExitStack() as stack:
+            for callback in self.callbacks:
+                if hasattr(callback, "eval_weights"):
+                    stack.enter_context(callback.eval_weights(self))
+            yield
 
     def finite(self, loss: torch.Tensor) -> bool:
         """The loss and every gradient are finite: one sum over the gradients (NaN and inf
@@ -310,7 +324,7 @@ class Trainer:
         if not self.dist.main:
             return
         t = self.settings
-        with devices.forked_rng(self.device):  # evaluation and pictures must not move the training RNG
+        with devices.forked_rng(self.device), self.eval_weights():  # the training RNG and weights stay
             self.last_test = self.evaluate()
             runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "test",
                                                **self.last_test}, self.stage.metrics)
@@ -339,9 +353,13 @@ class Trainer:
     def save(self, epoch: int) -> None:
         if self.dist.main:
             scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
-            checkpoint.save_checkpoint(self.run_dir, self.model, self.cfg.dataset, self.cfg.seed, self.optimizer,
-                                       devices.rng_state(self.device), self.state.step, epoch, scaler=scaler,
-                                       world=self.dist.world, stage=self.stage, extra=self.checkpoint_metadata)
+            state = {f"{c.name}.{key}": value for c in self.callbacks if hasattr(c, "state_dict")
+                     for key, value in c.state_dict(self).items()}  # read before eval_weights swaps them
+            with self.eval_weights():
+                checkpoint.save_checkpoint(self.run_dir, self.model, self.cfg.dataset, self.cfg.seed, self.optimizer,
+                                           devices.rng_state(self.device), self.state.step, epoch, scaler=scaler,
+                                           world=self.dist.world, stage=self.stage, extra=self.checkpoint_metadata,
+                                           callbacks=state)
 
     def interrupt(self, epoch: int):
         """A signal reached some rank: every rank saves (rank 0 writes) and stops after this step."""
@@ -378,7 +396,7 @@ class Trainer:
 
     def summary(self) -> TrainSummary:
         if self.last_test is None:  # nothing left to train (resumed a finished run): still report
-            with devices.forked_rng(self.device):
+            with devices.forked_rng(self.device), self.eval_weights():
                 self.last_test = self.evaluate()
             if not (self.run_dir / self.stage.model).exists():
                 self.save(self.state.step // self.steps_per_epoch)
@@ -386,12 +404,14 @@ class Trainer:
         return TrainSummary(
             run_dir=str(self.run_dir), step=self.state.step, epochs=self.settings.epochs,
             test_elbo=test["elbo"], test_kl=test["kl"], kl_exact=model.exact_kl,
-            active_units=test.get("active_units"), latent_dim=model.latent_dim, kl_per_dim=test.get("kl_per_dim"),
+            active_units=test.get("active_units"), latent_dim=test.get("latent_dim", model.latent_dim),
+            kl_per_dim=test.get("kl_per_dim"),
             test_recon=test["recon"], train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
             processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.settings.precision,
             device=str(self.device), dataset=self.cfg.dataset.name, model=model.spec.arch,
             checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR),
-            codebook=codebook_health(test, model))
+            codebook=codebook_health(test, model), kl_per_group=test.get("kl_per_group"),
+            active_per_group=test.get("active_per_group"))
 
 
 def codebook_health(test: dict, model) -> dict | None:
@@ -414,7 +434,6 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     train_set = data.build(cfg.dataset, "train", cfg.seed, t.num_workers)
     test_set = data.build(cfg.dataset, "test", cfg.seed, t.num_workers)
     model = models.from_config(cfg, train_set.image_shape, train_set.num_classes).to(device)
-    callbacks = [*callbacks, *([BurdaLR(t.lr)] if t.lr_schedule == "burda" else [])]
     steps = t.epochs * math.ceil(len(train_set) / (t.batch_size * dist.world))
     objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, steps)
     return Trainer(cfg, model, objective, train_set, test_set, run_dir, device, dist, callbacks)

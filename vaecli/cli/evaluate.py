@@ -89,5 +89,8 @@ def _iwae_table(result: dict, dataset: str, split: str):
         rows.append(("KL(q(z) || p(z))", f"{result['agg_posterior_kl']:.2f} nats (mean KL - I(x; z))"))
     if result["kl_per_dim"] is not None:
         rows.append(("KL per dim", output.kl_dims(result["kl_per_dim"])))
+    if result.get("kl_per_group"):
+        rows.append(("KL per group", output.groups(result["kl_per_group"], result["active_per_group"])))
+        rows.append(("active groups", f"{result['active_groups']} / {len(result['kl_per_group'])} (KL >= 0.1 nats)"))
     rows.append(("time", f"{result['seconds']:.1f} s ({result['samples_per_s']:,.0f} samples/s)"))
     return output.table(f"eval-iwae: {dataset} {split}, n={result['n']}, k={k}", rows)

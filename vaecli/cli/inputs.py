@@ -30,6 +30,22 @@ def dataset(loaded, split: str, data_root: Optional[str]):
     return data.build(cfg, split, loaded.seed)
 
 
+def temperatures(text: str, model) -> float | list[float]:
+    """--temperature: one number > 0, or (for a model with latent groups) one per group, top first."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--temperature must be a number > 0 or a comma-separated list (got {text!r})") from None
+    if any(not v > 0 for v in values):
+        raise UsageError(f"--temperature must be > 0 (got {text})")
+    if len(values) == 1:
+        return values[0]
+    if len(values) != model.groups:
+        groups = f"{model.groups} latent groups" if model.groups > 1 else "one temperature (no latent groups)"
+        raise UsageError(f"--temperature has {len(values)} values and this model takes {groups}")
+    return values
+
+
 def label(model, text: Optional[str], allow_all: bool = False) -> Optional[int | str]:
     """--label: a class index (or 'all' where allowed) for a conditional model, else None."""
     if text is None:

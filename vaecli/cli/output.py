@@ -76,6 +76,15 @@ def kl_dims(values: list[float]) -> str:
     return shown + (f", … ({len(values) - 8} more)" if len(values) > 8 else "")
 
 
+def groups(kls: list[float], active: list[int] | None) -> str:
+    """KL per latent group, top first, as 'top 12.31 (14 active), 2: 8.02 (9), ...'."""
+    parts = []
+    for t, kl in enumerate(kls):
+        units = "" if active is None else f" ({active[t]}{' active' if t == 0 else ''})"
+        parts.append(f"{'top' if t == 0 else t + 1}: {kl:.2f}{units}")
+    return ", ".join(parts)
+
+
 def _maybe(values: dict, key: str) -> str:
     return f"{values[key]:.2f}" if key in values else "-"
 

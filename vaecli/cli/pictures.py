@@ -22,8 +22,9 @@ InterpolationOut = out_option("interpolation.png")
 def sample(
     ckpt: Ckpt = None,
     n: Annotated[int, typer.Option("--n", callback=at_least(1), help="Number of samples.")] = 64,
-    temperature: Annotated[float, typer.Option("--temperature", callback=at_least(0, strict=True),
-                                               help="Scales the prior's sigma.")] = 1.0,
+    temperature: Annotated[str, typer.Option(
+        "--temperature", help="Scales the prior's sigma; for model=ladder also one value per latent group, "
+                              "top first (1,0.8,0.6).")] = "1.0",
     seed: Seed = 0,
     label: SampleLabel = None,
     out: SampleOut = None,
@@ -40,6 +41,7 @@ def sample(
 
     loaded = inputs.load(ckpt, device)
     model = loaded.model
+    temperature = inputs.temperatures(temperature, model)
     which = inputs.label(model, label, allow_all=True)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     images, nrow = pictures.prior_samples(model, n, temperature, generator, which)

@@ -72,6 +72,8 @@ def _report(summary, quiet: bool, as_json: bool) -> None:
         rows.append(("active units", f"{s.active_units} / {s.latent_dim}"))
     if s.kl_per_dim:
         rows.append(("KL per dim", output.kl_dims(s.kl_per_dim)))
+    if s.kl_per_group:
+        rows.append(("KL per group", output.groups(s.kl_per_group, s.active_per_group)))
     if s.codebook:
         c = s.codebook
         rows.append(("codebook", f"perplexity {c['perplexity']:.1f} of {c['size']} codes, {c['dead_codes']:.0f} unused "

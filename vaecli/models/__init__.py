@@ -4,16 +4,17 @@ typed config and what the data fixes (image shape, classes) and builds it."""
 from __future__ import annotations
 
 from .vae import AE, HVAE, KINDS, VAE, LatentModel, PointMass, VAESpec
+from .ladder import Ladder
 from .vqvae import VQVAE
 
-__all__ = ["AE", "HVAE", "KINDS", "VAE", "VQVAE", "LatentModel", "PointMass", "VAESpec", "build", "from_config",
+__all__ = ["AE", "HVAE", "KINDS", "Ladder", "VAE", "VQVAE", "LatentModel", "PointMass", "VAESpec", "build", "from_config",
            "spec_from_config"]
 
 
 def build(spec: VAESpec) -> LatentModel:
     if spec.kind not in KINDS:
         raise ValueError(f"unknown model kind {spec.kind!r}")
-    return {"vae": VAE, "ae": AE, "hvae": HVAE, "vqvae": VQVAE}[spec.kind](spec)
+    return {"vae": VAE, "ae": AE, "hvae": HVAE, "vqvae": VQVAE, "ladder": Ladder}[spec.kind](spec)
 
 
 def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[int, int, int],
@@ -22,7 +23,7 @@ def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[in
     the image shape and, for a conditional model, the number of classes. Keys the chosen options
     leave unset (None) keep VAESpec's recorded values; config.validate has made sure that every
     key a model uses is set."""
-    kind = model_cfg.name if model_cfg.name in ("ae", "hvae", "vqvae") else "vae"
+    kind = model_cfg.name if model_cfg.name in ("ae", "hvae", "vqvae", "ladder") else "vae"
     fields = dict(
         arch=model_cfg.network if kind != "vae" else model_cfg.name,
         image_shape=image_shape,
@@ -45,9 +46,10 @@ def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[in
         ema_decay=model_cfg.ema_decay,
         dead_after=model_cfg.dead_after,
         kmeans_init=model_cfg.kmeans_init,
+        groups=model_cfg.groups,
     )
     optional = ("mixtures", "prior_components", "latent_dim2", "hidden2", "codebook_size", "code_dim", "commitment",
-                "ema_decay", "dead_after", "kmeans_init")
+                "ema_decay", "dead_after", "kmeans_init", "groups")
     return VAESpec(**{k: v for k, v in fields.items() if v is not None or k not in optional})
 
 

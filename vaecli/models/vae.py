@@ -25,7 +25,7 @@ from torch.distributions import Distribution, Independent, MixtureSameFamily, No
 
 from . import blocks, likelihoods, priors
 
-KINDS = ("vae", "ae", "hvae", "vqvae")
+KINDS = ("vae", "ae", "hvae", "vqvae", "ladder")
 
 
 @dataclass
@@ -55,6 +55,7 @@ class VAESpec:
     ema_decay: float = 0.99  # vqvae: codebook EMA decay; 0 = learn the codes by the codebook loss
     dead_after: int = 100  # vqvae: revive a code unused for this many training steps (0: never)
     kmeans_init: bool = False  # vqvae: initialise the codebook by k-means on the first batch
+    groups: int = 1  # ladder: latent groups of latent_dim units each
 
     def __post_init__(self):
         self.image_shape = tuple(int(s) for s in self.image_shape)
@@ -117,6 +118,7 @@ class LatentModel(nn.Module):
 
     has_bound = True  # log_weights() bounds log p(x): ELBO and IWAE are defined
     layers = 1  # stochastic layers; the latent z of encode() is the only one
+    groups = 1  # latent groups with their own KL and sampling temperature (model=ladder: several)
     posterior = "gaussian"  # q(z|x): "gaussian" (KL per dimension, I(x; z)) or "point" (a point mass)
     discrete = False  # latents are code indices (VQ-VAE): traverse swaps codes instead of sweeping
     can_sample = True  # sample() draws from the model's prior

@@ -1,0 +1,191 @@
+"""Trainer features that attach to the loop as callbacks (train.Trainer calls the hooks; it
+knows none of these classes): the learning-rate schedule, EMA weights, and the gradient-norm
+guard. `from_config(trainer_cfg, total_steps)` gives the ones a run config asks for.
+
+A callback overrides the hooks it needs. Beyond the loop's events there are three more:
+  on_gradients(trainer) -> bool   after backward, before the update; False skips the update
+  eval_weights(trainer)           a context manager: the weights that evaluation, the sample
+                                  grids and the model file use (EMA)
+  state_dict() / load_state_dict  tensors kept in trainer.safetensors under "<name>.", so a
+                                  resumed run continues bit for bit
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+
+
+class Callback:
+    """Hooks into the loop; override what you need. `trainer.state` holds the step and counters,
+    `trainer.optimizer` the learning rate. Called on every rank (check `trainer.dist.main` before
+    writing or printing)."""
+
+    name = ""  # the prefix of its tensors in the checkpoint (stateful callbacks only)
+
+    def on_train_start(self, trainer) -> None: ...
+    def on_epoch_start(self, trainer, epoch: int) -> None: ...
+    def on_step_end(self, trainer) -> None: ...
+    def on_log(self, trainer, epoch: int, values: dict[str, float]) -> None: ...
+    def on_eval(self, trainer, epoch: int, test: dict) -> None: ...
+    def on_train_end(self, trainer) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rate
+
+
+def burda_lr(base: float, epoch: int) -> float:
+    """Burda et al. (2015): 3^i passes at base * 10^(-i/7) for i = 0..7, then the last rate.
+    Stage i covers epochs [(3^i - 1)/2, (3^(i+1) - 1)/2)."""
+    i = 0
+    while i < 7 and epoch >= (3 ** (i + 1) - 1) // 2:
+        i += 1
+    return base * 10 ** (-i / 7)
+
+
+def scheduled_lr(schedule: str, base: float, step: int, total_steps: int, warmup_steps: int = 0,
+                 lr_min: float = 0.0, steps_per_epoch: int = 1) -> float:
+    """The learning rate of optimizer step `step` (0-based).
+
+    Warm-up: a linear rise base * (step + 1) / warmup_steps over the first warmup_steps steps
+    (Goyal et al. 2017), so the first step is not taken at the full rate. Then:
+      constant  base
+      cosine    lr_min + (base - lr_min) * (1 + cos(pi * t)) / 2, t going 0 -> 1 over the steps
+                after the warm-up (Loshchilov & Hutter 2017, without restarts)
+      burda     burda_lr(base, epoch)
+    """
+    if warmup_steps and step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    if schedule == "cosine":
+        span = max(total_steps - warmup_steps, 1)
+        t = min(max(step - warmup_steps, 0) / span, 1.0)
+        return lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "burda":
+        return burda_lr(base, step // max(steps_per_epoch, 1))
+    return base
+
+
+class LRSchedule(Callback):
+    """Sets the learning rate before every step from scheduled_lr (a pure function of the step,
+    so a resumed run follows the same curve with no state to save)."""
+
+    def __init__(self, schedule: str, base: float, total_steps: int, warmup_steps: int = 0, lr_min: float = 0.0):
+        self.schedule, self.base, self.total_steps = schedule, base, total_steps
+        self.warmup_steps, self.lr_min = warmup_steps, lr_min
+
+    def _set(self, trainer) -> None:
+        lr = scheduled_lr(self.schedule, self.base, trainer.state.step, self.total_steps, self.warmup_steps,
+                          self.lr_min, trainer.steps_per_epoch)
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = lr
+
+    def on_train_start(self, trainer) -> None:
+        self._set(trainer)
+
+    def on_step_end(self, trainer) -> None:
+        self._set(trainer)  # for the next step
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+class EMA(Callback):
+    """An exponential moving average of the weights, ema <- decay * ema + (1 - decay) * w after
+    every applied update (Polyak averaging; VDVAE evaluates and samples with it). Evaluation,
+    the sample grids and model.safetensors use the average; trainer.safetensors keeps the
+    training weights, so resuming continues both exactly.
+
+    The average starts at the initial weights; with decay 0.999 it forgets them within a few
+    thousand steps (weight decay^n on step 0's weights)."""
+
+    name = "ema"
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.shadow: list[torch.Tensor] | None = None
+        self._loaded_training: list[torch.Tensor] | None = None
+
+    @staticmethod
+    def _params(trainer) -> list[torch.Tensor]:
+        return [p for p in trainer.model.parameters()]
+
+    def on_train_start(self, trainer) -> None:
+        if self.shadow is None:
+            self.shadow = [p.detach().clone() for p in self._params(trainer)]
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.state.applied:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.shadow, [p.detach() for p in self._params(trainer)], 1.0 - self.decay)
+
+    @contextmanager
+    def eval_weights(self, trainer):
+        """The averaged weights in the model for the duration; the training weights after."""
+        params = self._params(trainer)
+        if self.shadow is None:  # before training started (a summary of a finished run)
+            yield
+            return
+        with torch.no_grad():
+            training = [p.detach().clone() for p in params]
+            torch._foreach_copy_([p.data for p in params], self.shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in params], training)
+
+    def state_dict(self, trainer) -> dict[str, torch.Tensor]:
+        """The training weights (the model file holds the average)."""
+        return {f"weights.{i}": p.detach().clone() for i, p in enumerate(self._params(trainer))}
+
+    def load_state_dict(self, trainer, tensors: dict[str, torch.Tensor]) -> None:
+        """Called after the model file (the average) was loaded into the model: that becomes
+        the average, and the saved training weights go back into the model."""
+        params = self._params(trainer)
+        if len(tensors) != len(params):
+            raise ValueError(f"the checkpoint's EMA state has {len(tensors)} tensors, the model {len(params)}")
+        with torch.no_grad():
+            self.shadow = [p.detach().clone() for p in params]
+            for i, p in enumerate(params):
+                p.copy_(tensors[f"weights.{i}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+
+
+class GradGuard(Callback):
+    """Gradient-norm clipping to `clip` (0: off) and, as in VDVAE (Child 2021), skipping any
+    update whose gradient norm exceeds `skip` (0: off): such a step is counted with the NaN
+    guard's skips (trainer.state.skipped) and the weights never see it. The mean norm of the
+    applied steps is logged as grad_norm."""
+
+    def __init__(self, clip: float = 0.0, skip: float = 0.0):
+        self.clip, self.skip = clip, skip
+
+    def on_gradients(self, trainer) -> bool:
+        params = [p for p in trainer.model.parameters() if p.grad is not None]
+        if self.clip:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        trainer.extra_metrics["grad_norm"] = norm.detach().float()
+        if self.skip and norm.item() > self.skip:  # one host read per step, only when skipping is on
+            return False
+        return True
+
+
+def from_config(t, total_steps: int) -> list[Callback]:
+    """The callbacks that the trainer section `t` of a run config asks for."""
+    found: list[Callback] = []
+    if t.lr_schedule != "constant" or t.warmup_steps:
+        found.append(LRSchedule(t.lr_schedule, t.lr, total_steps, t.warmup_steps, t.lr_min))
+    if t.grad_clip or t.skip_threshold:
+        found.append(GradGuard(t.grad_clip, t.skip_threshold))
+    if t.ema:
+        found.append(EMA(t.ema))
+    return found
