@@ -45,7 +45,7 @@ def by_hand(model, x, z):
         else:
             loc, log_scale = model.prior_heads[t - 1](h).chunk(2, -1)
             prior = Normal(loc, log_scale.exp())
-        d_loc, d_log_scale = model.posterior_out[t](model.posterior_in[t](torch.cat([h, features[t]], -1))).chunk(2, -1)
+        d_loc, d_log_scale = model.posterior_out[t](model.posterior_h[t](h) + features[t]).chunk(2, -1)
         posterior = Normal(prior.loc + d_loc, prior.scale * d_log_scale.exp())
         log_p = log_p + prior.log_prob(z_t).sum(-1)
         log_q = log_q + posterior.log_prob(z_t).sum(-1)
@@ -63,9 +63,9 @@ def test_importance_weights_match_an_independent_computation():
     with torch.no_grad():
         log_w, log_px = model.log_weights(x, k)
     torch.manual_seed(3)  # the same draws, top-down over the k * B rows
-    features = [e.expand(k, *e.shape).reshape(k * 5, -1) for e in model.bottom_up(x, None)]
-    _, record = model.top_down(features, None, k * 5)
-    expected, expected_px, _ = by_hand(model, x.repeat(k, 1, 1, 1), record.z)
+    _, record = model.top_down(model.bottom_up(x, None), None, (k, 5))
+    z = [z_t.reshape(k * 5, -1) for z_t in record.z]
+    expected, expected_px, _ = by_hand(model, x.repeat(k, 1, 1, 1), z)
     torch.testing.assert_close(log_w, expected.view(k, 5), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(log_px, expected_px.view(k, 5), rtol=1e-5, atol=1e-4)
 
@@ -76,7 +76,7 @@ def test_the_kl_of_each_group_is_closed_form_given_the_groups_above():
     torch.manual_seed(5)
     terms = model.terms(x)
     torch.manual_seed(5)
-    _, record = model.top_down(model.bottom_up(x, None), None, 6)
+    _, record = model.top_down(model.bottom_up(x, None), None, (6,))
     _, log_px, kls = by_hand(model, x, record.z)
     torch.testing.assert_close(terms["kl_groups"], kls, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(terms["kl"], kls.sum(-1))

@@ -78,8 +78,9 @@ def test_ema_is_the_running_average_of_the_applied_updates(tmp_path):
     decay = 0.5
     trainer, summary = run(tmp_path / "r", "trainer.epochs=1", f"trainer.ema={decay}", callbacks=[recorder])
     ema = recorder.weights[0]
-    for weights in recorder.weights[1:]:
-        ema = [decay * e + (1 - decay) * w for e, w in zip(ema, weights)]
+    for n, weights in enumerate(recorder.weights[1:]):
+        d = min(decay, (1 + n) / (10 + n))  # the warm-up of the decay: 0.1, 0.18, 0.25, ... then 0.5
+        ema = [d * e + (1 - d) * w for e, w in zip(ema, weights)]
     saved = checkpoint.load_model(tmp_path / "r").model
     for e, p in zip(ema, saved.parameters()):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)

@@ -99,13 +99,16 @@ class EMA(Callback):
     the sample grids and model.safetensors use the average; trainer.safetensors keeps the
     training weights, so resuming continues both exactly.
 
-    The average starts at the initial weights; with decay 0.999 it forgets them within a few
-    thousand steps (weight decay^n on step 0's weights)."""
+    The average starts at the initial weights, and the decay of update n is min(decay,
+    (1 + n) / (10 + n)) (TensorFlow's ExponentialMovingAverage with num_updates): early in a run the
+    average follows the weights closely instead of holding on to the random initialisation (with
+    a fixed 0.999 after one MNIST epoch, 63% of the average would still be step 0's weights)."""
 
     name = "ema"
 
     def __init__(self, decay: float):
         self.decay = decay
+        self.updates = 0  # applied updates averaged so far
         self.shadow: list[torch.Tensor] | None = None
         self._loaded_training: list[torch.Tensor] | None = None
 
@@ -119,8 +122,14 @@ class EMA(Callback):
 
     def on_step_end(self, trainer) -> None:
         if trainer.state.applied:
+            decay = self.decay_at(self.updates)
             with torch.no_grad():
-                torch._foreach_lerp_(self.shadow, [p.detach() for p in self._params(trainer)], 1.0 - self.decay)
+                torch._foreach_lerp_(self.shadow, [p.detach() for p in self._params(trainer)], 1.0 - decay)
+            self.updates += 1
+
+    def decay_at(self, n: int) -> float:
+        """The decay used for update n (0-based)."""
+        return min(self.decay, (1 + n) / (10 + n))
 
     @contextmanager
     def eval_weights(self, trainer):
@@ -140,12 +149,15 @@ class EMA(Callback):
 
     def state_dict(self, trainer) -> dict[str, torch.Tensor]:
         """The training weights (the model file holds the average)."""
-        return {f"weights.{i}": p.detach().clone() for i, p in enumerate(self._params(trainer))}
+        state = {f"weights.{i}": p.detach().clone() for i, p in enumerate(self._params(trainer))}
+        state["updates"] = torch.tensor(self.updates, dtype=torch.int64)
+        return state
 
     def load_state_dict(self, trainer, tensors: dict[str, torch.Tensor]) -> None:
         """Called after the model file (the average) was loaded into the model: that becomes
         the average, and the saved training weights go back into the model."""
         params = self._params(trainer)
+        self.updates = int(tensors.pop("updates"))
         if len(tensors) != len(params):
             raise ValueError(f"the checkpoint's EMA state has {len(tensors)} tensors, the model {len(params)}")
         with torch.no_grad():

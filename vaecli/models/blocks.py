@@ -17,7 +17,9 @@ def mlp(sizes: list[int], activation: str = "relu", final_activation: bool = Fal
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2 or final_activation:
-            layers.append(ACTIVATIONS[activation]())
+            # in place on the Linear's fresh output (its backward does not need it): one large
+            # temporary fewer per layer, which eval-iwae's big sample blocks feel (bench/RESULTS.md)
+            layers.append(ACTIVATIONS[activation](**({} if activation == "tanh" else {"inplace": True})))
     return nn.Sequential(*layers)
 
 

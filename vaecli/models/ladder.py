@@ -106,7 +106,10 @@ class Ladder(LatentModel):
         self.label_embedding = nn.Linear(c, width, bias=False) if c else None
         self.prior_heads = nn.ModuleList(
             nn.Sequential(blocks.ACTIVATIONS[act](), _zero_last(nn.Linear(width, 2 * d))) for _ in range(g - 1))
-        self.posterior_in = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(g))
+        # the posterior's first layer on (h, e_t), split in two: W_e e_t is computed once per image
+        # and broadcast over the k importance samples of eval-iwae
+        self.posterior_h = nn.ModuleList(nn.Linear(width, width) for _ in range(g))
+        self.posterior_e = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(g))
         self.posterior_out = nn.ModuleList(
             nn.Sequential(blocks.ACTIVATIONS[act](), _zero_last(nn.Linear(width, 2 * d))) for _ in range(g))
         self.z_in = nn.ModuleList(nn.Linear(d, width) for _ in range(g))
@@ -117,18 +120,19 @@ class Ladder(LatentModel):
     # -- the two passes ---------------------------------------------------------------------
 
     def bottom_up(self, x: Tensor, y: Tensor | None) -> list[Tensor]:
-        """Features for each group, top first: [e_G, ..., e_1], each (B, width)."""
+        """What each group's posterior takes from x, top first: W_e e_t for [e_G, ..., e_1],
+        each (B, width)."""
         e = self.stem_out(self._condition(self.stem(x), y))
         features = []
         for cell in self.up:
             e = cell(e)
             features.append(e)
-        return features[::-1]
+        return [project(e) for project, e in zip(self.posterior_e, features[::-1])]
 
-    def _start(self, n: int, y: Tensor | None, dtype: torch.dtype, device) -> Tensor:
-        h = self.h0.to(dtype).expand(n, -1)
+    def _start(self, shape: tuple[int, ...], y: Tensor | None, dtype: torch.dtype) -> Tensor:
+        h = self.h0.to(dtype).expand(*shape, -1)
         if self.label_embedding is not None:
-            h = h + self.label_embedding(self._onehot(y, h.dtype))
+            h = h + self.label_embedding(self._onehot(y, h.dtype))  # y (B,) broadcasts over leading k
         return h
 
     def _prior(self, t: int, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,20 +142,22 @@ class Ladder(LatentModel):
         loc, log_scale = self.prior_heads[t - 1](h).float().chunk(2, dim=-1)
         return loc, log_scale.clamp(-15.0, 10.0).exp()
 
-    def top_down(self, features: list[Tensor] | None, y: Tensor | None, n: int, mode: str = "sample",
-                 temperatures: list[float] | None = None, generator: torch.Generator | None = None,
+    def top_down(self, features: list[Tensor] | None, y: Tensor | None, shape: tuple[int, ...],
+                 mode: str = "sample", temperatures: list[float] | None = None,
+                 generator: torch.Generator | None = None,
                  fixed: dict[int, Tensor] | None = None) -> tuple[Tensor, GroupPass]:
-        """The top-down pass over n rows. features None: the generative model alone (priors).
+        """The top-down pass over rows of leading `shape` ((B,), or (k, B) for k samples of each
+        image: features (B, width) broadcast). features None: the generative model alone.
         mode 'sample' draws z (reparameterized), 'mean' takes the locations; `temperatures`
         scale each group's prior sigma (generation only); `fixed` gives z_t for some groups.
-        y, when the model is conditional, has n rows. Returns h and the per-group record."""
+        y (B,) when the model is conditional. Returns h (*shape, width) and the per-group record."""
         ref = features[0] if features is not None else self.h0
-        h = self._start(n, y, ref.dtype, ref.device)
+        h = self._start(shape, y, ref.dtype)
         record = GroupPass()
         for t in range(self.spec.groups):
             p_loc, p_scale = self._prior(t, h)
             if features is not None:
-                inner = self.posterior_in[t](torch.cat([h, features[t]], dim=-1))
+                inner = self.posterior_h[t](h) + features[t]
                 d_loc, d_log_scale = self.posterior_out[t](inner).float().chunk(2, dim=-1)
                 loc, scale = p_loc + d_loc, p_scale * d_log_scale.clamp(-15.0, 10.0).exp()
                 record.q.append((loc, scale))
@@ -171,7 +177,9 @@ class Ladder(LatentModel):
         return h, record
 
     def _likelihood(self, h: Tensor) -> Distribution:
-        return self.likelihood(self.decoder(h).float())
+        """p(x | h) for h (..., width): batch (...)."""
+        params = self.decoder(h.reshape(-1, h.shape[-1])).float()
+        return self.likelihood(params.view(*h.shape[:-1], *params.shape[1:]))
 
     # -- the model contract -----------------------------------------------------------------
 
@@ -179,7 +187,7 @@ class Ladder(LatentModel):
         """One reparameterized pass: log p(x|z), the KL of each group in closed form given the
         sampled groups above it (kl_groups, (B, G)), and their sum."""
         features = self.bottom_up(x, y)
-        h, record = self.top_down(features, y, x.shape[0])
+        h, record = self.top_down(features, y, (x.shape[0],))
         log_px = self._likelihood(h).log_prob(x)
         kl_groups = torch.stack([normal_kl(Normal(*q, validate_args=False), Normal(*p, validate_args=False)).sum(-1)
                                  for q, p in zip(record.q, record.p)], dim=-1)
@@ -191,33 +199,23 @@ class Ladder(LatentModel):
                     reparam: bool = False) -> tuple[Tensor, Tensor]:
         """log w_j = log p(x, z_j) - log q(z_j|x) over the whole hierarchy, for k joint samples
         z_j = (z_1, ..., z_G) drawn top-down from q: (log_w, log_px), each (k, B)."""
-        b = x.shape[0]
-        features = [e.expand(k, *e.shape).reshape(k * b, -1) for e in self.bottom_up(x, y)]
-        yk = None if y is None else y.expand(k, b).reshape(-1)
-        h, record = self.top_down(features, yk, k * b)
-        params = self.decoder(h).float()
-        log_px = self.likelihood(params.view(k, b, *params.shape[1:])).log_prob(x)  # x broadcasts over k
+        h, record = self.top_down(self.bottom_up(x, y), y, (k, x.shape[0]))
+        log_px = self._likelihood(h).log_prob(x)  # (k, B): x broadcasts over the k samples
         log_ratio = sum(_log_normal(z, *p) - _log_normal(z, *q) for z, q, p in zip(record.z, record.q, record.p))
-        if not reparam:
-            log_px, log_ratio = log_px.detach(), log_ratio.detach()
-        return log_px + log_ratio.view(k, b), log_px
+        return log_px + log_ratio, log_px
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
         """q(z_1|x), the top group's posterior (a function of x alone): event (latent_dim,)."""
         features = self.bottom_up(x, y)
-        h = self._start(x.shape[0], y, features[0].dtype, x.device)
-        inner = self.posterior_in[0](torch.cat([h, features[0]], dim=-1))
+        h = self._start((x.shape[0],), y, features[0].dtype)
+        inner = self.posterior_h[0](h) + features[0]
         loc, log_scale = self.posterior_out[0](inner).float().chunk(2, dim=-1)
         return Independent(Normal(loc, log_scale.clamp(-15.0, 10.0).exp(), validate_args=False), 1, validate_args=False)
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x | z_1) with the lower groups at their prior means, for z (..., latent_dim)."""
-        lead = z.shape[:-1]
-        flat = z.reshape(-1, z.shape[-1])
-        yf = None if y is None else y.expand(*lead).reshape(-1)
-        h, _ = self.top_down(None, yf, flat.shape[0], mode="mean", fixed={0: flat})
-        params = self.decoder(h).float()
-        return self.likelihood(params.reshape(*lead, *params.shape[1:]))
+        h, _ = self.top_down(None, y, z.shape[:-1], mode="mean", fixed={0: z})
+        return self._likelihood(h)
 
     def prior(self, temperature: float = 1.0) -> Distribution:
         """p(z_1) = N(0, I) (temperature scales sigma)."""
@@ -229,13 +227,13 @@ class Ladder(LatentModel):
     def group_means(self, x: Tensor, y: Tensor | None = None) -> list[Tensor]:
         """The posterior mean of each group (top first), with the groups above at their means:
         the deterministic path through q that active units are measured on."""
-        _, record = self.top_down(self.bottom_up(x, y), y, x.shape[0], mode="mean")
+        _, record = self.top_down(self.bottom_up(x, y), y, (x.shape[0],), mode="mean")
         return [loc for loc, _ in record.q]
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Every group at its posterior mean, decoded: (B, C, H, W) in [0, 1]."""
-        h, _ = self.top_down(self.bottom_up(x, y), y, x.shape[0], mode="mean")
+        h, _ = self.top_down(self.bottom_up(x, y), y, (x.shape[0],), mode="mean")
         return self._likelihood(h).mean.clamp(0, 1)
 
     @torch.no_grad()
@@ -246,5 +244,5 @@ class Ladder(LatentModel):
         temperatures = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * self.groups
         if len(temperatures) != self.groups:
             raise ValueError(f"this model has {self.groups} latent groups: give one temperature or {self.groups}")
-        h, _ = self.top_down(None, y, n, temperatures=temperatures, generator=generator)
+        h, _ = self.top_down(None, y, (n,), temperatures=temperatures, generator=generator)
         return self._likelihood(h).mean.clamp(0, 1)
