@@ -13,7 +13,8 @@ help:
 	@echo "make test-slow only the slow tests (real MNIST when ../shared/data has it)"
 	@echo "make test-all  fast and slow tests"
 	@echo "make demo      train on the offline shapes dataset and write pictures to $(DEMO)/"
-	@echo "make bench     speed figures: vaecli vs the textbook loop vs the sgemm ceiling (needs MNIST)"
+	@echo "make bench     speed figures: vaecli vs the textbook loop vs the sgemm ceiling (needs MNIST);"
+	@echo "               eval-iwae vs pythae's get_nll (if installed) and the ladder presets' eval cost"
 
 install: $(STAMP)
 
@@ -44,6 +45,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/iwae.py
 
 clean:
 	rm -rf $(VENV) runs build dist .pytest_cache

@@ -17,7 +17,8 @@ TINY_SHAPES = ["dataset=shapes", "dataset.image_size=16", "dataset.scales=1", "d
                "model.latent_dim=3", "trainer.eval_batch_size=32"]
 SIZES = {"mlp": ["model.hidden=[16]"], "conv": ["model.hidden=[4,8]"], "resnet": ["model.hidden=[4,8]"],
          "ae": ["model.hidden=[16]"], "hvae": ["model.hidden=[16]", "model.latent_dim2=2", "model.hidden2=[8]"],
-         "vqvae": ["model.hidden=[4,8]", "model.code_dim=3", "model.codebook_size=8", "model.dead_after=2"]}
+         "vqvae": ["model.hidden=[4,8]", "model.code_dim=3", "model.codebook_size=8", "model.dead_after=2"],
+         "ladder": ["model.hidden=[16]", "model.groups=2"]}
 EXTRA = {"mog": ["prior.components=3"], "vamp": ["prior.components=3"], "iwae": ["objective.k=3"],
          "logistic": ["likelihood.mixtures=2"]}
 
@@ -27,7 +28,7 @@ def sensible(model: str, prior: str, objective: str) -> bool:
     and no KL (so no learned prior); the hierarchical model keeps N(0, I) on its top layer."""
     if model == "ae":
         return prior == "normal" and objective == "elbo"
-    if model == "hvae":
+    if model in ("hvae", "ladder"):  # their top layer keeps N(0, I)
         return prior == "normal"
     if model == "vqvae":  # its prior over codes is its own; the posterior is a point mass
         return prior == "normal" and objective == "elbo"
@@ -105,7 +106,7 @@ def check_combination(overrides, tmp_path, capsys):
     else:
         result = cli_json(capsys, "eval-iwae", "--ckpt", ckpt, "--k", "4", "--n", "4")
         assert result["iwae"] == result["iwae"] and result["n"] == 4  # finite, not NaN
-        exact = composed.cfg.prior.name == "normal" and composed.cfg.model.name != "hvae"
+        exact = composed.cfg.prior.name == "normal" and composed.cfg.model.name not in ("hvae", "ladder")
         assert result["kl_exact"] is exact and summary["kl_exact"] is exact
 
 

@@ -13,9 +13,23 @@ from vaecli.config import GROUPS, config_dir, group_options, load_config, resume
 from vaecli.errors import UsageError
 
 
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_each_experiment_preset_composes_and_builds(experiment):
+    from vaecli.models import spec_from_config
+
+    cfg = load_config([f"experiment={experiment}"]).cfg
+    size = cfg.dataset.image_size or 28
+    model = models.build(spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, size, size)))
+    assert sum(p.numel() for p in model.parameters()) > 0 and model.spec.kind in ("vae", "hvae", "ladder")
+    if experiment.startswith("bmnist"):
+        t = cfg.trainer
+        assert (cfg.dataset.name, model.groups) == ("binarized_mnist", cfg.model.groups) and model.groups >= 4
+        assert t.ema > 0 and t.lr_schedule == "cosine" and t.warmup_steps > 0 and t.grad_clip > 0
+
+
 def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones():
     assert set(group_options("dataset")) == {"mnist", "binarized_mnist", "fashion_mnist", "cifar10", "folder", "shapes"}
-    assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae", "vqvae"}
+    assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae", "vqvae", "ladder"}
     assert set(group_options("likelihood")) == {"bernoulli", "cbernoulli", "gaussian", "gaussian_learned", "logistic"}
     assert set(group_options("prior")) == {"normal", "mog", "vamp"}
     assert set(group_options("objective")) == {"elbo", "iwae"}

@@ -254,6 +254,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.state.step += 1
         self.state.images_seen += x.shape[0]
+        self._unscaled = False
         self.state.applied = self.finite(loss) and self.gradients_accepted()
         if self.state.applied:
             self.scaler.step(self.optimizer)
@@ -313,10 +314,10 @@ class Trainer:
         self.state.seconds += now - self._tick
         self._tick = now
         means["img_per_s"] = self.images_per_second() or 0.0
+        self.emit("on_log", epoch, means)  # a callback may add values to the line (the learning rate)
         if self.dist.main:
             runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "train", **means},
                                 self.stage.metrics)
-        self.emit("on_log", epoch, means)
 
     def end_epoch(self, epoch: int) -> None:
         """Rank 0 evaluates on the test split, writes the sample grid and the checkpoint."""
@@ -377,12 +378,16 @@ class Trainer:
                           "or use likelihood=gaussian)")
         if t.precision == "fp16":
             likely.append("fp16 overflow (try trainer.precision=bf16 or fp32)")
+        if t.skip_threshold:
+            likely.append(f"trainer.skip_threshold={t.skip_threshold:g} below this model's usual gradient norms "
+                          "(grad_norm in metrics.jsonl; raise it or set 0)")
         saved = checkpoint.saved_step(self.run_dir, self.stage)
         keep = (f"the last good checkpoint (step {saved}) is in {self.run_dir}" if saved is not None
                 else "no checkpoint was written yet")
+        why = "a non-finite loss or gradient" + (f", or a gradient norm above trainer.skip_threshold={t.skip_threshold:g}"
+                                                 if t.skip_threshold else "")
         return VaeError(f"training diverged: {self.state.bad_in_a_row} steps in a row (to step {self.state.step}) "
-                        f"had a non-finite loss or gradient and were skipped; likely causes: {'; '.join(likely)}; "
-                        f"{keep}")
+                        f"had {why} and were skipped; likely causes: {'; '.join(likely)}; {keep}")
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -408,7 +413,8 @@ class Trainer:
             kl_per_dim=test.get("kl_per_dim"),
             test_recon=test["recon"], train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
             processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.settings.precision,
-            device=str(self.device), dataset=self.cfg.dataset.name, model=model.spec.arch,
+            device=str(self.device), dataset=self.cfg.dataset.name,
+            model=model.spec.arch if model.spec.kind == "vae" else f"{model.spec.kind} ({model.spec.arch})",
             checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR),
             codebook=codebook_health(test, model), kl_per_group=test.get("kl_per_group"),
             active_per_group=test.get("active_per_group"))
