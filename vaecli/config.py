@@ -385,6 +385,11 @@ def validate(cfg: Config) -> None:
     need(str(t.channels_last).lower() in CHANNELS_LAST,
          f"trainer.channels_last must be one of {', '.join(CHANNELS_LAST)} (got {t.channels_last!r})")
     need(t.adam_eps > 0, f"trainer.adam_eps must be > 0 (got {t.adam_eps})")
+    _validate_features(t, need)
+
+
+def _validate_features(t: TrainerConfig, need) -> None:
+    """The trainer features of callbacks.py: lr schedule, EMA, gradient guard."""
     need(t.lr_schedule in LR_SCHEDULES,
          f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})")
     need(t.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0 (got {t.warmup_steps})")

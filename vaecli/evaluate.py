@@ -242,15 +242,21 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
         "samples_per_s": n * k_max / seconds if seconds > 0 else float("nan"),
     }
     result.update(latent_diagnostics(model, data, kl))
-    if model.discrete or model.groups > 1:  # codebook health, or the groups' KL; last: the bounds' RNG stays
-        test = elbo_dataset(model, data, max(batch_size, 256))
-        keep = ("kl_per_group", "active_per_group", "active_units", "active_groups", "latent_dim", "perplexity",
-                "dead_codes", "revived")
-        result.update({k: v for k, v in test.items() if k in keep})
-        if model.groups > 1:  # I(x; z) above was of the top group alone: not the hierarchy's
-            result["mutual_info"] = None
-            result["collapsed"] = collapsed(kl, result["active_units"])
+    if model.discrete or model.groups > 1:  # last, so that the bounds' RNG stays as it was
+        result.update(_structure_diagnostics(model, data, batch_size, kl))
     return result
+
+
+def _structure_diagnostics(model, data: ImageSet, batch_size: int, kl: float) -> dict:
+    """What a VQ-VAE (codebook health) or a model with latent groups (KL and active units per
+    group) adds to eval-iwae, from the ELBO pass over `data`."""
+    test = elbo_dataset(model, data, max(batch_size, 256))
+    keep = ("kl_per_group", "active_per_group", "active_units", "active_groups", "latent_dim", "perplexity",
+            "dead_codes", "revived")
+    found = {k: v for k, v in test.items() if k in keep}
+    if model.groups > 1:  # latent_diagnostics' I(x; z) was of the top group alone: not the hierarchy's
+        found.update(mutual_info=None, collapsed=collapsed(kl, found["active_units"]))
+    return found
 
 
 @torch.no_grad()
