@@ -1,6 +1,7 @@
 """Trainer features that attach to the loop as callbacks (train.Trainer calls the hooks; it
-knows none of these classes): the learning-rate schedule, EMA weights, and the gradient-norm
-guard. `from_config(trainer_cfg, total_steps)` gives the ones a run config asks for.
+knows none of these classes): the learning-rate schedule, EMA weights, the gradient-norm
+guard and the TensorBoard logger. `from_config(trainer_cfg, total_steps)` gives the ones a run
+config asks for.
 
 A callback overrides the hooks it needs. Beyond the loop's events there are three more:
   on_gradients(trainer) -> bool   after backward, before the update; False skips the update
@@ -14,8 +15,11 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
+
+from .errors import UsageError
 
 
 class Callback:
@@ -30,6 +34,7 @@ class Callback:
     def on_step_end(self, trainer) -> None: ...
     def on_log(self, trainer, epoch: int, values: dict[str, float]) -> None: ...  # may add to the logged line
     def on_eval(self, trainer, epoch: int, test: dict) -> None: ...
+    def on_samples(self, trainer, epoch: int, grid: torch.Tensor) -> None: ...  # the sample grid (C, H, W) in [0, 1]
     def on_train_end(self, trainer) -> None: ...
 
 
@@ -194,6 +199,67 @@ class GradGuard(Callback):
         return True
 
 
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TensorBoard(Callback):
+    """trainer.logger=tensorboard: the metrics.jsonl figures as TensorBoard scalars (train/* at
+    every log line, test/* after every epoch, KL per dimension and per group as test/kl_dim/zN
+    and test/kl_group/N), and the sample grid as an image, into RUN/tensorboard/ (rank 0 only).
+    metrics.jsonl stays the record; this is a view of it. A resumed run opens the writer with
+    purge_step = the checkpoint's step + 1, so TensorBoard drops what a killed session logged
+    after the checkpoint (as runs.truncate_metrics does) and the curves continue without
+    duplicate steps."""
+
+    def __init__(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UsageError("trainer.logger=tensorboard needs the tensorboard package: "
+                             "pip install 'vaecli[tensorboard]'") from None
+        self.writer_class, self.writer = SummaryWriter, None
+
+    def on_train_start(self, trainer) -> None:
+        if trainer.dist.main:
+            step = trainer.state.step
+            kind = trainer.stage.kind  # a VQ-VAE's prior logs beside its model, in prior_tensorboard/
+            folder = TENSORBOARD_DIR if kind == "model" else f"{kind}_{TENSORBOARD_DIR}"
+            self.writer = self.writer_class(log_dir=str(Path(trainer.run_dir) / folder),
+                                            purge_step=step + 1 if step > 0 else None)
+
+    def on_log(self, trainer, epoch: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"train/{key}", value, trainer.state.step)
+
+    def on_eval(self, trainer, epoch: int, test: dict) -> None:
+        if self.writer is None:
+            return
+        step = trainer.state.step
+        for key, value in test.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"test/{key}", value, step)
+        for d, value in enumerate(test.get("kl_per_dim") or []):
+            self.writer.add_scalar(f"test/kl_dim/z{d}", value, step)
+        for g, value in enumerate(test.get("kl_per_group") or []):
+            self.writer.add_scalar(f"test/kl_group/{g + 1}", value, step)
+        self.writer.add_scalar("test/epoch", epoch, step)
+        self.writer.flush()  # on disk by the time the checkpoint is
+
+    def on_samples(self, trainer, epoch: int, grid: torch.Tensor) -> None:
+        if self.writer is not None:
+            self.writer.add_image("samples", grid.clamp(0, 1), trainer.state.step)
+            self.writer.flush()
+
+    def on_train_end(self, trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
 def from_config(t, total_steps: int) -> list[Callback]:
     """The callbacks that the trainer section `t` of a run config asks for."""
     found: list[Callback] = []
@@ -203,4 +269,6 @@ def from_config(t, total_steps: int) -> list[Callback]:
         found.append(GradGuard(t.grad_clip, t.skip_threshold))
     if t.ema:
         found.append(EMA(t.ema))
+    if t.logger == "tensorboard":
+        found.append(TensorBoard())
     return found

@@ -30,6 +30,7 @@ CHANNELS_LAST = ("auto", "true", "false")
 NETWORKS = ("mlp", "conv", "resnet")
 ACTIVATIONS = ("relu", "tanh", "elu")
 LR_SCHEDULES = ("constant", "cosine", "burda")
+LOGGERS = ("none", "tensorboard")
 KL_SCHEDULES = ("constant", "linear", "cyclic")
 
 
@@ -134,6 +135,7 @@ class TrainerConfig:
     ema: float = MISSING
     grad_clip: float = MISSING
     skip_threshold: float = MISSING
+    logger: str = MISSING
 
 
 @dataclass
@@ -183,6 +185,8 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
             raise UsageError(f"cannot parse override '{text}': {reason.strip()}") from None
         if override.is_add() or override.is_delete() or override.package is not None:
             raise UsageError(f"override '{text}': only plain KEY=VALUE overrides are supported")
+        if override.is_sweep_override():
+            raise UsageError(f"'{text}' gives several values (a sweep); run them all with: vae train -m {text} ...")
         parsed.append((override.key_or_group, override.value()))
     return parsed
 
@@ -257,6 +261,7 @@ class Composed:
 
     cfg: Config
     tree: dict
+    overrides: list[str] = field(default_factory=list)  # as the user typed them (status.json keeps them)
 
     def to_yaml(self) -> str:
         from omegaconf import OmegaConf
@@ -285,7 +290,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
         except Exception as e:  # composition errors are usage errors; keep their first line
             raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
     raw = _resolve(composed)
-    return _finish(raw, reference=raw)
+    return _finish(raw, reference=raw, overrides=overrides)
 
 
 def _resolve(conf) -> dict:
@@ -311,10 +316,10 @@ def apply_overrides(saved: dict, overrides: list[str] | tuple[str, ...]) -> Comp
     conf = OmegaConf.create(saved)
     for key, value in parsed:
         OmegaConf.update(conf, key, value, merge=False)
-    return _finish(_resolve(conf), reference=saved)
+    return _finish(_resolve(conf), reference=saved, overrides=overrides)
 
 
-def _finish(raw: dict, reference: dict) -> Composed:
+def _finish(raw: dict, reference: dict, overrides=()) -> Composed:
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
 
@@ -325,7 +330,7 @@ def _finish(raw: dict, reference: dict) -> Composed:
         raise UsageError(f"config key {getattr(e, 'full_key', None) or '?'} has no value; set it") from None
     validate(cfg)
     tree = _prune(OmegaConf.to_container(typed), reference)
-    return Composed(cfg=cfg, tree=tree)
+    return Composed(cfg=cfg, tree=tree, overrides=list(overrides))
 
 
 def check_device(name: str, key: str = "device") -> None:
@@ -392,6 +397,8 @@ def _validate_features(t: TrainerConfig, need) -> None:
     """The trainer features of callbacks.py: lr schedule, EMA, gradient guard."""
     need(t.lr_schedule in LR_SCHEDULES,
          f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})")
+    need(t.logger in LOGGERS, f"trainer.logger must be one of {', '.join(LOGGERS)} (got {t.logger!r}); "
+         "tensorboard writes RUN/tensorboard/")
     need(t.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0 (got {t.warmup_steps})")
     need(0 <= t.lr_min <= t.lr, f"trainer.lr_min must be in [0, trainer.lr] (got {t.lr_min})")
     need(0 <= t.ema < 1, f"trainer.ema must be in [0, 1): the EMA decay, e.g. 0.999; 0 is off (got {t.ema})")

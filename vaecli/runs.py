@@ -8,6 +8,9 @@ runs/<name>/
   trainer.next.safetensors   only while a checkpoint is being written (the commit protocol)
   metrics.jsonl              one JSON object per logged training step and per test evaluation
   samples/epoch_NNN.png      the sample grid after an epoch
+  status.json                running / finished / interrupted / crashed, pid and host, wall time, overrides
+  summary.json               the TrainSummary of a finished run
+  evals.jsonl                one line per eval-iwae / eval-disentanglement result (vae runs shows the last)
 A VQ-VAE run also holds its second stage, the prior over its codes (`vae train-prior`), in
 files of the same roles: prior.config.yaml, prior.safetensors, prior.trainer(.next).safetensors,
 prior.metrics.jsonl, prior_samples/. A `Stage` names one set.
@@ -16,7 +19,10 @@ prior.metrics.jsonl, prior_samples/. A `Stage` names one set.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,10 @@ TRAINER_FILE = "trainer.safetensors"
 TRAINER_NEXT = "trainer.next.safetensors"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
+STATUS_FILE = "status.json"
+SUMMARY_FILE = "summary.json"
+EVALS_FILE = "evals.jsonl"
+STATES = ("running", "finished", "interrupted", "crashed")
 
 
 @dataclass(frozen=True)
@@ -165,4 +175,105 @@ def read_metrics(run_dir: Path) -> list[dict]:
             records.append(record)
     if not records:
         raise UsageError(f"{path} holds no metrics yet")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# status.json, summary.json, evals.jsonl: what `vae runs` reads
+
+
+def read_json(path: Path) -> dict | None:
+    """A small JSON object file, or None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json(path: Path, value: dict) -> None:
+    write_text(path, json.dumps(value, indent=1) + "\n")
+
+
+@contextmanager
+def session(run_dir: Path, overrides: list[str], enabled: bool = True):
+    """Keep RUN/status.json true while a training session runs: "running" (with this process's
+    pid and host, so a killed run reads as crashed later), then "finished", "interrupted" or
+    "crashed" (with the error), the wall time summed over sessions and the overrides of every
+    session. Yields a function that records the finished run's summary (summary.json)."""
+    if not enabled:
+        yield lambda summary: None
+        return
+    path = Path(run_dir) / STATUS_FILE
+    before = read_json(path) or {}
+    started = time.time()
+    status = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "started": started,
+              "first_started": before.get("first_started", started),
+              "wall_seconds": float(before.get("wall_seconds") or 0.0),
+              "overrides": [*before.get("overrides", []), *overrides], "error": None}
+    write_json(path, status)
+    try:
+        yield lambda summary: write_json(Path(run_dir) / SUMMARY_FILE, summary)
+        status["state"] = "finished"
+    except BaseException as e:
+        interrupted = type(e).__name__ in ("Interrupted", "KeyboardInterrupt")
+        status["state"] = "interrupted" if interrupted else "crashed"
+        status["error"] = None if interrupted else (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise
+    finally:
+        status["wall_seconds"] += time.time() - started
+        status["ended"] = time.time()
+        write_json(path, status)
+
+
+def mark_crashed(run_dir: Path, overrides: list[str], error: str) -> None:
+    """A run that failed before its training session began (its data missing, say)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    write_json(Path(run_dir) / STATUS_FILE, {"state": "crashed", "pid": os.getpid(), "host": socket.gethostname(),
+                                             "started": now, "first_started": now, "ended": now,
+                                             "wall_seconds": 0.0, "overrides": overrides, "error": error})
+
+
+def process_alive(status: dict) -> bool | None:
+    """Whether the process a "running" status names still runs (None: it ran on another host)."""
+    if status.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(status.get("pid")), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, ValueError, OverflowError):
+        return True
+    return True
+
+
+def append_eval(run_dir: Path, record: dict) -> bool:
+    """Add one evaluation result to RUN/evals.jsonl; False when the folder is not a run folder
+    (a bare .safetensors file) or cannot be written."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        return False
+    try:
+        with open(run_dir / EVALS_FILE, "a") as f:
+            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+    except OSError:
+        return False
+    return True
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a .jsonl file; broken lines (a crash mid-write) and a missing file are skipped."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records

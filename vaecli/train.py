@@ -342,12 +342,16 @@ class Trainer:
 
     def sample_grid(self, epoch: int) -> None:
         """The same prior draws after every epoch (one row per class for a conditional model)."""
+        from torchvision.utils import make_grid
+
         if not self.model.can_sample:
             return
         self.model.eval()
         per_row = max(1, SAMPLE_GRID // self.model.num_classes) if self.model.conditional else SAMPLE_GRID
         grid, nrow = pictures.prior_samples(self.model, per_row, generator=self.fixed_noise.manual_seed(self.cfg.seed))
-        save_grid(grid, self.run_dir / self.stage.samples / f"epoch_{epoch:03d}.png", nrow=nrow)
+        path = self.run_dir / self.stage.samples / f"epoch_{epoch:03d}.png"
+        save_grid(grid, path, nrow=nrow)
+        self.emit("on_samples", epoch, make_grid(grid.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2))
 
     # -- checkpoints, stopping -----------------------------------------------------------------
 
@@ -393,7 +397,9 @@ class Trainer:
 
     def emit(self, hook: str, *args) -> None:
         for callback in self.callbacks:
-            getattr(callback, hook)(self, *args)
+            method = getattr(callback, hook, None)  # a duck-typed callback may leave hooks out
+            if method is not None:
+                method(self, *args)
 
     def images_per_second(self) -> float | None:
         s = self.state
@@ -453,4 +459,8 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, dist: Dist | No
         trainer.resume()
     if trainer.dist.main:
         runs.create(trainer.run_dir, composed.to_yaml())
-    return trainer.fit()
+    with runs.session(trainer.run_dir, composed.overrides, enabled=trainer.dist.main) as record_summary:
+        summary = trainer.fit()
+        if summary is not None:
+            record_summary(summary.to_dict())
+    return summary

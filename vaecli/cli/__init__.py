@@ -9,11 +9,13 @@ imported inside the commands, so `vae --help` stays fast.
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from .. import distributed
 from ..errors import Interrupted, VaeError
-from . import train, pictures, evaluate, inspect  # noqa: F401,I001  (importing registers the commands, in this order)
+from . import train, pictures, evaluate, inspect, catalog  # noqa: F401,I001  (importing registers the commands, in this order)
 from .app import app
 from .output import stderr
 
@@ -42,9 +44,40 @@ def main(argv: list[str] | None = None) -> None:
     distributed.exit_process(run(argv))
 
 
+def _bash_completion():
+    """Typer's bash completion, told about KEY=VALUE: bash splits a word at '=' (COMP_WORDBREAKS),
+    so `model=ml<TAB>` arrives as "model", "=", "ml". Rejoin it for the completion functions, and
+    answer with the part after the '=' (the word readline replaces)."""
+    from typer._completion_classes import BashComplete
+
+    class KeyValueBash(BashComplete):
+        prefix = ""
+
+        def get_completion_args(self):
+            args, incomplete = super().get_completion_args()
+            if incomplete == "=" and args:  # the cursor right after the '='
+                incomplete = args.pop() + "="
+                self.prefix = incomplete
+            elif len(args) >= 2 and args[-1] == "=":
+                args.pop()
+                self.prefix = args.pop() + "="
+                incomplete = self.prefix + incomplete
+            return args, incomplete
+
+        def format_completion(self, item):
+            value = item.value
+            return value[len(self.prefix):] if self.prefix and value.startswith(self.prefix) else value
+
+    return KeyValueBash
+
+
 def run(argv: list[str] | None = None) -> int:
     cx = _click_exceptions()
     command = typer.main.get_command(app)
+    if os.environ.get("_VAE_COMPLETE") == "complete_bash":
+        from typer._click.shell_completion import add_completion_class
+
+        add_completion_class(_bash_completion(), "bash")
     try:
         result = command.main(args=argv, prog_name="vae", standalone_mode=False)
         return result if isinstance(result, int) else 0

@@ -14,7 +14,7 @@ from ..errors import UsageError
 app = typer.Typer(
     name="vae",
     help="Train, sample and evaluate Variational Autoencoders.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -67,8 +67,21 @@ def label_option(help: str):
     return Annotated[Optional[str], typer.Option("--label", help=f"Conditional models: {help}")]
 
 
+def complete_runs(incomplete: str):
+    from ..completion import run_folders
+
+    return run_folders(incomplete)
+
+
+def complete_overrides(incomplete: str):
+    from ..completion import overrides
+
+    return overrides(incomplete)
+
+
 Ckpt = Annotated[Optional[str], typer.Option(
-    "--ckpt", help="Run folder or model.safetensors (default: the latest run under ./runs).")]
+    "--ckpt", help="Run folder or model.safetensors (default: the latest run under ./runs).",
+    autocompletion=complete_runs)]
 DataRoot = Annotated[Optional[str], typer.Option(
     "--data-root", help="Where the dataset lives (default: the checkpoint's, else $VAECLI_DATA or the cache dir).")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]

@@ -44,7 +44,7 @@ def eval_iwae(
     ks = _k_list(k)
     import torch
 
-    from .. import evaluate
+    from .. import evaluate, runs
 
     loaded = inputs.load(ckpt, device)
     evaluate.require_bound(loaded.model, str(loaded.path))
@@ -61,6 +61,9 @@ def eval_iwae(
                                if result["code_prior"] == "learned" else
                                "it uses a uniform prior over codes (KL = h*w*log K); train a prior with vae "
                                "train-prior for a tighter bound"), markup=False, highlight=False, soft_wrap=True)
+    runs.append_eval(loaded.run_dir, {"kind": "iwae", "bound": result["iwae"], "se": result["iwae_se"],
+                                      "k": result["k"], "n": result["n"], "split": split, "elbo": result["elbo"],
+                                      "step": loaded.step, "seed": seed})  # for `vae runs`
     if result["collapsed"]:
         output.warn(evaluate.COLLAPSE_ADVICE.format(kl=result["kl"], active=result["active_units"]))
     output.emit(result, as_json, _iwae_table(result, loaded.dataset.name, split))

@@ -116,6 +116,7 @@ def eval_disentanglement(
 ) -> None:
     """MIG (Chen et al. 2018) of the posterior means against the ground-truth factors of the
     shapes dataset (all of its images), with the per-factor breakdown."""
+    from .. import runs
     from ..disentanglement import model_mig
 
     loaded = inputs.load(ckpt, device)
@@ -127,6 +128,7 @@ def eval_disentanglement(
         raise UsageError("MIG needs a model with at least two latent dimensions")
     result = model_mig(loaded.model, parts)
     result["ckpt"] = str(loaded.path)
+    runs.append_eval(loaded.run_dir, {"kind": "mig", "mig": result["mig"], "n": result["n"], "step": loaded.step})
     if not as_json:
         rows = [[row["name"], "-" if row["mig"] is None else f"{row['mig']:.3f}", f"{row['entropy']:.2f}",
                  f"z{row['top_dim']}: {row['mi_top']:.2f}", f"z{row['second_dim']}: {row['mi_second']:.2f}"]

@@ -9,7 +9,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-stdout = Console(highlight=False, soft_wrap=True)  # never break a path across lines
+# soft_wrap: never break a path across lines; piped into a file, a wide table keeps its rows whole
+stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -59,11 +60,11 @@ def table(title: str, rows: list[tuple[str, str]]) -> Table:
     return out
 
 
-def columns(title: str, names: list[str], rows: list[list[str]], bold_last: bool = False) -> Table:
-    """A table with a header row; the first column left-aligned, the rest right-aligned."""
-    out = Table(title=title, title_justify="left", min_width=len(title))
+def columns(title: str, names: list[str], rows: list[list[str]], bold_last: bool = False, left: int = 1) -> Table:
+    """A table with a header row; the first `left` columns left-aligned, the rest right-aligned."""
+    out = Table(title=title, title_justify="left", min_width=min(len(title), 100))  # a longer title wraps
     for i, name in enumerate(names):
-        out.add_column(name, justify="left" if i == 0 else "right")
+        out.add_column(name, justify="left" if i < left else "right")
     for i, row in enumerate(rows):
         out.add_row(*row, style="bold" if bold_last and i == len(rows) - 1 else None)
     return out
@@ -93,18 +94,19 @@ class TrainProgress:
     """A trainer callback (train.Callback's hooks) drawing a rich progress bar on stderr; the
     per-epoch notes still print when the bar is off."""
 
-    def __init__(self, enabled: bool, quiet: bool):
-        self.enabled, self.quiet = enabled, quiet
+    def __init__(self, enabled: bool, quiet: bool, label: str = "train"):
+        self.enabled, self.quiet, self.label = enabled, quiet, label
         self.progress = None
 
     def on_train_start(self, trainer) -> None:
         if not self.enabled:
             return
+        from rich.markup import escape
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"[bold]{escape(self.label)}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ELBO {task.fields[elbo]}  "
                        "KL {task.fields[kl]}{task.fields[codes]}  {task.fields[ips]} img/s"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

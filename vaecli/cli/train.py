@@ -9,16 +9,20 @@ import typer
 
 from ..errors import UsageError
 from . import output
-from .app import Ckpt, app
+from .app import Ckpt, app, complete_overrides, complete_runs
 
 
 @app.command(context_settings={"help_option_names": ["--help", "-h"]})
 def train(
     overrides: Optional[List[str]] = typer.Argument(
-        None, metavar="OVERRIDES",
+        None, metavar="OVERRIDES", autocompletion=complete_overrides,
         help="Config overrides, e.g. dataset=shapes model=conv beta=4 trainer.epochs=20."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run folder (default: runs/<time>-<dataset>-<model>)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    resume: Optional[Path] = typer.Option(None, "--resume", autocompletion=complete_runs,
+                                          help="Continue the run (or finish the sweep) in this folder."),
+    multirun: bool = typer.Option(False, "--multirun", "-m",
+                                  help="Sweep: one run per combination, e.g. -m beta=1,4,8 seed=range(3) "
+                                       "(Hydra's basic sweeper: a,b,c  range()  choice()  glob())."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the composed config and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the summary) on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, notes or table."),
@@ -30,6 +34,12 @@ def train(
 
     if resume is not None and run_dir is not None:
         raise UsageError("--resume DIR continues that run in place; drop --run-dir")
+    from .. import sweep
+
+    if multirun or (resume is not None and sweep.is_sweep(resume)):
+        if print_config:
+            raise UsageError("--print-config shows one config; drop -m (or print a job's: vae train OVERRIDES --print-config)")
+        return _sweep(overrides or [], run_dir, resume, as_json, quiet)
     composed = resume_config(resume, overrides or []) if resume is not None else load_config(overrides or [])
     if print_config:
         sys.stdout.write(composed.to_yaml())
@@ -52,6 +62,66 @@ def train(
             progress.on_train_end()
     if summary is not None:
         _report(summary, quiet, as_json)
+
+
+def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path], as_json: bool, quiet: bool) -> int:
+    """vae train -m ARGUMENTS, or --resume SWEEP_DIR: every job, one after the other, then the table."""
+    from .. import distributed, sweep
+    from .catalog import table
+
+    if resume is not None:
+        if arguments:
+            raise UsageError("--resume SWEEP_DIR finishes the sweep as it was started; it takes no overrides")
+        arguments, jobs = sweep.load(resume)
+    else:
+        jobs = sweep.expand(arguments)
+    device = sweep.validate(jobs)[0].cfg.trainer.device  # every job composes before any starts
+    with distributed.session(device) as dist:
+        sweep_dir = resume if resume is not None else dist.broadcast(run_dir or sweep.new_sweep_dir())
+        if resume is None and dist.main:
+            sweep.create(sweep_dir, arguments, jobs)
+        talk = dist.main and not quiet
+        n = len(jobs)
+
+        def callbacks_for(job):
+            bar = talk and not as_json and output.stderr.is_terminal
+            return [output.TrainProgress(enabled=bar, quiet=not talk or as_json, label=f"[{job.index + 1}/{n}]")]
+
+        def notify(event, job, outcome):
+            if talk:
+                output.stderr.print(_sweep_line(event, job, n, outcome, sweep_dir), markup=False, highlight=False,
+                                    soft_wrap=True)
+
+        outcomes = sweep.run_jobs(sweep_dir, jobs, dist, callbacks_for, notify)
+    if not dist.main:
+        return 0
+    from .. import catalog
+
+    rows = catalog.scan(sweep_dir)
+    failed = [o for o in outcomes if o.state == "crashed"]
+    result = {"sweep_dir": str(sweep_dir), "arguments": arguments, "jobs": n, "failed": len(failed),
+              "runs": [r.to_dict() for r in rows]}
+    if quiet and not as_json:
+        print(sweep_dir)
+    else:
+        output.emit(result, as_json, table(f"sweep {sweep_dir}: {n} runs, {len(failed)} failed", rows))
+    if failed:
+        output.stderr.print(f"vae: error: {len(failed)} of {n} runs failed (state column); retry them with: "
+                            f"vae train --resume {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def _sweep_line(event: str, job, n: int, outcome, sweep_dir: Path) -> str:
+    head = f"sweep [{job.index + 1}/{n}] {','.join(job.swept) or job.name}"
+    if event == "start":
+        return f"{head} -> {sweep_dir / job.name}"
+    if outcome.state == "skipped":
+        return f"{head}: finished before, skipped"
+    if outcome.state == "crashed":
+        return f"{head}: failed: {outcome.error}"
+    s = outcome.summary or {}
+    return f"{head}: test ELBO {s.get('test_elbo', float('nan')):.2f} nats in {s.get('train_seconds', 0.0):.1f} s"
 
 
 def _report(summary, quiet: bool, as_json: bool) -> None:
@@ -92,7 +162,8 @@ def _report(summary, quiet: bool, as_json: bool) -> None:
 @app.command("train-prior", context_settings={"help_option_names": ["--help", "-h"]})
 def train_prior(
     overrides: Optional[List[str]] = typer.Argument(
-        None, metavar="OVERRIDES", help="trainer.* and code_prior.* overrides, e.g. trainer.epochs=20 code_prior.layers=6."),
+        None, metavar="OVERRIDES", autocompletion=complete_overrides,
+        help="trainer.* and code_prior.* overrides, e.g. trainer.epochs=20 code_prior.layers=6."),
     ckpt: Ckpt = None,
     resume: bool = typer.Option(False, "--resume", help="Continue the prior already in the run folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the summary) on stdout."),
