@@ -153,10 +153,15 @@ def test_runs_table_shows_every_state_and_survives_broken_folders(tmp_path, env,
     (half / "metrics.jsonl").write_text('{"step": 1, "split": "test", "elbo": -9')
     (half / "status.json").write_text("{")
     (root / "not-a-run").mkdir()
+    older = _copy_run(trained_run, root / "e-older")  # from before status.json and summary.json
+    (older / "status.json").unlink()
+    (older / "summary.json").unlink()
 
     result = one_json(vae("runs", str(root), "--json", cwd=tmp_path, env=env))
     rows = finished_runs(result)
-    assert set(rows) == {"a-finished", "b-killed", "c-running", "d-half-written"}
+    assert set(rows) == {"a-finished", "b-killed", "c-running", "d-half-written", "e-older"}
+    assert rows["e-older"]["state"] == "finished" and rows["e-older"]["test_elbo"] is not None
+    assert {"model.hidden=[32]", "model.latent_dim=4", "trainer.batch_size=32"} <= set(rows["e-older"]["overrides"])
     assert rows["a-finished"]["state"] == "finished"
     assert rows["a-finished"]["iwae"]["bound"] == pytest.approx(evaluated["iwae"])
     assert rows["a-finished"]["iwae"]["k"] == 3 and rows["a-finished"]["iwae"]["n"] == 16

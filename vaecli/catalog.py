@@ -119,10 +119,52 @@ def read_row(run_dir: Path, name: str) -> Row:
         row.overrides = _shown(list(status.get("overrides") or []))
         row.started = _number(status.get("first_started"))
         row.wall_seconds = _wall(status)
+    elif config:  # a run from before status.json: what its config changes from the defaults
+        row.overrides = _shown(differences_from_defaults(config))
     if row.started is None:
         row.started = _mtime(run_dir)
     row.note = "; ".join(problems) or None
     return row
+
+
+def differences_from_defaults(config: dict) -> list[str]:
+    """KEY=VALUE for each setting of a saved config that differs from the defaults of its group
+    options (and GROUP=NAME for options other than the default); [] if today's conf/ cannot
+    compose it."""
+    import json
+
+    from .config import GROUPS
+
+    chosen = [f"{g}={config[g]['name']}" for g in GROUPS if isinstance(config.get(g), dict) and config[g].get("name")]
+    base, defaults = _defaults(()), _defaults(tuple(chosen))
+    if base is None or defaults is None:
+        return []
+    found = [c for c in chosen if c.split("=", 1)[1] != base.get(c.split("=", 1)[0], {}).get("name")]
+
+    def walk(saved: dict, reference: dict, prefix: str) -> None:
+        for key, value in saved.items():
+            if isinstance(value, dict):
+                walk(value, reference.get(key) or {}, f"{prefix}{key}.")
+            elif key != "name" and value != reference.get(key):
+                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+                found.append(f"{prefix}{key}={text}")
+
+    walk(config, defaults, "")
+    return found
+
+
+_composed: dict[tuple, dict | None] = {}
+
+
+def _defaults(selections: tuple) -> dict | None:
+    if selections not in _composed:
+        from .config import load_config
+
+        try:
+            _composed[selections] = load_config(list(selections)).tree
+        except UsageError:
+            _composed[selections] = None
+    return _composed[selections]
 
 
 def _read_config(run_dir: Path, problems: list[str]) -> dict | None:

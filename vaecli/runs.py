@@ -68,9 +68,10 @@ def write_text(path: Path, text: str) -> None:
 # Creating and finding runs
 
 
-def new_run_dir(dataset: str, model: str, root: Path = RUNS_DIR) -> Path:
-    """root/<time>-<dataset>-<model>, with -1, -2, ... when that name is taken."""
-    base = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{model}"
+def new_run_dir(*parts: str, root: Path = RUNS_DIR) -> Path:
+    """root/<time>-<part>-<part>... (runs/<time>-<dataset>-<model>, runs/<time>-sweep), with -1,
+    -2, ... when that name is taken."""
+    base = root / "-".join([time.strftime('%Y%m%d-%H%M%S'), *parts])
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1

@@ -98,14 +98,6 @@ def validate(jobs: list[Job]) -> list:
     return composed
 
 
-def new_sweep_dir(root: Path = runs.RUNS_DIR) -> Path:
-    base = root / f"{time.strftime('%Y%m%d-%H%M%S')}-sweep"
-    path, i = base, 1
-    while path.exists():
-        path, i = Path(f"{base}-{i}"), i + 1
-    return path
-
-
 def is_sweep(path: Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 

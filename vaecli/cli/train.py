@@ -64,10 +64,9 @@ def train(
         _report(summary, quiet, as_json)
 
 
-def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path], as_json: bool, quiet: bool) -> int:
+def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path], as_json: bool, quiet: bool) -> None:
     """vae train -m ARGUMENTS, or --resume SWEEP_DIR: every job, one after the other, then the table."""
-    from .. import distributed, sweep
-    from .catalog import table
+    from .. import distributed, runs, sweep
 
     if resume is not None:
         if arguments:
@@ -77,11 +76,10 @@ def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path]
         jobs = sweep.expand(arguments)
     device = sweep.validate(jobs)[0].cfg.trainer.device  # every job composes before any starts
     with distributed.session(device) as dist:
-        sweep_dir = resume if resume is not None else dist.broadcast(run_dir or sweep.new_sweep_dir())
+        sweep_dir = resume if resume is not None else dist.broadcast(run_dir or runs.new_run_dir("sweep"))
         if resume is None and dist.main:
             sweep.create(sweep_dir, arguments, jobs)
-        talk = dist.main and not quiet
-        n = len(jobs)
+        talk, n = dist.main and not quiet, len(jobs)
 
         def callbacks_for(job):
             bar = talk and not as_json and output.stderr.is_terminal
@@ -93,11 +91,18 @@ def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path]
                                     soft_wrap=True)
 
         outcomes = sweep.run_jobs(sweep_dir, jobs, dist, callbacks_for, notify)
-    if not dist.main:
-        return 0
-    from .. import catalog
+    if dist.main:
+        _sweep_report(sweep_dir, arguments, outcomes, distributed.resume_command(sweep_dir, dist.world), as_json, quiet)
 
-    rows = catalog.scan(sweep_dir)
+
+def _sweep_report(sweep_dir: Path, arguments: list[str], outcomes, resume_command: str, as_json: bool,
+                  quiet: bool) -> None:
+    """The sweep's table (or JSON object) on stdout; failed jobs make the exit status 1."""
+    from .. import catalog
+    from ..errors import VaeError
+    from .catalog import table
+
+    rows, n = catalog.scan(sweep_dir), len(outcomes)
     failed = [o for o in outcomes if o.state == "crashed"]
     result = {"sweep_dir": str(sweep_dir), "arguments": arguments, "jobs": n, "failed": len(failed),
               "runs": [r.to_dict() for r in rows]}
@@ -106,10 +111,7 @@ def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path]
     else:
         output.emit(result, as_json, table(f"sweep {sweep_dir}: {n} runs, {len(failed)} failed", rows))
     if failed:
-        output.stderr.print(f"vae: error: {len(failed)} of {n} runs failed (state column); retry them with: "
-                            f"vae train --resume {sweep_dir}", markup=False, highlight=False, soft_wrap=True)
-        return 1
-    return 0
+        raise VaeError(f"{len(failed)} of {n} runs failed (state column); retry them with: {resume_command}")
 
 
 def _sweep_line(event: str, job, n: int, outcome, sweep_dir: Path) -> str:
