@@ -189,6 +189,32 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def image_bounds(model, data: ImageSet, ks: list[int], batch_size: int = 64,
+                 on_batch: Callable[[int], None] | None = None, label: int | None = None) -> dict[str, torch.Tensor]:
+    """Per image (N,), on the CPU in float64: `iwae` (k = max(ks) importance samples), `elbo`,
+    `kl`, `recon`, and `iwae_at_J` for each J in ks (nested: the first J of the same samples).
+    `label` conditions a conditional model on that class instead of the images' own labels."""
+    k_max = max(ks)
+    model.eval()
+    device = model.device
+    dims = math.prod(data.image_shape)
+    elements = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cpu"])
+    chunk = max(1, min(k_max, elements // (min(batch_size, len(data)) * dims)))
+    parts: dict[str, list[torch.Tensor]] = {"iwae": [], "elbo": [], "kl": [], "recon": []}
+    parts.update({f"iwae_at_{j}": [] for j in ks})
+    for x, y in batches(data, batch_size, device):
+        if label is not None:
+            y = torch.full((x.shape[0],), label, dtype=torch.long, device=device)
+        result = objectives.iwae_bound(model, x, k_max, chunk, y, also=tuple(ks))
+        result.update({f"iwae_at_{j}": result["iwae_at"][j] for j in ks})
+        for key in parts:
+            parts[key].append(result[key].double().cpu())
+        if on_batch is not None:
+            on_batch(x.shape[0])
+    return {key: torch.cat(v) for key, v in parts.items()}
+
+
+@torch.no_grad()
 def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64,
                  on_batch: Callable[[int], None] | None = None) -> dict:
     """ELBO and IWAE bound with k importance samples for every image of `data`, plus the
@@ -202,24 +228,10 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
     require_bound(model)
     ks = sorted(set(k)) if isinstance(k, (list, tuple)) else [k]
     k_max = ks[-1]
-    model.eval()
-    device = model.device
     dims = math.prod(data.image_shape)
-    elements = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cpu"])
-    chunk = max(1, min(k_max, elements // (min(batch_size, len(data)) * dims)))
-    parts: dict[str, list[torch.Tensor]] = {"iwae": [], "elbo": [], "kl": [], "recon": []}
-    by_k: dict[int, list[torch.Tensor]] = {j: [] for j in ks}
     start = time.perf_counter()
-    for x, y in batches(data, batch_size, device):
-        result = objectives.iwae_bound(model, x, k_max, chunk, y, also=tuple(ks))
-        for key in parts:
-            parts[key].append(result[key].cpu())
-        for j in ks:
-            by_k[j].append(result["iwae_at"][j].cpu())
-        if on_batch is not None:
-            on_batch(x.shape[0])
+    values = image_bounds(model, data, ks, batch_size, on_batch)
     seconds = time.perf_counter() - start
-    values = {key: torch.cat(v) for key, v in parts.items()}
     iwae, iwae_se = _mean_se(values["iwae"])
     elbo, elbo_se = _mean_se(values["elbo"])
     n = len(data)
@@ -235,7 +247,7 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
         "bits_per_dim": bits_per_dim(iwae, dims),
         "elbo_bits_per_dim": bits_per_dim(elbo, dims),
         "k": k_max,
-        "iwae_by_k": {str(j): dict(zip(("iwae", "iwae_se"), _mean_se(torch.cat(by_k[j])))) for j in ks},
+        "iwae_by_k": {str(j): dict(zip(("iwae", "iwae_se"), _mean_se(values[f"iwae_at_{j}"]))) for j in ks},
         "n": n,
         "dims": dims,
         "seconds": seconds,

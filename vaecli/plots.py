@@ -59,3 +59,20 @@ def scatter_figure(points, labels, out: Path, title: str, xlabel: str, ylabel: s
         ax.legend(handles, names, title="label", fontsize=7, loc="best", markerscale=0.8)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return _save(fig, out)
+
+
+def score_histogram(sets: list[tuple[str, list[float]]], out: Path, title: str, xlabel: str) -> Path:
+    """Overlaid histograms of per-image scores, one per set, on shared bins (density, so sets of
+    different sizes compare)."""
+    import numpy as np
+
+    plt = _pyplot()
+    values = np.concatenate([np.asarray(v, dtype=float) for _, v in sets])
+    low, high = np.percentile(values, [0.5, 99.5]) if len(values) > 1 else (values.min() - 1, values.max() + 1)
+    bins = np.linspace(low, high if high > low else low + 1, 60)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, v in sets:
+        ax.hist(np.clip(v, bins[0], bins[-1]), bins=bins, density=True, alpha=0.5, label=f"{name} (n={len(v)})")
+    ax.set(title=title, xlabel=xlabel, ylabel="density")
+    ax.legend(fontsize=8)
+    return _save(fig, out)

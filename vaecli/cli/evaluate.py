@@ -1,9 +1,10 @@
-"""vae eval-iwae."""
+"""vae eval-iwae and vae score."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -97,3 +98,81 @@ def _iwae_table(result: dict, dataset: str, split: str):
         rows.append(("active groups", f"{result['active_groups']} / {len(result['kl_per_group'])} (KL >= 0.1 nats)"))
     rows.append(("time", f"{result['seconds']:.1f} s ({result['samples_per_s']:,.0f} samples/s)"))
     return output.table(f"eval-iwae: {dataset} {split}, n={result['n']}, k={k}", rows)
+
+
+@app.command("score")
+def score(
+    images: Optional[List[str]] = typer.Argument(None, metavar="[IMAGES...]",
+                                                 help="Image files or folders to score (default: the checkpoint's --split)."),
+    ckpt: Ckpt = None,
+    split: Annotated[str, typer.Option("--split", callback=one_of("test", "train"),
+                                       help="The checkpoint's own split to score when no IMAGES or --data.")] = "test",
+    other_data: Optional[str] = typer.Option(None, "--data", help="Score another dataset's test split instead: "
+                                             "'dataset=NAME [dataset.KEY=VALUE ...]'."),
+    against: Optional[str] = typer.Option(None, "--against", help="A second set to tell apart by -log p(x) (AUROC, AUPR): "
+                                          "test, train, 'dataset=NAME ...', or image files / a folder."),
+    k: Annotated[int, typer.Option("--k", callback=at_least(1), help="Importance samples per image.")] = 1000,
+    n: Annotated[Optional[int], typer.Option("--n", callback=at_least(1), help="The first N images of each set.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", callback=at_least(1), help="Images per batch.")] = 64,
+    out: Annotated[Optional[Path], typer.Option("--out", help="CSV, one row per image (default: RUN/scores.csv).")] = None,
+    hist: Annotated[Optional[Path], typer.Option("--hist", help="Histogram PNG of the scores (default with --against: "
+                                                 "RUN/scores.png).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the importance samples.")] = 0,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Per-image -log p(x) (the IWAE bound), bits/dim, ELBO, recon and KL into a CSV, with a summary;
+    --against a second set reports how well -log p(x) tells the two apart (out-of-distribution
+    detection: AUROC, AUPR) and draws both histograms."""
+    if images and other_data:
+        raise UsageError("score IMAGES or --data DATASET, not both")
+    for path, suffix in ((out, ".csv"), (hist, ".png")):
+        if path is not None and path.suffix.lower() != suffix:
+            raise UsageError(f"{path} must end in {suffix}")
+    import torch
+
+    from .. import plots, scoring
+
+    loaded = inputs.load(ckpt, device)
+    evaluate_model = loaded.model
+    first = images or other_data or split
+    sets = []
+    for spec in [first] + ([against] if against else []):
+        found, names, note = scoring.image_set(spec, loaded, data_root, n)
+        label = spec if isinstance(spec, str) else " ".join(spec)
+        if note and not quiet:
+            output.stderr.print(f"note: {label}: {note}", markup=False, highlight=False, soft_wrap=True)
+        sets.append((found, names, label))
+    torch.manual_seed(seed)
+    total = sum(len(f) for f, _, _ in sets) * (evaluate_model.num_classes if evaluate_model.conditional else 1)
+    with output.Counter(f"score k={k}", total, enabled=not quiet and not as_json) as advance:
+        scored = [scoring.score(evaluate_model, f, names, label, k, batch_size, advance) for f, names, label in sets]
+    csv_path = scoring.write_csv(inputs.out_path(out, loaded, "scores.csv"), scored)
+    result = {"ckpt": str(loaded.path), "k": k, "sets": [s.summary() for s in scored], "csv": str(csv_path),
+              "separation": scoring.separation(*scored) if against else None, "histogram": None}
+    if against or hist:
+        where = inputs.out_path(hist, loaded, "scores.png")
+        plots.score_histogram([(s.label, s.nll.tolist()) for s in scored], where,
+                              f"-log p(x) per image (IWAE bound, k={k})", "nats")
+        result["histogram"] = str(where)
+    if result["separation"] and result["separation"]["foreign_more_likely"] and not quiet:
+        output.warn(f"the model gives '{against}' a higher likelihood on average than '{scored[0].label}': the failure "
+                    "Nalisnick et al. (2019) describe, where likelihood alone does not flag foreign images")
+    output.emit(result, as_json, _score_table(result))
+
+
+def _score_table(result: dict):
+    rows = []
+    for s in result["sets"]:
+        rows.append((f"{s['set']} (n={s['n']})", f"-log p(x) {s['nll']:.2f} ± {output.se(s['nll_se'])} nats = "
+                     f"{s['bits_per_dim']:.4f} bits/dim; ELBO {s['elbo']:.2f}, recon {s['recon']:.2f}, KL {s['kl']:.2f}"))
+    sep = result["separation"]
+    if sep:
+        rows.append(("AUROC", f"{sep['auroc']:.4f} (0.5: chance; < 0.5: the second set looks more likely)"))
+        rows.append(("AUPR", f"{sep['aupr']:.4f} (chance {sep['aupr_chance']:.3f})"))
+    rows.append(("per image", result["csv"]))
+    if result["histogram"]:
+        rows.append(("histogram", result["histogram"]))
+    return output.table(f"vae score: k={result['k']}", rows)

@@ -1,0 +1,90 @@
+"""vae score: per-image bounds, the CSV, and telling two sets apart (AUROC / AUPR), through the
+real CLI on tiny trained models."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY, assert_one_line_error, digit_like, one_json, vae
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def write_pngs(folder: Path, images: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_score_gives_each_image_its_bounds_and_agrees_with_eval_iwae(trained_run, env, tmp_path):
+    out = tmp_path / "scores.csv"
+    result = one_json(vae("score", "--ckpt", str(trained_run), "--k", "5", "--out", str(out), "--json", env=env))
+    rows = read_csv(out)
+    assert len(rows) == result["sets"][0]["n"] == 64  # the tiny test split
+    assert rows[0]["set"] == "test" and rows[0]["image"] == "test:0" and rows[0]["label"] != ""
+    nll = [float(r["nll"]) for r in rows]
+    assert np.mean(nll) == pytest.approx(result["sets"][0]["nll"], abs=1e-3)
+    for r in rows:
+        assert float(r["bits_per_dim"]) == pytest.approx(float(r["nll"]) / (784 * math.log(2)), rel=1e-3)
+        assert float(r["elbo"]) == pytest.approx(-float(r["recon"]) - float(r["kl"]), abs=1e-3)
+    # the same seed, k and batches as eval-iwae: the same bound, now per image
+    iwae = one_json(vae("eval-iwae", "--ckpt", str(trained_run), "--k", "5", "--json", env=env))
+    assert -iwae["iwae"] == pytest.approx(result["sets"][0]["nll"], rel=1e-6)
+    assert result["separation"] is None and result["histogram"] is None
+
+
+def test_score_against_a_foreign_folder_reports_auroc_and_draws_histograms(trained_run, env, tmp_path):
+    images, _ = digit_like(40, seed=7)
+    inverted = write_pngs(tmp_path / "inverted", 255 - images)  # white digits' negatives: clearly foreign
+    hist = tmp_path / "hist.png"
+    result = one_json(vae("score", "--ckpt", str(trained_run), "--k", "3", "--against", str(inverted), "--hist",
+                          str(hist), "--out", str(tmp_path / "s.csv"), "--json", env=env))
+    sep = result["separation"]
+    assert sep["auroc"] > 0.9 and sep["aupr"] > sep["aupr_chance"] and not sep["foreign_more_likely"]
+    assert [s["n"] for s in result["sets"]] == [64, 40]
+    assert Image.open(hist).size[0] > 300
+    rows = read_csv(tmp_path / "s.csv")
+    assert {r["set"] for r in rows} == {"test", str(inverted)} and len(rows) == 104
+
+
+def test_score_against_another_dataset_at_the_models_shape(trained_run, env, tmp_path):
+    result = one_json(vae("score", "--ckpt", str(trained_run), "--k", "2", "--n", "30", "--against",
+                          "dataset=shapes dataset.image_size=28", "--out", str(tmp_path / "s.csv"), "--json", env=env))
+    assert [s["n"] for s in result["sets"]] == [30, 30]
+    assert 0 <= result["separation"]["auroc"] <= 1
+    assert_one_line_error(vae("score", "--ckpt", str(trained_run), "--against", "dataset=shapes", env=env), 2,
+                          "1x32x32 images and the model takes 1x28x28; try dataset.image_size=28")
+
+
+@pytest.mark.parametrize("model", [["model=ladder", "model.groups=2"],
+                                   ["model=vqvae", "model.hidden=[4,8]", "model.code_dim=3", "model.codebook_size=8"],
+                                   ["model.conditional=true"]])
+def test_score_works_for_every_model_kind(env, tmp_path, model):
+    run = tmp_path / "run"
+    one_json(vae("train", *TINY, *model, "--run-dir", str(run), "--json", env=env))
+    result = one_json(vae("score", "--ckpt", str(run), "--k", "2", "--n", "16", "--against", "train",
+                          "--out", str(tmp_path / "s.csv"), "--json", env=env))
+    assert all(math.isfinite(s["nll"]) and s["nll"] > 0 for s in result["sets"])
+    assert len(read_csv(tmp_path / "s.csv")) == 32
+
+
+def test_score_bad_inputs_are_one_line(trained_run, env, tmp_path):
+    (tmp_path / "empty").mkdir()
+    ckpt = ["--ckpt", str(trained_run)]
+    assert_one_line_error(vae("score", *ckpt, "--against", str(tmp_path / "empty"), env=env), 2, "holds no PNG/JPEG")
+    assert_one_line_error(vae("score", *ckpt, "--against", "dataset=nope", env=env), 2, "unknown dataset 'nope'")
+    assert_one_line_error(vae("score", *ckpt, "--against", "dataset=mnist beta=4", env=env), 2, "dataset.KEY=VALUE")
+    assert_one_line_error(vae("score", *ckpt, "--against", str(tmp_path / "missing.png"), env=env), 2,
+                          "no image or folder")
+    assert_one_line_error(vae("score", *ckpt, "a.png", "--data", "dataset=mnist", env=env), 2, "not both")
+    assert_one_line_error(vae("score", *ckpt, "--out", str(tmp_path / "s.txt"), "--k", "1", env=env), 2, ".csv")
