@@ -67,7 +67,8 @@ def test_sample_writes_a_grid_and_defaults_to_the_latest_run(trained_run, env, t
                           cwd=trained_run.parent.parent, env=env))
     assert result["n"] == 9 and result["ckpt"].endswith("tiny/model.safetensors")
     fmt, (w, h) = png_size(out)
-    assert fmt == "PNG" and (w, h) == (3 * 28 + 4 * 2, 3 * 28 + 4 * 2)  # 3x3 grid, padding 2
+    z = result["zoom"]  # MNIST's 28 px shown at 4x by default: nearest neighbour, whole pixels
+    assert z == 4 and fmt == "PNG" and (w, h) == (z * (3 * 28 + 4 * 2), z * (3 * 28 + 4 * 2))  # 3x3 grid, padding 2
     assert_one_line_error(vae("sample", "--ckpt", str(trained_run), "--temperature", "0", env=env), 2, "--temperature")
 
 
@@ -81,12 +82,38 @@ def test_reconstruct_test_images_and_files_of_any_mode(trained_run, env, tmp_pat
     out = tmp_path / "rec.png"
     result = one_json(vae("reconstruct", "--ckpt", str(trained_run), "--n", "4", "--out", str(out), "--json", env=env))
     assert result["n"] == 4 and len(result["images"]) == 4 and all(r["neg_elbo"] > 0 for r in result["images"])
-    assert png_size(out)[1] == (4 * 28 + 5 * 2, 2 * 28 + 3 * 2)  # originals row above reconstructions row
+    z = result["zoom"]
+    assert png_size(out)[1] == (z * (4 * 28 + 5 * 2), z * (2 * 28 + 3 * 2))  # originals row above reconstructions row
     rgba = tmp_path / "big.png"
     Image.new("RGBA", (50, 40), (255, 0, 0, 128)).save(rgba)
     human = vae("reconstruct", str(rgba), "test:1", "--ckpt", str(trained_run), "--out", str(out), env=env)
     assert human.returncode == 0, human.stderr
     assert "converted 50x40 RGBA to 28x28 grey" in human.stderr and "-ELBO" in human.stdout
+
+
+def test_pictures_zoom_gif_and_raw_outputs(trained_run, env, tmp_path):
+    ckpt = ["--ckpt", str(trained_run)]
+    one = one_json(vae("sample", *ckpt, "--n", "6", "--nrow", "2", "--zoom", "1", "--out", str(tmp_path / "g.png"),
+                       "--json", env=env))
+    assert one["zoom"] == 1 and png_size(tmp_path / "g.png")[1] == (2 * 28 + 3 * 2, 3 * 28 + 4 * 2)  # 2 per row
+    raw = one_json(vae("sample", *ckpt, "--n", "3", "--out", str(tmp_path / "each") + "/", "--json", env=env))
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == [f"sample_000{i}.png" for i in range(3)]
+    assert png_size(tmp_path / "each" / "sample_0000.png")[1] == (28, 28) and raw["n"] == 3
+    vae("sample", *ckpt, "--n", "3", "--out", str(tmp_path / "t.safetensors"), env=env)
+    from safetensors.torch import load_file
+
+    tensor = load_file(str(tmp_path / "t.safetensors"))["images"]
+    assert tensor.shape == (3, 1, 28, 28) and 0 <= tensor.min() and tensor.max() <= 1
+    gif = one_json(vae("interpolate", "test:0", "test:1", *ckpt, "--steps", "5", "--gif", "--json", env=env))
+    with Image.open(gif["out"]) as im:
+        assert gif["out"].endswith("interpolation.gif") and im.n_frames == 8 and im.size == (112, 112)  # there and back
+    walk = one_json(vae("traverse", *ckpt, "--dims", "4", "--steps", "5", "--gif", "--out", str(tmp_path / "t.gif"),
+                        "--json", env=env))
+    with Image.open(walk["out"]) as im:
+        assert im.n_frames == 8 and im.size == (4 * (2 * 28 + 3 * 2),) * 2  # 4 dims in a 2x2 grid
+    assert_one_line_error(vae("interpolate", "test:0", "test:1", *ckpt, "--gif", "--out", str(tmp_path / "x.png"),
+                              env=env), 2, "give --out a .gif name")
+    assert_one_line_error(vae("sample", *ckpt, "--zoom", "0", env=env), 2, "--zoom must be >= 1")
 
 
 def test_interpolate_lerp_and_slerp_strips(trained_run, env, tmp_path):
@@ -98,7 +125,8 @@ def test_interpolate_lerp_and_slerp_strips(trained_run, env, tmp_path):
         result = one_json(vae("interpolate", str(a), str(b), "--ckpt", str(trained_run), "--steps", "6",
                               "--out", str(out), "--json", *flag, env=env))
         assert result["method"] == ("slerp" if flag else "lerp") and result["steps"] == 6
-        assert png_size(out)[1] == (6 * 28 + 7 * 2, 28 + 2 * 2)
+        z = result["zoom"]
+        assert png_size(out)[1] == (z * (6 * 28 + 7 * 2), z * (28 + 2 * 2))
     assert_one_line_error(vae("interpolate", str(a), str(tmp_path / "missing.png"), "--ckpt", str(trained_run), env=env),
                           2, "image not found")
     (tmp_path / "bad.png").write_bytes(b"not an image at all")

@@ -99,7 +99,7 @@ def check_combination(overrides, tmp_path, capsys):
     assert out["n"] == 2
     out = cli_json(capsys, "interpolate", "test:0", "test:1", "--ckpt", ckpt, "--steps", "3",
                    "--out", str(tmp_path / "i.png"))
-    assert Image.open(out["out"]).size == (3 * 16 + 4 * 2, 16 + 2 * 2)
+    assert Image.open(out["out"]).size == (out["zoom"] * (3 * 16 + 4 * 2), out["zoom"] * (16 + 2 * 2))
     if composed.cfg.model.name == "ae":
         assert run(["eval-iwae", "--ckpt", ckpt, "--k", "3", "--n", "4"]) == 2
         assert "deterministic autoencoder" in capsys.readouterr().err
@@ -117,7 +117,7 @@ def test_conditional_models_sample_one_row_per_class_and_by_label(model, tmp_pat
     ckpt = str(tmp_path / "run")
     grid = cli_json(capsys, "sample", "--ckpt", ckpt, "--n", "5", "--out", str(tmp_path / "all.png"))
     assert grid["label"] == "all" and grid["n"] == 15  # 3 shapes x 5
-    assert Image.open(grid["out"]).size == (5 * 16 + 6 * 2, 3 * 16 + 4 * 2)
+    assert Image.open(grid["out"]).size == (grid["zoom"] * (5 * 16 + 6 * 2), grid["zoom"] * (3 * 16 + 4 * 2))
     one = cli_json(capsys, "sample", "--ckpt", ckpt, "--n", "4", "--label", "2", "--out", str(tmp_path / "2.png"))
     assert one["label"] == 2 and one["n"] == 4
     assert run(["sample", "--ckpt", ckpt, "--label", "7"]) == 2

@@ -149,7 +149,7 @@ def test_every_command_on_a_tiny_ladder_run(tmp_path, capsys):
     assert recon["n"] == 3 and recon["mean_neg_elbo"] > 0
     strip = cli_json(capsys, "interpolate", "test:0", "test:1", "--ckpt", ckpt, "--steps", "4", "--slerp",
                      "--out", str(tmp_path / "i.png"))
-    assert Image.open(strip["out"]).size[0] == 4 * 32 + 5 * 2
+    assert Image.open(strip["out"]).size[0] == strip["zoom"] * (4 * 32 + 5 * 2)
     bound = cli_json(capsys, "eval-iwae", "--ckpt", ckpt, "--k", "1,20", "--n", "16")
     assert bound["iwae_by_k"]["20"]["iwae"] >= bound["iwae_by_k"]["1"]["iwae"] - 1.0
     assert len(bound["kl_per_group"]) == 3 and bound["latent_dim"] == 9 and 0 <= bound["active_groups"] <= 3

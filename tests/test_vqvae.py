@@ -144,7 +144,7 @@ def test_every_command_on_a_tiny_vqvae_run(tmp_path, capsys):
     for flag in ([], ["--slerp"]):
         strip = cli_json(capsys, "interpolate", "test:0", "test:1", "--ckpt", ckpt, "--steps", "4", *flag,
                          "--out", str(tmp_path / "i.png"))
-        assert Image.open(strip["out"]).size == (4 * 16 + 5 * 2, 16 + 2 * 2)
+        assert Image.open(strip["out"]).size == (strip["zoom"] * (4 * 16 + 5 * 2), strip["zoom"] * (16 + 2 * 2))
     bound = cli_json(capsys, "eval-iwae", "--ckpt", ckpt, "--k", "1,5", "--n", "8")
     assert bound["iwae_by_k"]["1"]["iwae"] == pytest.approx(bound["iwae_by_k"]["5"]["iwae"])  # k changes nothing
     assert bound["kl"] == pytest.approx(16 * math.log(16)) and bound["mutual_info"] is None
@@ -152,7 +152,7 @@ def test_every_command_on_a_tiny_vqvae_run(tmp_path, capsys):
     assert abs(bound["elbo"] + bound["recon"] + bound["kl"]) < 1e-4
     traversed = cli_json(capsys, "traverse", "--ckpt", ckpt, "--dims", "2", "--out", str(tmp_path / "t.png"))
     assert traversed["ordered_by"] == "entropy of the codes at each grid position" and len(traversed["dims"]) == 2
-    assert Image.open(traversed["out"]).size[1] == 2 * 16 + 3 * 2  # one row per position
+    assert Image.open(traversed["out"]).size[1] == traversed["zoom"] * (2 * 16 + 3 * 2)  # one row per position
     assert traversed["scores"][0] >= traversed["scores"][1] and max(traversed["dims"]) < 16
     plot = cli_json(capsys, "latent-plot", "--ckpt", ckpt, "--n", "40", "--out", str(tmp_path / "l.png"))
     assert plot["method"] == "pca" and plot["latent_dim"] == 4 * 4 * 4

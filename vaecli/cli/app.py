@@ -59,6 +59,15 @@ def one_of(*choices: str):
     return check
 
 
+def picture_out(out: Optional[Path], gif: bool, run_dir: Path, name: str) -> Path:
+    """--out for a command that writes a PNG or, with --gif (or an --out ending in .gif), a GIF."""
+    if out is None:
+        return run_dir / f"{name}.{'gif' if gif else 'png'}"
+    if gif and out.suffix.lower() != ".gif":
+        raise UsageError(f"--gif writes a GIF: give --out a .gif name (got {out})")
+    return out
+
+
 def out_option(default_name: str):
     return Annotated[Optional[Path], typer.Option("--out", help=f"PNG to write (default: RUN/{default_name}).")]
 
@@ -88,4 +97,7 @@ Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the random draws.")]
+Zoom = Annotated[Optional[int], typer.Option(
+    "--zoom", callback=at_least(1), help="Enlarge each pixel N times (nearest neighbour); default: about 112 px per image.")]
+Gif = Annotated[bool, typer.Option("--gif", help="Write an animated GIF instead (default --out: RUN/NAME.gif).")]
 Steps = Annotated[int, typer.Option("--steps", callback=at_least(2), help="Points per strip, endpoints included.")]

@@ -105,3 +105,23 @@ def images(refs: list[str], loaded, data_root: Optional[str], splits: Optional[d
 
 def out_path(out: Optional[Path], loaded, default_name: str) -> Path:
     return out or loaded.run_dir / default_name
+
+
+def write_images(images, out: str, nrow: int, zoom: Optional[int], metadata: dict) -> Path:
+    """Images out as a PNG grid, one PNG each in a folder (`out` ending in '/' or an existing
+    folder), or a .safetensors file holding them as float32 (N, C, H, W) in [0, 1]."""
+    from ..data.images import save_each, save_grid
+
+    target = Path(out)
+    if out.endswith(("/", "\\")) or target.is_dir():
+        save_each(images, target, "sample", zoom=zoom or 1)
+        return target
+    if target.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        from ..atomic import atomic_write
+
+        tensor = images.detach().float().cpu().clamp(0, 1).contiguous()
+        atomic_write(target, lambda tmp: save_file({"images": tensor}, str(tmp), metadata=metadata))
+        return target
+    return save_grid(images, target, nrow=nrow, zoom=zoom)

@@ -10,7 +10,8 @@ import typer
 
 from ..errors import UsageError
 from . import inputs, output
-from .app import Ckpt, DataRoot, Device, Json, Steps, app, at_least, label_option, one_of, out_option
+from .app import (Ckpt, DataRoot, Device, Gif, Json, Steps, Zoom, app, at_least, label_option, one_of, out_option,
+                  picture_out)
 
 
 DecodeLabel = label_option("the class to decode with.")
@@ -28,6 +29,8 @@ def traverse(
                                         help="Sweep each dimension over mean +- this.")] = 3.0,
     steps: Steps = 9,
     label: DecodeLabel = None,
+    zoom: Zoom = None,
+    gif: Gif = False,
     out: TraverseOut = None,
     data_root: DataRoot = None,
     device: Device = "auto",
@@ -38,22 +41,31 @@ def traverse(
     if dims != "all" and not (dims.isdigit() and int(dims) >= 1):
         raise UsageError(f"--dims takes a number >= 1 or 'all' (got {dims!r})")
     from .. import pictures
-    from ..data.images import save_grid
+    from ..data.images import choose_zoom, grid_rows, save_gif, save_grid
 
     loaded = inputs.load(ckpt, device)
     model = loaded.model
+    target = picture_out(out, gif, loaded.run_dir, "traverse")
     reference = inputs.dataset(loaded, "test", data_root).head(1000)
     which = inputs.label(model, label)
     x = y = None
     if image is not None:
         x, _, y = inputs.images([image], loaded, data_root, given_label=which)
     result = pictures.traversal(model, reference, None if dims == "all" else int(dims), span, steps, x, y, which)
-    path = save_grid(result.pop("frames"), inputs.out_path(out, loaded, "traverse.png"), nrow=steps)
-    result.update({"out": str(path), "range": span, "steps": steps, "ckpt": str(loaded.path)})
+    frames = result.pop("frames")
+    if target.suffix.lower() == ".gif":  # frame t: every row's t-th image, rows laid out in a grid
+        rows = frames.reshape(-1, steps, *frames.shape[1:])
+        order = [*range(steps), *range(steps - 2, 0, -1)]  # there and back
+        cols = grid_rows(len(rows))
+        path, shown = save_gif([rows[:, t] for t in order], target, nrow=cols, zoom=zoom), choose_zoom(rows[:, 0], cols, zoom)
+    else:
+        path, shown = save_grid(frames, target, nrow=steps, zoom=zoom), choose_zoom(frames, steps, zoom)
+    result.update({"out": str(path), "range": span, "steps": steps, "zoom": shown, "ckpt": str(loaded.path)})
     chosen = result["dims"]
     output.say(f"wrote {len(chosen)} rows (dims {', '.join(map(str, chosen))}, by {result['ordered_by']}) to {path}",
                as_json)
-    output.emit({k: result[k] for k in ("out", "dims", "ordered_by", "scores", "range", "steps", "ckpt")}, as_json)
+    output.emit({k: result[k] for k in ("out", "dims", "ordered_by", "scores", "range", "steps", "zoom", "ckpt")},
+                as_json)
 
 
 @app.command("latent-plot")
@@ -65,6 +77,7 @@ def latent_plot(
     out: LatentOut = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for t-SNE.")] = 0,
     label: ManifoldLabel = None,
+    zoom: Zoom = None,
     data_root: DataRoot = None,
     device: Device = "auto",
     as_json: Json = False,
@@ -87,7 +100,8 @@ def latent_plot(
     result = {"out": str(path), "method": used, "n": len(means), "latent_dim": d, "ckpt": str(loaded.path)}
     if d == 2:
         frames = pictures.manifold(model, 20, inputs.label(model, label))
-        result["manifold"] = str(save_grid(frames, Path(path).with_name(Path(path).stem + "_manifold.png"), nrow=20))
+        result["manifold"] = str(save_grid(frames, Path(path).with_name(Path(path).stem + "_manifold.png"), nrow=20,
+                                           zoom=zoom))
     output.say(f"wrote {path}" + (f" and {result['manifold']}" if "manifold" in result else ""), as_json)
     output.emit(result, as_json)
 

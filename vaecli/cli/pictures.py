@@ -8,10 +8,15 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import inputs, output
-from .app import Ckpt, DataRoot, Device, Json, Seed, Steps, app, at_least, label_option, out_option
+from pathlib import Path
+
+from .app import (Ckpt, DataRoot, Device, Gif, Json, Seed, Steps, Zoom, app, at_least, label_option, out_option,
+                  picture_out)
 
 SampleLabel = label_option("a class, or 'all' for one row per class (default).")
-SampleOut = out_option("sample.png")
+SampleOut = Annotated[Optional[str], typer.Option(
+    "--out", help="PNG grid to write (default: RUN/sample.png); a folder (DIR/) for one PNG per image at the model's "
+                  "size; FILE.safetensors for the images as a tensor.")]
 FileLabel = label_option("the class of the image files.")
 ReconstructionOut = out_option("reconstruction.png")
 PathLabel = label_option("the class to decode with (default: A's).")
@@ -27,27 +32,34 @@ def sample(
                               "top first (1,0.8,0.6).")] = "1.0",
     seed: Seed = 0,
     label: SampleLabel = None,
+    nrow: Annotated[Optional[int], typer.Option("--nrow", callback=at_least(1),
+                                                help="Images per row (default: a near-square grid; per class: n).")] = None,
+    zoom: Zoom = None,
     out: SampleOut = None,
     device: Device = "auto",
     as_json: Json = False,
 ) -> None:
-    """Draw n images from the prior, decoded to the likelihood's mean, as one PNG grid.
+    """Draw n images from the prior, decoded to the likelihood's mean, as one PNG grid (or one
+    file per image, or a tensor file).
 
     For a conditional model, n per class (one row each) unless --label picks one class."""
     import torch
 
     from .. import pictures
-    from ..data.images import save_grid
+    from ..data.images import choose_zoom
 
     loaded = inputs.load(ckpt, device)
     model = loaded.model
     temperature = inputs.temperatures(temperature, model)
     which = inputs.label(model, label, allow_all=True)
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    images, nrow = pictures.prior_samples(model, n, temperature, generator, which)
-    path = save_grid(images, inputs.out_path(out, loaded, "sample.png"), nrow=nrow)
-    output.say(f"wrote {len(images)} samples to {path}", as_json)
-    output.emit({"out": str(path), "n": len(images), "temperature": temperature, "seed": seed,
+    images, rows = pictures.prior_samples(model, n, temperature, generator, which)
+    nrow = nrow or rows
+    written = inputs.write_images(images, out or str(loaded.run_dir / "sample.png"), nrow, zoom,
+                                  {"ckpt": str(loaded.path), "seed": str(seed), "temperature": str(temperature)})
+    output.say(f"wrote {len(images)} samples to {written}", as_json)
+    output.emit({"out": str(written), "n": len(images), "temperature": temperature, "seed": seed,
+                 "zoom": choose_zoom(images, nrow, zoom) if written.suffix == ".png" else zoom or 1,
                  "ckpt": str(loaded.path), "label": "all" if model.conditional and which in (None, "all") else which},
                 as_json)
 
@@ -61,6 +73,7 @@ def reconstruct(
     samples: Annotated[int, typer.Option("--samples", callback=at_least(1),
                                          help="Posterior samples per image for the -ELBO estimate.")] = 64,
     label: FileLabel = None,
+    zoom: Zoom = None,
     out: ReconstructionOut = None,
     data_root: DataRoot = None,
     device: Device = "auto",
@@ -69,7 +82,7 @@ def reconstruct(
     """Originals above their reconstructions in one PNG, with the -ELBO of each image
     (-log p(x|z) for an autoencoder)."""
     from .. import evaluate, pictures
-    from ..data.images import save_grid
+    from ..data.images import choose_zoom, save_grid
 
     loaded = inputs.load(ckpt, device)
     splits: dict = {}
@@ -80,11 +93,11 @@ def reconstruct(
     x, names, y = inputs.images(refs, loaded, data_root, splits, inputs.label(loaded.model, label))
     result = evaluate.reconstructions(loaded.model, x, y, samples)
     grid, nrow = pictures.above_below(x, result["images"])
-    path = save_grid(grid, inputs.out_path(out, loaded, "reconstruction.png"), nrow=nrow)
+    path = save_grid(grid, inputs.out_path(out, loaded, "reconstruction.png"), nrow=nrow, zoom=zoom)
     key, losses = result["measure"], result["loss"]
     per_image = [{"image": name, key: value} for name, value in zip(names, losses)]
     summary = {"out": str(path), "n": len(x), "images": per_image, f"mean_{key}": sum(losses) / len(losses),
-               "ckpt": str(loaded.path)}
+               "zoom": choose_zoom(grid, nrow, zoom), "ckpt": str(loaded.path)}
     if not as_json:
         measure = "-ELBO" if key == "neg_elbo" else "-log p(x|z)"
         rows = [[row["image"], f"{row[key]:.2f}"] for row in per_image] + [["mean", f"{summary[f'mean_{key}']:.2f}"]]
@@ -101,20 +114,28 @@ def interpolate(
     steps: Steps = 10,
     slerp: bool = typer.Option(False, "--slerp", help="Spherical instead of linear interpolation."),
     label: PathLabel = None,
+    zoom: Zoom = None,
+    gif: Gif = False,
     out: InterpolationOut = None,
     data_root: DataRoot = None,
     device: Device = "auto",
     as_json: Json = False,
 ) -> None:
-    """Decode a path between the posterior means of two images, saved as a strip PNG."""
+    """Decode a path between the posterior means of two images, saved as a strip PNG (or, with
+    --gif, an animation going there and back)."""
     from .. import pictures
-    from ..data.images import save_grid
+    from ..data.images import choose_zoom, save_gif, save_grid
 
     loaded = inputs.load(ckpt, device)
+    target = picture_out(out, gif, loaded.run_dir, "interpolation")
     x, _, y = inputs.images([a, b], loaded, data_root, given_label=inputs.label(loaded.model, label))
     frames = pictures.interpolation(loaded.model, x, y, steps, slerp)
-    path = save_grid(frames, inputs.out_path(out, loaded, "interpolation.png"), nrow=steps)
+    if target.suffix.lower() == ".gif":
+        there_and_back = [*frames, *frames.flip(0)[1:-1]]
+        path, shown = save_gif([f[None] for f in there_and_back], target, nrow=1, zoom=zoom), choose_zoom(frames[:1], 1, zoom)
+    else:
+        path, shown = save_grid(frames, target, nrow=steps, zoom=zoom), choose_zoom(frames, steps, zoom)
     method = "slerp" if slerp else "lerp"
-    output.say(f"wrote a {steps}-step {method} strip to {path}", as_json)
-    output.emit({"out": str(path), "steps": steps, "method": method, "a": a, "b": b, "ckpt": str(loaded.path)},
-                as_json)
+    output.say(f"wrote a {steps}-step {method} {'animation' if path.suffix == '.gif' else 'strip'} to {path}", as_json)
+    output.emit({"out": str(path), "steps": steps, "method": method, "a": a, "b": b, "zoom": shown,
+                 "ckpt": str(loaded.path)}, as_json)

@@ -64,17 +64,71 @@ def read_image(path: str | Path, channels: int, size: tuple[int, int]) -> tuple[
     return to_tensor(open_image(path), channels, size)
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
-    """Save (B, C, H, W) in [0, 1] as one PNG grid; written to a temp file, then renamed."""
+SHOWN_SIZE = 112  # pixels: small images are enlarged to about this (MNIST's 28 x 4) to be judged on a screen
+MAX_SIDE = 4096  # ... unless the picture would get wider or taller than this
+
+
+def choose_zoom(images: Tensor, nrow: int, zoom: int | None = None, padding: int = 2) -> int:
+    """The integer nearest-neighbour scale of a grid of `images` (B, C, H, W), `nrow` per row:
+    `zoom` when given, else enough to show each image at about SHOWN_SIZE pixels (1 for images
+    that large already), kept under MAX_SIDE pixels."""
+    if zoom is not None:
+        return zoom
+    h, w = images.shape[-2:]
+    cols = min(nrow, len(images))
+    rows = math.ceil(len(images) / max(cols, 1))
+    side = max(cols * (w + padding) + padding, rows * (h + padding) + padding)
+    return max(1, min(round(SHOWN_SIZE / max(h, w)), MAX_SIDE // side))
+
+
+def grid_picture(images: Tensor, nrow: int = 8, padding: int = 2, zoom: int | None = None) -> Tensor:
+    """(B, C, H, W) in [0, 1] -> one grid image (C, H', W'), enlarged by whole pixels (nearest
+    neighbour, so no pixel is invented) by choose_zoom."""
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu().clamp(0, 1)
+    z = choose_zoom(images, nrow, zoom, padding)
+    grid = make_grid(images, nrow=nrow, padding=padding)
+    return grid.repeat_interleave(z, 1).repeat_interleave(z, 2) if z > 1 else grid
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int = 8, padding: int = 2, zoom: int | None = None) -> Path:
+    """Save (B, C, H, W) in [0, 1] as one PNG grid (grid_picture); written to a temp file, then renamed."""
     from torchvision.utils import save_image
 
     path = Path(path)
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise UsageError(f"output {path} must end in .png (or .jpg)")
     fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
-    grid = images.detach().float().cpu().clamp(0, 1)
-    atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=nrow, padding=padding, format=fmt))
+    grid = grid_picture(images, nrow, padding, zoom)
+    atomic_write(path, lambda tmp: save_image(grid, tmp, format=fmt))
     return path
+
+
+def save_gif(frames: list[Tensor], path: str | Path, nrow: int = 8, zoom: int | None = None,
+             milliseconds: int = 120) -> Path:
+    """An animated GIF (looping) whose frames are grids of `frames[t]` (B, C, H, W) in [0, 1]."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix.lower() != ".gif":
+        raise UsageError(f"output {path} must end in .gif")
+    z = choose_zoom(frames[0], nrow, zoom)
+    pictures = []
+    for frame in frames:
+        grid = (grid_picture(frame, nrow, zoom=z) * 255).round().to("cpu").byte()
+        array = grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
+        pictures.append(Image.fromarray(array))
+    atomic_write(path, lambda tmp: pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
+                                                    duration=milliseconds, loop=0))
+    return path
+
+
+def save_each(images: Tensor, folder: str | Path, prefix: str, zoom: int = 1) -> list[Path]:
+    """One PNG per image, FOLDER/<prefix>_0000.png ..., at the model's own size unless zoomed."""
+    folder = Path(folder)
+    return [save_grid(image[None], folder / f"{prefix}_{i:04d}.png", nrow=1, padding=0, zoom=zoom)
+            for i, image in enumerate(images)]
 
 
 def grid_rows(n: int) -> int:
