@@ -57,11 +57,80 @@ def make_mnist_root(root: Path, folder: str = "MNIST", n_train: int = 256, n_tes
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
-    """A VAECLI_DATA root holding tiny MNIST and Fashion-MNIST in IDX format."""
+    """A VAECLI_DATA root holding tiny MNIST, Fashion-MNIST and Kuzushiji-MNIST in IDX format."""
     root = tmp_path_factory.mktemp("data")
     make_mnist_root(root, "MNIST")
     make_mnist_root(root, "FashionMNIST")
+    make_mnist_root(root, "KMNIST")
     return root
+
+
+# -- the other torchvision datasets, tiny, in their real on-disk formats ---------------------------
+
+
+def write_fake_svhn(root: Path, n: int = 12) -> Path:
+    """SVHN's .mat files (X: 32x32x3xN uint8, y: N x 1 with 10 for the digit 0), read by scipy."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        savemat(root / f"{split}_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                              "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
+    return root
+
+
+def write_fake_omniglot(root: Path) -> Path:
+    """omniglot-py/images_{background,evaluation}/ALPHABET/CHARACTER/*.png: 105x105 strokes on white."""
+    from PIL import Image, ImageDraw
+
+    for part, alphabets in (("images_background", 2), ("images_evaluation", 1)):
+        for a in range(alphabets):
+            for c in range(2):
+                folder = root / "omniglot-py" / part / f"Alphabet_{a}" / f"character{c + 1:02d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(3):
+                    image = Image.new("L", (105, 105), 255)
+                    ImageDraw.Draw(image).line((10 + 20 * c, 10, 90, 30 + 20 * i), fill=0, width=6)
+                    image.save(folder / f"{c:04d}_{i:02d}.png")
+    return root
+
+
+def write_fake_celeba(root: Path, n: int = 9) -> Path:
+    """celeba/img_align_celeba/*.jpg (178x218) and the five annotation files, in CelebA's layout."""
+    from PIL import Image
+
+    base = root / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        Image.new("RGB", (178, 218), (20 * i, 100, 200)).save(base / "img_align_celeba" / name)
+    split = [0, 0, 0, 0, 0, 1, 2, 2, 2][:n]  # train, valid, test
+    (base / "list_eval_partition.txt").write_text("".join(f"{f} {s}\n" for f, s in zip(names, split)))
+    (base / "identity_CelebA.txt").write_text("".join(f"{f} {i}\n" for i, f in enumerate(names)))
+    (base / "list_attr_celeba.txt").write_text(f"{n}\nSmiling Young\n" + "".join(f"{f} 1 -1\n" for f in names))
+    (base / "list_bbox_celeba.txt").write_text(f"{n}\nimage_id x_1 y_1 width height\n"
+                                               + "".join(f"{f} 1 2 3 4\n" for f in names))
+    marks = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+    (base / "list_landmarks_align_celeba.txt").write_text(f"{n}\n{marks}\n" + "".join(f"{f}" + " 1" * 10 + "\n"
+                                                                                      for f in names))
+    return root
+
+
+@pytest.fixture
+def fake_archives_pass_md5(monkeypatch):
+    """Tiny fake archives cannot match the official md5 sums: torchvision's integrity checks
+    accept any file that exists (and Omniglot's, whose zips we do not write, its folder);
+    everything else is torchvision's own loading."""
+    import torchvision.datasets.celeba as celeba
+    import torchvision.datasets.cifar as cifar
+    import torchvision.datasets.omniglot as omniglot
+    import torchvision.datasets.svhn as svhn
+    import torchvision.datasets.utils as utils
+
+    exists = lambda fpath, md5=None: os.path.isfile(fpath)  # noqa: E731
+    for module in (cifar, svhn, celeba, utils):
+        monkeypatch.setattr(module, "check_integrity", exists)
+    monkeypatch.setattr(omniglot, "check_integrity", lambda fpath, md5=None: os.path.isdir(str(fpath)[:-len(".zip")]))
 
 
 @pytest.fixture

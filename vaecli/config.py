@@ -41,9 +41,9 @@ class DatasetConfig:
     name: str = MISSING
     root: Optional[str] = None  # None: $VAECLI_DATA, else the user cache dir
     limit: Optional[int] = None  # first N training images only
-    binarize: Optional[str] = None  # binarized_mnist: dynamic | static
+    binarize: Optional[str] = None  # binarized_mnist, omniglot: dynamic | static
     path: Optional[str] = None  # folder: directory of images
-    image_size: Optional[int] = None  # folder, shapes
+    image_size: Optional[int] = None  # folder, shapes, omniglot, celeba
     channels: Optional[int] = None  # folder: 1 or 3
     scales: Optional[int] = None  # shapes: factor grid sizes
     rotations: Optional[int] = None
@@ -361,9 +361,11 @@ def validate(cfg: Config) -> None:
     need(t.checkpoint_every >= 0, f"trainer.checkpoint_every must be >= 0 (got {t.checkpoint_every})")
     need(t.log_every >= 1, f"trainer.log_every must be >= 1 (got {t.log_every})")
     need(d.limit is None or d.limit >= 1, f"dataset.limit must be >= 1 or null (got {d.limit})")
-    if d.name == "binarized_mnist":
+    if d.name in ("binarized_mnist", "omniglot"):
         need(d.binarize in ("dynamic", "static"),
              f"dataset.binarize must be dynamic or static (got {d.binarize!r})")
+    if d.name in ("omniglot", "celeba"):
+        need(d.image_size is not None, f"dataset={d.name} needs dataset.image_size (e.g. 28 or 64)")
     if d.name == "folder":
         need(bool(d.path), "dataset=folder needs dataset.path=DIR (a folder of PNG/JPEG images)")
         need(d.channels in (1, 3), f"dataset.channels must be 1 or 3 (got {d.channels})")

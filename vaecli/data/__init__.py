@@ -79,11 +79,13 @@ def build(cfg: DatasetConfig, split: str = "train", seed: int = 0, num_workers: 
     """Load `split` of the dataset named by cfg.name; dataset.limit applies to train only."""
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    if cfg.name in ("mnist", "binarized_mnist", "fashion_mnist", "cifar10"):
+    from .torchvision_sets import SOURCES
+
+    if cfg.name in SOURCES:
         from .torchvision_sets import load
 
         data = load(cfg, split)
-        if cfg.name == "binarized_mnist":
+        if cfg.binarize:  # binarized_mnist, omniglot
             # The test split is binarized once from the seed so evaluations repeat exactly.
             if split == "test" or cfg.binarize == "static":
                 data.images = binarize_once(data.images, seed + (1 if split == "test" else 0))
