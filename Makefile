@@ -14,7 +14,8 @@ help:
 	@echo "make test-all  fast and slow tests"
 	@echo "make demo      train on the offline shapes dataset and write pictures to $(DEMO)/"
 	@echo "make bench     speed figures: vaecli vs the textbook loop vs the sgemm ceiling (needs MNIST);"
-	@echo "               eval-iwae vs pythae's get_nll (if installed) and the ladder presets' eval cost"
+	@echo "               eval-iwae vs pythae's get_nll (if installed) and the ladder presets' eval cost;"
+	@echo "               two trainings at once vs one alone under each thread policy (bench/sharing.py)"
 
 install: $(STAMP)
 
@@ -46,6 +47,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/iwae.py
+	$(BIN)/python bench/sharing.py
 
 clean:
 	rm -rf $(VENV) runs build dist .pytest_cache

@@ -296,3 +296,31 @@ def test_a_sweep_under_torchrun_runs_each_job_on_every_rank(tmp_path, env):
         saved = json.loads((Path(row["path"]) / "summary.json").read_text())
         assert saved["processes"] == 2 and saved["step"] == 8  # 256 tiny images, 2 x 16 per step
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["0-seed=0", "1-seed=1", "sweep.json"]
+
+
+# -- sharing the CPU -------------------------------------------------------------------------------
+
+
+def test_threads_are_set_by_trainer_threads_and_auto_respects_the_environment(tmp_path, env):
+    clean = {k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    one = one_json(vae("train", *TINY, "trainer.threads=1", "--run-dir", str(tmp_path / "one"), "--json", env=clean))
+    assert one["threads"] == 1
+    auto = one_json(vae("train", *TINY, "--run-dir", str(tmp_path / "auto"), "--json", env=clean))
+    assert auto["threads"] == len(os.sched_getaffinity(0))  # one per available core
+    told = one_json(vae("train", *TINY, "--run-dir", str(tmp_path / "told"), "--json",
+                        env=dict(clean, OMP_NUM_THREADS="1")))  # torchrun's setting wins over auto
+    assert told["threads"] == 1
+    assert_one_line_error(vae("train", *TINY, "trainer.threads=-1", env=clean), 2, "trainer.threads")
+    result = one_json(vae("eval-iwae", "--ckpt", str(tmp_path / "one"), "--k", "2", "--n", "4", "--threads", "1",
+                          "--json", env=clean))
+    assert result["n"] == 4
+
+
+@pytest.mark.parametrize("given, expected", [({}, "1000"), ({"GOMP_SPINCOUNT": "5"}, "5"),
+                                             ({"OMP_WAIT_POLICY": "ACTIVE"}, None)])
+def test_the_cli_shortens_openmp_spinning_unless_the_user_chose(given, expected):
+    code = ("import os; from vaecli.cli import share_the_cpu; share_the_cpu(); "
+            "print(os.environ.get('GOMP_SPINCOUNT'))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **given}, capture_output=True, text=True)
+    assert out.stdout.strip() == str(expected)

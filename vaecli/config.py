@@ -118,6 +118,7 @@ class TrainerConfig:
     batch_size: int = MISSING
     lr: float = MISSING
     device: str = MISSING
+    threads: int = MISSING
     num_workers: int = MISSING
     sample_every: int = MISSING
     checkpoint_every: int = MISSING
@@ -399,6 +400,7 @@ def _validate_features(t: TrainerConfig, need) -> None:
     """The trainer features of callbacks.py: lr schedule, EMA, gradient guard."""
     need(t.lr_schedule in LR_SCHEDULES,
          f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})")
+    need(0 <= t.threads <= 1024, f"trainer.threads must be 0 (auto) or a count of threads (got {t.threads})")
     need(t.logger in LOGGERS, f"trainer.logger must be one of {', '.join(LOGGERS)} (got {t.logger!r}); "
          "tensorboard writes RUN/tensorboard/")
     need(t.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0 (got {t.warmup_steps})")

@@ -34,6 +34,23 @@ def pick(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (taskset / cgroup cpusets included)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_threads(requested: int = 0) -> int:
+    """torch's intra-op threads: `requested`, or for 0 (auto) one per available core unless the
+    environment already says (OMP_NUM_THREADS, as torchrun sets, or MKL_NUM_THREADS). What keeps
+    auto safe beside other jobs is the short OpenMP spin `cli.share_the_cpu` sets before torch
+    starts (README "Sharing a CPU")."""
+    if requested > 0:
+        torch.set_num_threads(requested)
+    elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
+        torch.set_num_threads(cores())
+    return torch.get_num_threads()
+
+
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     """The global RNG states a checkpoint keeps (CPU, and every CUDA device when on CUDA)."""
     state = {"torch": torch.get_rng_state()}

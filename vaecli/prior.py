@@ -129,6 +129,7 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     with the prior's and the trainer's settings)."""
     cfg, t = composed.cfg, composed.cfg.trainer
     dist = dist or Dist()
+    devices.set_threads(t.threads)
     device = devices.pick(t.device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

@@ -63,6 +63,7 @@ class TrainSummary:
     skipped_steps: int
     precision: str
     device: str
+    threads: int  # torch's CPU threads (trainer.threads; 0 chose one per core)
     dataset: str
     model: str
     checkpoint: str
@@ -419,7 +420,7 @@ class Trainer:
             kl_per_dim=test.get("kl_per_dim"),
             test_recon=test["recon"], train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
             processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.settings.precision,
-            device=str(self.device), dataset=self.cfg.dataset.name,
+            device=str(self.device), threads=torch.get_num_threads(), dataset=self.cfg.dataset.name,
             model=model.spec.arch if model.spec.kind == "vae" else f"{model.spec.kind} ({model.spec.arch})",
             checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR),
             codebook=codebook_health(test, model), kl_per_group=test.get("kl_per_group"),
@@ -439,6 +440,7 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     makes the weights a function of `seed` alone."""
     cfg, t = composed.cfg, composed.cfg.trainer
     dist = dist or Dist()
+    devices.set_threads(t.threads)
     device = devices.pick(t.device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import UsageError
 from . import inputs, output
-from .app import Ckpt, DataRoot, Device, Json, Quiet, app, at_least, one_of
+from .app import Ckpt, DataRoot, Device, Json, Quiet, Threads, app, at_least, one_of
 
 
 def _k_list(text: str) -> list[int]:
@@ -37,6 +37,7 @@ def eval_iwae(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the importance samples.")] = 0,
     data_root: DataRoot = None,
     device: Device = "auto",
+    threads: Threads = 0,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -47,7 +48,7 @@ def eval_iwae(
 
     from .. import evaluate, runs
 
-    loaded = inputs.load(ckpt, device)
+    loaded = inputs.load(ckpt, device, threads)
     evaluate.require_bound(loaded.model, str(loaded.path))
     data = inputs.dataset(loaded, split, data_root).head(n)
     torch.manual_seed(seed)
@@ -120,6 +121,7 @@ def score(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the importance samples.")] = 0,
     data_root: DataRoot = None,
     device: Device = "auto",
+    threads: Threads = 0,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -135,7 +137,7 @@ def score(
 
     from .. import plots, scoring
 
-    loaded = inputs.load(ckpt, device)
+    loaded = inputs.load(ckpt, device, threads)
     evaluate_model = loaded.model
     first = images or other_data or split
     sets = []

@@ -10,8 +10,8 @@ import typer
 
 from ..errors import UsageError
 from . import inputs, output
-from .app import (Ckpt, DataRoot, Device, Gif, Json, Steps, Zoom, app, at_least, label_option, one_of, out_option,
-                  picture_out)
+from .app import (Ckpt, DataRoot, Device, Gif, Json, Steps, Threads, Zoom, app, at_least, label_option, one_of,
+                  out_option, picture_out)
 
 
 DecodeLabel = label_option("the class to decode with.")
@@ -34,6 +34,7 @@ def traverse(
     out: TraverseOut = None,
     data_root: DataRoot = None,
     device: Device = "auto",
+    threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
     """One row per latent dimension, sweeping it around a point; rows ordered by KL (most
@@ -43,7 +44,7 @@ def traverse(
     from .. import pictures
     from ..data.images import choose_zoom, grid_rows, save_gif, save_grid
 
-    loaded = inputs.load(ckpt, device)
+    loaded = inputs.load(ckpt, device, threads)
     model = loaded.model
     target = picture_out(out, gif, loaded.run_dir, "traverse")
     reference = inputs.dataset(loaded, "test", data_root).head(1000)
@@ -80,6 +81,7 @@ def latent_plot(
     zoom: Zoom = None,
     data_root: DataRoot = None,
     device: Device = "auto",
+    threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
     """Posterior means of test images coloured by label: directly when latent_dim = 2 (with the
@@ -87,7 +89,7 @@ def latent_plot(
     from .. import evaluate, pictures, plots
     from ..data.images import save_grid
 
-    loaded = inputs.load(ckpt, device)
+    loaded = inputs.load(ckpt, device, threads)
     model = loaded.model
     data = inputs.dataset(loaded, "test", data_root).head(n)
     means = evaluate.latent_means(model, data)
@@ -126,6 +128,7 @@ def eval_disentanglement(
     ckpt: Ckpt = None,
     data_root: DataRoot = None,
     device: Device = "auto",
+    threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
     """MIG (Chen et al. 2018) of the posterior means against the ground-truth factors of the
@@ -133,7 +136,7 @@ def eval_disentanglement(
     from .. import runs
     from ..disentanglement import model_mig
 
-    loaded = inputs.load(ckpt, device)
+    loaded = inputs.load(ckpt, device, threads)
     parts = [inputs.dataset(loaded, split, data_root) for split in ("train", "test")]
     if parts[0].factors is None:
         raise UsageError(f"eval-disentanglement needs ground-truth factors; dataset={loaded.dataset.name} "

@@ -10,8 +10,8 @@ import typer
 from . import inputs, output
 from pathlib import Path
 
-from .app import (Ckpt, DataRoot, Device, Gif, Json, Seed, Steps, Zoom, app, at_least, label_option, out_option,
-                  picture_out)
+from .app import (Ckpt, DataRoot, Device, Gif, Json, Seed, Steps, Threads, Zoom, app, at_least, label_option,
+                  out_option, picture_out)
 
 SampleLabel = label_option("a class, or 'all' for one row per class (default).")
 SampleOut = Annotated[Optional[str], typer.Option(
@@ -37,6 +37,7 @@ def sample(
     zoom: Zoom = None,
     out: SampleOut = None,
     device: Device = "auto",
+    threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
     """Draw n images from the prior, decoded to the likelihood's mean, as one PNG grid (or one
@@ -48,7 +49,7 @@ def sample(
     from .. import pictures
     from ..data.images import choose_zoom
 
-    loaded = inputs.load(ckpt, device)
+    loaded = inputs.load(ckpt, device, threads)
     model = loaded.model
     temperature = inputs.temperatures(temperature, model)
     which = inputs.label(model, label, allow_all=True)
@@ -77,6 +78,7 @@ def reconstruct(
     out: ReconstructionOut = None,
     data_root: DataRoot = None,
     device: Device = "auto",
+    threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
     """Originals above their reconstructions in one PNG, with the -ELBO of each image
@@ -84,7 +86,7 @@ def reconstruct(
     from .. import evaluate, pictures
     from ..data.images import choose_zoom, save_grid
 
-    loaded = inputs.load(ckpt, device)
+    loaded = inputs.load(ckpt, device, threads)
     splits: dict = {}
     refs = list(images or [])
     if not refs:
@@ -119,6 +121,7 @@ def interpolate(
     out: InterpolationOut = None,
     data_root: DataRoot = None,
     device: Device = "auto",
+    threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
     """Decode a path between the posterior means of two images, saved as a strip PNG (or, with
@@ -126,7 +129,7 @@ def interpolate(
     from .. import pictures
     from ..data.images import choose_zoom, save_gif, save_grid
 
-    loaded = inputs.load(ckpt, device)
+    loaded = inputs.load(ckpt, device, threads)
     target = picture_out(out, gif, loaded.run_dir, "interpolation")
     x, _, y = inputs.images([a, b], loaded, data_root, given_label=inputs.label(loaded.model, label))
     frames = pictures.interpolation(loaded.model, x, y, steps, slerp)
