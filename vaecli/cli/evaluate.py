@@ -159,8 +159,10 @@ def score(
         plots.score_histogram([(s.label, s.nll.tolist()) for s in scored], where,
                               f"-log p(x) per image (IWAE bound, k={k})", "nats")
         result["histogram"] = str(where)
-    if result["separation"] and result["separation"]["foreign_more_likely"] and not quiet:
-        output.warn(f"the model gives '{against}' a higher likelihood on average than '{scored[0].label}': the failure "
+    sep = result["separation"]
+    if sep and (sep["foreign_more_likely"] or sep["auroc"] < 0.5) and not quiet:
+        how = "on average" if sep["foreign_more_likely"] else f"for most pairs of images (AUROC {sep['auroc']:.2f})"
+        output.warn(f"the model gives '{against}' a higher likelihood {how} than '{scored[0].label}': the failure "
                     "Nalisnick et al. (2019) describe, where likelihood alone does not flag foreign images")
     output.emit(result, as_json, _score_table(result))
 
