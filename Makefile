@@ -37,12 +37,14 @@ test-all: install
 
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/vae train dataset=shapes model=conv trainer.epochs=30 --run-dir $(DEMO)
+	$(BIN)/vae train dataset=shapes model=conv model.latent_dim=6 beta=2 trainer.epochs=30 --run-dir $(DEMO)
 	$(BIN)/vae sample --ckpt $(DEMO) --n 64 --out $(DEMO)/samples.png
 	$(BIN)/vae reconstruct --ckpt $(DEMO) --n 16 --out $(DEMO)/reconstructions.png
 	$(BIN)/vae interpolate test:0 test:1 --ckpt $(DEMO) --steps 10 --slerp --out $(DEMO)/interpolation.png
 	$(BIN)/vae eval-iwae --ckpt $(DEMO) --k 100
 	@echo "demo pictures: $(DEMO)/samples.png $(DEMO)/reconstructions.png $(DEMO)/interpolation.png"
+	@echo "reconstructions decode the encodings of real images; samples decode draws from the prior N(0, I)."
+	@echo "Where they differ, the prior puts mass where no image was encoded: KL(q(z) || p(z)) in the table above."
 
 bench: install
 	$(BIN)/python bench/bench.py
