@@ -1,5 +1,6 @@
 """The `vae` command line, run as a real subprocess on tiny generated data."""
 
+import json
 import os
 import subprocess
 import sys
@@ -91,29 +92,39 @@ def test_reconstruct_test_images_and_files_of_any_mode(trained_run, env, tmp_pat
     assert "converted 50x40 RGBA to 28x28 grey" in human.stderr and "-ELBO" in human.stdout
 
 
-def test_pictures_zoom_gif_and_raw_outputs(trained_run, env, tmp_path):
-    ckpt = ["--ckpt", str(trained_run)]
-    one = one_json(vae("sample", *ckpt, "--n", "6", "--nrow", "2", "--zoom", "1", "--out", str(tmp_path / "g.png"),
-                       "--json", env=env))
-    assert one["zoom"] == 1 and png_size(tmp_path / "g.png")[1] == (2 * 28 + 3 * 2, 3 * 28 + 4 * 2)  # 2 per row
-    raw = one_json(vae("sample", *ckpt, "--n", "3", "--out", str(tmp_path / "each") + "/", "--json", env=env))
-    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == [f"sample_000{i}.png" for i in range(3)]
-    assert png_size(tmp_path / "each" / "sample_0000.png")[1] == (28, 28) and raw["n"] == 3
-    vae("sample", *ckpt, "--n", "3", "--out", str(tmp_path / "t.safetensors"), env=env)
+def test_pictures_zoom_gif_and_raw_outputs(trained_run, data_root, tmp_path, capsys, monkeypatch):
     from safetensors.torch import load_file
 
+    from vaecli.cli import run
+
+    monkeypatch.setenv("VAECLI_DATA", str(data_root))
+    ckpt = ["--ckpt", str(trained_run)]
+
+    def ok(*args: str) -> dict:  # in-process: the same main path, without a new interpreter each time
+        assert run([*args, "--json"]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    one = ok("sample", *ckpt, "--n", "6", "--nrow", "2", "--zoom", "1", "--out", str(tmp_path / "g.png"))
+    assert one["zoom"] == 1 and png_size(tmp_path / "g.png")[1] == (2 * 28 + 3 * 2, 3 * 28 + 4 * 2)  # 2 per row
+    raw = ok("sample", *ckpt, "--n", "3", "--out", str(tmp_path / "each") + "/")
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == [f"sample_000{i}.png" for i in range(3)]
+    assert png_size(tmp_path / "each" / "sample_0000.png")[1] == (28, 28) and raw["n"] == 3
+    ok("sample", *ckpt, "--n", "3", "--out", str(tmp_path / "t.safetensors"))
     tensor = load_file(str(tmp_path / "t.safetensors"))["images"]
     assert tensor.shape == (3, 1, 28, 28) and 0 <= tensor.min() and tensor.max() <= 1
-    gif = one_json(vae("interpolate", "test:0", "test:1", *ckpt, "--steps", "5", "--gif", "--json", env=env))
+    gif = ok("interpolate", "test:0", "test:1", *ckpt, "--steps", "5", "--gif", "--out", str(tmp_path / "i.gif"))
     with Image.open(gif["out"]) as im:
-        assert gif["out"].endswith("interpolation.gif") and im.n_frames == 8 and im.size == (112, 112)  # there and back
-    walk = one_json(vae("traverse", *ckpt, "--dims", "4", "--steps", "5", "--gif", "--out", str(tmp_path / "t.gif"),
-                        "--json", env=env))
+        assert im.n_frames == 8 and im.size == (112, 112)  # there and back, 4x
+    walk = ok("traverse", *ckpt, "--dims", "4", "--steps", "5", "--gif", "--out", str(tmp_path / "t.gif"))
     with Image.open(walk["out"]) as im:
         assert im.n_frames == 8 and im.size == (4 * (2 * 28 + 3 * 2),) * 2  # 4 dims in a 2x2 grid
-    assert_one_line_error(vae("interpolate", "test:0", "test:1", *ckpt, "--gif", "--out", str(tmp_path / "x.png"),
-                              env=env), 2, "give --out a .gif name")
-    assert_one_line_error(vae("sample", *ckpt, "--zoom", "0", env=env), 2, "--zoom must be >= 1")
+    assert run(["interpolate", "test:0", "test:1", *ckpt, "--gif", "--out", str(tmp_path / "x.png")]) == 2
+    assert "give --out a .gif name" in capsys.readouterr().err
+    assert run(["sample", *ckpt, "--zoom", "0"]) == 2
+    assert "--zoom must be >= 1" in capsys.readouterr().err
+    default = vae("interpolate", "test:0", "test:1", *ckpt, "--steps", "3", "--gif", "--json", env={
+        **os.environ, "VAECLI_DATA": str(data_root)})  # the default name, through the real entry point
+    assert json.loads(default.stdout)["out"].endswith("interpolation.gif")
 
 
 def test_interpolate_lerp_and_slerp_strips(trained_run, env, tmp_path):

@@ -1,6 +1,5 @@
 """Every config file composes, validates and builds; bad overrides are usage errors."""
 
-import os
 import pickle
 
 import numpy as np
@@ -36,7 +35,7 @@ def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones(
     assert set(group_options("prior")) == {"normal", "mog", "vamp"}
     assert set(group_options("objective")) == {"elbo", "iwae"}
     assert set(group_options("experiment")) == {"burda_vae", "burda_iwae", "burda_hvae", "beta_vae_shapes", "bmnist_fast",
-                                                "bmnist_ladder"}
+                                                "bmnist_ladder", "burda_vae_omniglot"}
     cfg = load_config().cfg
     assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == ("mnist", "mlp", "bernoulli")
     assert (cfg.beta, cfg.seed, cfg.model.latent_dim, cfg.model.hidden) == (1.0, 0, 20, [400])

@@ -133,8 +133,9 @@ def test_traverse_writes_one_row_per_dimension(shapes_run, tmp_path, capsys):
                       "--out", str(tmp_path / "t.png"))
     assert sorted(result["dims"]) == [0, 1] and result["ordered_by"] == "kl"
     assert result["scores"] == sorted(result["scores"], reverse=True)
-    assert png(tmp_path / "t.png") == ("PNG", (5 * 16 + 6 * 2, 2 * 16 + 3 * 2))
-    one = cli_json(capsys, "traverse", "--ckpt", str(shapes_run), "--image", "test:0", "--dims", "1",
+    z = result["zoom"]  # 16 px images are enlarged 7x by default
+    assert z == 7 and png(tmp_path / "t.png") == ("PNG", (z * (5 * 16 + 6 * 2), z * (2 * 16 + 3 * 2)))
+    one = cli_json(capsys, "traverse", "--ckpt", str(shapes_run), "--image", "test:0", "--dims", "1", "--zoom", "1",
                    "--out", str(tmp_path / "t1.png"))
     assert len(one["dims"]) == 1 and png(tmp_path / "t1.png")[1] == (9 * 16 + 10 * 2, 16 + 2 * 2)
 
@@ -145,7 +146,8 @@ def test_latent_plot_writes_a_scatter_and_for_2d_the_manifold(shapes_run, tmp_pa
                       "--out", str(tmp_path / "l.png"))
     assert result["method"] == {"auto": "direct", "pca": "pca", "tsne": "tsne"}[method]
     assert png(tmp_path / "l.png")[0] == "PNG"
-    assert png(result["manifold"])[1] == (20 * 16 + 21 * 2,) * 2
+    assert png(result["manifold"])[1] == (result["zoom"] * (20 * 16 + 21 * 2),) * 2
+    assert result["zoom"] == 2048 // (20 * 16 + 21 * 2)  # the 20 x 20 grid kept under 2048 px
 
 
 def test_plot_metrics_and_its_errors(shapes_run, tmp_path, capsys):

@@ -98,6 +98,7 @@ def test_a_failed_job_is_reported_and_the_others_still_run(tmp_path, env):
     assert listed["0-trainer.lr=1e+30"]["state"] == "crashed"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_with_a_checkpoint_and_resume_finishes_it_bit_identical(tmp_path, env):
     sweep_dir = tmp_path / "seeds"
     long = [*TINY, "trainer.epochs=40", "trainer.log_every=1000"]
@@ -301,6 +302,7 @@ def test_a_sweep_under_torchrun_runs_each_job_on_every_rank(tmp_path, env):
 # -- sharing the CPU -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_threads_are_set_by_trainer_threads_and_auto_respects_the_environment(tmp_path, env):
     clean = {k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     one = one_json(vae("train", *TINY, "trainer.threads=1", "--run-dir", str(tmp_path / "one"), "--json", env=clean))

@@ -141,6 +141,7 @@ def records(run_dir, split="train"):
     return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_with_twice_the_batch(tmp_path, env):
     """2 ranks x batch 16 with averaged gradients is one process with batch 32: the same
     weights, the same (rank-averaged) losses, one writer, and a plain checkpoint. A
@@ -172,7 +173,6 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_batch(tmp_path, env
     done = vae("reconstruct", "--ckpt", str(ddp), "--n", "4", "--out", str(out), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert out.is_file()
-
 
 
 @pytest.mark.slow

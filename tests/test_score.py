@@ -57,6 +57,7 @@ def test_score_against_a_foreign_folder_reports_auroc_and_draws_histograms(train
     assert {r["set"] for r in rows} == {"test", str(inverted)} and len(rows) == 104
 
 
+@pytest.mark.slow
 def test_score_against_another_dataset_at_the_models_shape(trained_run, env, tmp_path):
     result = one_json(vae("score", "--ckpt", str(trained_run), "--k", "2", "--n", "30", "--against",
                           "dataset=shapes dataset.image_size=28", "--out", str(tmp_path / "s.csv"), "--json", env=env))
@@ -66,6 +67,7 @@ def test_score_against_another_dataset_at_the_models_shape(trained_run, env, tmp
                           "1x32x32 images and the model takes 1x28x28; try dataset.image_size=28")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [["model=ladder", "model.groups=2"],
                                    ["model=vqvae", "model.hidden=[4,8]", "model.code_dim=3", "model.codebook_size=8"],
                                    ["model.conditional=true"]])
@@ -78,13 +80,21 @@ def test_score_works_for_every_model_kind(env, tmp_path, model):
     assert len(read_csv(tmp_path / "s.csv")) == 32
 
 
-def test_score_bad_inputs_are_one_line(trained_run, env, tmp_path):
+def test_score_bad_inputs_are_one_line(trained_run, data_root, tmp_path, capsys, monkeypatch):
+    from vaecli.cli import run
+
+    monkeypatch.setenv("VAECLI_DATA", str(data_root))
     (tmp_path / "empty").mkdir()
-    ckpt = ["--ckpt", str(trained_run)]
-    assert_one_line_error(vae("score", *ckpt, "--against", str(tmp_path / "empty"), env=env), 2, "holds no PNG/JPEG")
-    assert_one_line_error(vae("score", *ckpt, "--against", "dataset=nope", env=env), 2, "unknown dataset 'nope'")
-    assert_one_line_error(vae("score", *ckpt, "--against", "dataset=mnist beta=4", env=env), 2, "dataset.KEY=VALUE")
-    assert_one_line_error(vae("score", *ckpt, "--against", str(tmp_path / "missing.png"), env=env), 2,
-                          "no image or folder")
-    assert_one_line_error(vae("score", *ckpt, "a.png", "--data", "dataset=mnist", env=env), 2, "not both")
-    assert_one_line_error(vae("score", *ckpt, "--out", str(tmp_path / "s.txt"), "--k", "1", env=env), 2, ".csv")
+    ckpt = ["score", "--ckpt", str(trained_run)]
+
+    def refused(*args: str, needle: str) -> None:  # in-process: the same main path, without a new interpreter
+        assert run([*ckpt, *args]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in lines[0], lines
+
+    refused("--against", str(tmp_path / "empty"), needle="holds no PNG/JPEG")
+    refused("--against", "dataset=nope", needle="unknown dataset 'nope'")
+    refused("--against", "dataset=mnist beta=4", needle="dataset.KEY=VALUE")
+    refused("--against", str(tmp_path / "missing.png"), needle="no image or folder")
+    refused("a.png", "--data", "dataset=mnist", needle="not both")
+    refused("--out", str(tmp_path / "s.txt"), "--k", "1", needle=".csv")

@@ -27,14 +27,18 @@ def _k_list(text: str) -> list[int]:
     return sorted(set(ks))
 
 
+BatchSize = Annotated[int, typer.Option("--batch-size", callback=at_least(1), help="Images per batch.")]
+SampleSeed = Annotated[int, typer.Option("--seed", help="Seed for the importance samples.")]
+
+
 @app.command("eval-iwae")
 def eval_iwae(
     ckpt: Ckpt = None,
     k: str = typer.Option("5000", "--k", help="Importance samples per image, or a list (1,50,5000) to see the bound tighten."),
     n: Annotated[int | None, typer.Option("--n", callback=at_least(1), help="Use only the first N images of the split.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", callback=at_least(1), help="Images per batch.")] = 64,
+    batch_size: BatchSize = 64,
     split: Annotated[str, typer.Option("--split", callback=one_of("test", "train"), help="test or train.")] = "test",
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the importance samples.")] = 0,
+    seed: SampleSeed = 0,
     data_root: DataRoot = None,
     device: Device = "auto",
     threads: Threads = 0,
@@ -114,11 +118,11 @@ def score(
                                           "test, train, 'dataset=NAME ...', or image files / a folder."),
     k: Annotated[int, typer.Option("--k", callback=at_least(1), help="Importance samples per image.")] = 1000,
     n: Annotated[Optional[int], typer.Option("--n", callback=at_least(1), help="The first N images of each set.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", callback=at_least(1), help="Images per batch.")] = 64,
+    batch_size: BatchSize = 64,
     out: Annotated[Optional[Path], typer.Option("--out", help="CSV, one row per image (default: RUN/scores.csv).")] = None,
     hist: Annotated[Optional[Path], typer.Option("--hist", help="Histogram PNG of the scores (default with --against: "
                                                  "RUN/scores.png).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the importance samples.")] = 0,
+    seed: SampleSeed = 0,
     data_root: DataRoot = None,
     device: Device = "auto",
     threads: Threads = 0,
@@ -139,14 +143,7 @@ def score(
 
     loaded = inputs.load(ckpt, device, threads)
     evaluate_model = loaded.model
-    first = images or other_data or split
-    sets = []
-    for spec in [first] + ([against] if against else []):
-        found, names, note = scoring.image_set(spec, loaded, data_root, n)
-        label = spec if isinstance(spec, str) else " ".join(spec)
-        if note and not quiet:
-            output.stderr.print(f"note: {label}: {note}", markup=False, highlight=False, soft_wrap=True)
-        sets.append((found, names, label))
+    sets = _score_sets([images or other_data or split] + ([against] if against else []), loaded, data_root, n, quiet)
     torch.manual_seed(seed)
     total = sum(len(f) for f, _, _ in sets) * (evaluate_model.num_classes if evaluate_model.conditional else 1)
     with output.Counter(f"score k={k}", total, enabled=not quiet and not as_json) as advance:
@@ -165,6 +162,20 @@ def score(
         output.warn(f"the model gives '{against}' a higher likelihood {how} than '{scored[0].label}': the failure "
                     "Nalisnick et al. (2019) describe, where likelihood alone does not flag foreign images")
     output.emit(result, as_json, _score_table(result))
+
+
+def _score_sets(specs: list, loaded, data_root: Optional[str], n: Optional[int], quiet: bool) -> list[tuple]:
+    """(images, names, label) for each set spec, with a note for converted image files."""
+    from .. import scoring
+
+    sets = []
+    for spec in specs:
+        found, names, note = scoring.image_set(spec, loaded, data_root, n)
+        label = spec if isinstance(spec, str) else " ".join(spec)
+        if note and not quiet:
+            output.stderr.print(f"note: {label}: {note}", markup=False, highlight=False, soft_wrap=True)
+        sets.append((found, names, label))
+    return sets
 
 
 def _score_table(result: dict):

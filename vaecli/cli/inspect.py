@@ -87,7 +87,7 @@ def latent_plot(
     """Posterior means of test images coloured by label: directly when latent_dim = 2 (with the
     decoded manifold grid beside it), else projected by PCA or t-SNE."""
     from .. import evaluate, pictures, plots
-    from ..data.images import save_grid
+    from ..data.images import choose_zoom, save_grid
 
     loaded = inputs.load(ckpt, device, threads)
     model = loaded.model
@@ -104,6 +104,7 @@ def latent_plot(
         frames = pictures.manifold(model, 20, inputs.label(model, label))
         result["manifold"] = str(save_grid(frames, Path(path).with_name(Path(path).stem + "_manifold.png"), nrow=20,
                                            zoom=zoom))
+        result["zoom"] = choose_zoom(frames, 20, zoom)
     output.say(f"wrote {path}" + (f" and {result['manifold']}" if "manifold" in result else ""), as_json)
     output.emit(result, as_json)
 

@@ -8,8 +8,6 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import inputs, output
-from pathlib import Path
-
 from .app import (Ckpt, DataRoot, Device, Gif, Json, Seed, Steps, Threads, Zoom, app, at_least, label_option,
                   out_option, picture_out)
 

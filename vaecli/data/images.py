@@ -65,7 +65,7 @@ def read_image(path: str | Path, channels: int, size: tuple[int, int]) -> tuple[
 
 
 SHOWN_SIZE = 112  # pixels: small images are enlarged to about this (MNIST's 28 x 4) to be judged on a screen
-MAX_SIDE = 4096  # ... unless the picture would get wider or taller than this
+MAX_SIDE = 2048  # ... unless the picture would get wider or taller than this
 
 
 def choose_zoom(images: Tensor, nrow: int, zoom: int | None = None, padding: int = 2) -> int:
