@@ -277,7 +277,7 @@ def test_completion_offers_config_keys_group_options_and_run_folders(tmp_path, e
     assert '"dataset=shapes"' in complete_zsh("vae train dataset=sh", tmp_path, env)
     assert "runs/first" in complete_zsh("vae runs r", tmp_path, env)
     # Typer detects the shell: from the parent process (shellingham, when installed) or $SHELL
-    script = subprocess.run(["bash", "-c", f"'{sys.executable}' -m vaecli --show-completion"],
+    script = subprocess.run(["bash", "-c", f"'{sys.executable}' -m vaecli --show-completion; exit $?"],  # no exec
                             env=dict(env, SHELL="/bin/bash"), capture_output=True, text=True)
     assert script.returncode == 0 and "_VAE_COMPLETE=complete_bash" in script.stdout, script.stderr
 
