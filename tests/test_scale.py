@@ -110,6 +110,21 @@ def test_channels_last_conv_trains_like_the_default_layout(tmp_path):
     assert loaded.step == nhwc["step"]
 
 
+def test_compile_without_a_compiler_is_one_line_before_any_run_folder(tmp_path, data_root, monkeypatch, capsys):
+    """experiment=bmnist_fast compiles by default: on a CPU machine without g++/clang++ it must
+    say how to go on (trainer.compile=false), not fail inside torch at the first step."""
+    from vaecli.cli import run as cli_run
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("VAECLI_DATA", str(data_root))
+    run_dir = tmp_path / "run"
+    assert cli_run(["train", "experiment=bmnist_fast", "--run-dir", str(run_dir)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "C++ compiler" in err[0] and "trainer.compile=false" in err[0], err
+    assert not run_dir.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"), reason="torch.compile on CPU needs a C++ compiler")
 def test_compile_trains_and_saves_the_unwrapped_module(tmp_path):

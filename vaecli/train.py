@@ -444,6 +444,8 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     device = devices.pick(t.device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
+    if t.compile:
+        devices.check_compiler(device)
     torch.manual_seed(cfg.seed)
     train_set = data.build(cfg.dataset, "train", cfg.seed, t.num_workers)
     test_set = data.build(cfg.dataset, "test", cfg.seed, t.num_workers)
