@@ -138,6 +138,19 @@ def test_compile_trains_and_saves_the_unwrapped_module(tmp_path):
     assert checkpoint.load_model(tmp_path / "compiled", device="cpu").step == compiled["step"]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_resumes_bit_identically(tmp_path):
+    """The ladder presets compile: stopping after epoch 1 and resuming must give the weights of an
+    uninterrupted compiled run (Inductor's random numbers come from the RNG state the checkpoint
+    keeps)."""
+    straight = train(tmp_path / "straight", "trainer.epochs=2", "trainer.compile=true")
+    train(tmp_path / "split", "trainer.epochs=1", "trainer.compile=true")
+    resumed = train(tmp_path / "split", "trainer.epochs=2", "trainer.compile=true", resume=True)
+    assert resumed["step"] == straight["step"] and resumed["test_elbo"] == straight["test_elbo"]
+    assert max_diff(weights(tmp_path / "straight"), weights(tmp_path / "split")) == 0.0
+
+
 # -- torchrun DDP --------------------------------------------------------------------------------
 
 DDP = ["dataset=mnist", "model=ae", "model.hidden=[32]", "model.latent_dim=4", "trainer.log_every=1",
