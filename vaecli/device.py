@@ -95,20 +95,26 @@ def use_channels_last(setting: str, model: torch.nn.Module, device: torch.device
     return device.type == "cuda" if setting == "auto" else setting == "true"
 
 
-def check_compiler(device: torch.device) -> None:
-    """trainer.compile on CPU generates C++: without a compiler on PATH, a UsageError before any
-    run folder exists (rather than torch's failure at the first step)."""
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+def for_training(name: str, threads: int, compile: bool, local_rank: int, world: int) -> torch.device:
+    """What a trainer's build does first: CPU threads, the device (a torchrun rank's own GPU), and,
+    for trainer.compile on CPU, which generates C++, a compiler on PATH: without one a UsageError
+    before any run folder exists (rather than torch's failure at the first step)."""
+    set_threads(threads)
+    device = pick(name)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    if compile and device.type == "cpu" and not any(
+            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
         raise UsageError("trainer.compile=true on CPU needs a C++ compiler (g++ or clang++) on PATH; "
                          "install one or add trainer.compile=false")
+    return device
 
 
-def compile_methods(model: torch.nn.Module, device: torch.device, names=("terms", "log_weights")) -> None:
-    """torch.compile the methods objectives call. They become instance attributes, so the module,
-    its state_dict and therefore the checkpoint stay those of the plain model. dynamic=False: one
-    specialised graph per batch shape (train, last batch, eval) ran 1.2x faster than eager on CPU,
-    where dynamic-shape graphs were no faster than eager."""
-    check_compiler(device)
+def compile_methods(model: torch.nn.Module, names=("terms", "log_weights")) -> None:
+    """torch.compile the methods objectives call (for_training checked the compiler). They become
+    instance attributes, so the module, its state_dict and therefore the checkpoint stay those of
+    the plain model. dynamic=False: one specialised graph per batch shape (train, last batch, eval)
+    ran 1.2x faster than eager on CPU, where dynamic-shape graphs were no faster than eager."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" noise
     for name in names:
         setattr(model, name, torch.compile(getattr(model, name), dynamic=False))

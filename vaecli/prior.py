@@ -129,10 +129,7 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     with the prior's and the trainer's settings)."""
     cfg, t = composed.cfg, composed.cfg.trainer
     dist = dist or Dist()
-    devices.set_threads(t.threads)
-    device = devices.pick(t.device)
-    if dist.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
+    device = devices.for_training(t.device, t.threads, t.compile, dist.local_rank, dist.world)
     loaded = checkpoint.load_model(run_dir, device=device, with_prior=False)
     vqvae = loaded.model
     if not vqvae.discrete:

@@ -210,7 +210,7 @@ class Trainer:
         self.fixed_noise = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         if self.settings.compile:
-            devices.compile_methods(self.model, self.device, getattr(self.model, "compiled_methods", ("terms", "log_weights")))
+            devices.compile_methods(self.model, getattr(self.model, "compiled_methods", ("terms", "log_weights")))
         self.loss_step = self.dist.wrap(_LossStep(self.model, self.objective), self.device)
         self.emit("on_train_start")
         try:
@@ -440,12 +440,7 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     makes the weights a function of `seed` alone."""
     cfg, t = composed.cfg, composed.cfg.trainer
     dist = dist or Dist()
-    devices.set_threads(t.threads)
-    device = devices.pick(t.device)
-    if dist.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    if t.compile:
-        devices.check_compiler(device)
+    device = devices.for_training(t.device, t.threads, t.compile, dist.local_rank, dist.world)
     torch.manual_seed(cfg.seed)
     train_set = data.build(cfg.dataset, "train", cfg.seed, t.num_workers)
     test_set = data.build(cfg.dataset, "test", cfg.seed, t.num_workers)

@@ -102,9 +102,9 @@ def latent_plot(
     result = {"out": str(path), "method": used, "n": len(means), "latent_dim": d, "ckpt": str(loaded.path)}
     if d == 2:
         frames = pictures.manifold(model, 20, inputs.label(model, label))
-        result["manifold"] = str(save_grid(frames, Path(path).with_name(Path(path).stem + "_manifold.png"), nrow=20,
-                                           zoom=zoom))
         result["zoom"] = choose_zoom(frames, 20, zoom)
+        result["manifold"] = str(save_grid(frames, Path(path).with_name(Path(path).stem + "_manifold.png"), nrow=20,
+                                           zoom=result["zoom"]))
     output.say(f"wrote {path}" + (f" and {result['manifold']}" if "manifold" in result else ""), as_json)
     output.emit(result, as_json)
 
