@@ -50,6 +50,22 @@ def test_mutual_information_reaches_log_n_for_a_code_that_identifies_every_image
         == pytest.approx(0.0, abs=1e-9)
 
 
+def test_a_saturated_mutual_information_makes_the_aggregate_kl_an_upper_estimate():
+    """Codes far apart with tiny posteriors identify every image: I(x; z) reads log N, and
+    KL - I is then only an upper estimate (the true I can be larger); a collapsed code is not."""
+    torch.manual_seed(0)
+    model, data = build(VAESpec("mlp", (1, 6, 6), latent_dim=4, hidden=[16])), tiny_images()
+    with torch.no_grad():
+        model.head.weight.mul_(50)  # posterior means spread far apart ...
+        model.head.bias[4:].fill_(-20)  # ... and sigma = e^-10
+    kl = model.kl(data.to_float(data.images)).mean().item()
+    d = evaluate.latent_diagnostics(model, data, kl)
+    assert d["mutual_info"] > math.log(400) - evaluate.SATURATION_MARGIN and d["mutual_info_max"] == math.log(400)
+    assert d["mutual_info_saturated"] is True and d["agg_posterior_kl_upper"] is True
+    flat = evaluate.latent_diagnostics(collapsed_model(), data, 0.0)
+    assert flat["mutual_info_saturated"] is False and flat["agg_posterior_kl_upper"] is False
+
+
 def test_aggregate_posterior_kl_is_mean_kl_minus_mutual_information():
     torch.manual_seed(0)
     model, data = build(VAESpec("mlp", (1, 6, 6), latent_dim=3, hidden=[16])), tiny_images()

@@ -132,3 +132,17 @@ def test_lerp_and_slerp_include_endpoints_and_slerp_keeps_norm_for_equal_radii()
     assert torch.allclose(norms, a.norm().expand(7), rtol=1e-4)
     assert latent.lerp(a, b, 7).norm(dim=1)[3] < a.norm()  # the straight line cuts inside
     assert torch.allclose(latent.slerp(a, a, 3)[1], a)  # parallel: no NaN
+
+
+@pytest.mark.parametrize("tilt", [0.0, 1e-7, 1e-4])
+def test_slerp_of_nearly_opposite_vectors_stays_on_the_sphere(tilt):
+    """sin(omega) ~ 0 at both ends of the range: the path must neither blow up nor leave the sphere."""
+    torch.manual_seed(0)
+    a = torch.randn(16)
+    b = -a + tilt * torch.randn(16)
+    b = b / b.norm() * a.norm()
+    path = latent.slerp(a, b, 9)
+    assert torch.isfinite(path).all()
+    assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    assert torch.allclose(path.norm(dim=1), a.norm().expand(9), rtol=1e-4)
+    assert (path[4] @ a).abs() < 1e-3 * a.norm() ** 2  # half way round: orthogonal to both ends

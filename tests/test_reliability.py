@@ -47,9 +47,9 @@ def poison_batches(monkeypatch, calls):
     plain = data.ImageSet.to_float
     seen = {"n": 0}
 
-    def to_float(self, images):
+    def to_float(self, images, generator=None, first=None):
         seen["n"] += 1
-        x = plain(self, images)
+        x = plain(self, images, generator, first)
         return torch.full_like(x, float("nan")) if seen["n"] in calls else x
 
     monkeypatch.setattr(data.ImageSet, "to_float", to_float)

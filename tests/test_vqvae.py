@@ -124,6 +124,22 @@ def test_resume_is_bit_identical_with_ema_codebook_and_revival(tmp_path):
     assert whole["quantizer.revived"].item() > 0  # revival ran, and drew the same vectors
 
 
+def test_weight_averaging_averages_the_ema_codebook_and_resumes_exactly(tmp_path):
+    """trainer.ema with a VQ-VAE: the model file holds the averaged codebook beside the averaged
+    networks (not the live one), the trainer file the live one, and resuming stays bit-exact."""
+    ema = ["trainer.ema=0.9"]
+    fit(load_config(TINY + ema + ["trainer.epochs=2"]), tmp_path / "whole")
+    fit(load_config(TINY + ema + ["trainer.epochs=1"]), tmp_path / "split")
+    fit(resume_config(tmp_path / "split", ["trainer.epochs=2"]), tmp_path / "split", resume=True)
+    whole, split = load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(tmp_path / "split/model.safetensors"))
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    training = load_file(str(tmp_path / "whole/trainer.safetensors"))
+    weights = sorted((k for k in training if k.startswith("callback.ema.weights.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    live = training[weights[-1]]  # the last averaged tensor: the codebook buffer, after every parameter
+    assert live.shape == whole["quantizer.codebook"].shape
+    assert not torch.equal(live, whole["quantizer.codebook"])  # the file's codebook is the average
+
+
 def cli_json(capsys, *args):
     assert run([*args, "--json"]) == 0, capsys.readouterr().err
     return json.loads(capsys.readouterr().out)
@@ -148,7 +164,7 @@ def test_every_command_on_a_tiny_vqvae_run(tmp_path, capsys):
     bound = cli_json(capsys, "eval-iwae", "--ckpt", ckpt, "--k", "1,5", "--n", "8")
     assert bound["iwae_by_k"]["1"]["iwae"] == pytest.approx(bound["iwae_by_k"]["5"]["iwae"])  # k changes nothing
     assert bound["kl"] == pytest.approx(16 * math.log(16)) and bound["mutual_info"] is None
-    assert 1 <= bound["perplexity"] <= 16 and bound["bits_per_dim"] > 0
+    assert 1 <= bound["perplexity"] <= 16 and bound["bound"] is True and bound["bits_per_dim"] > 0  # shapes: logistic
     assert abs(bound["elbo"] + bound["recon"] + bound["kl"]) < 1e-4
     traversed = cli_json(capsys, "traverse", "--ckpt", ckpt, "--dims", "2", "--out", str(tmp_path / "t.png"))
     assert traversed["ordered_by"] == "entropy of the codes at each grid position" and len(traversed["dims"]) == 2

@@ -122,7 +122,12 @@ class EMA(Callback):
 
     @staticmethod
     def _params(trainer) -> list[torch.Tensor]:
-        return [p for p in trainer.model.parameters()]
+        """The weights averaged: every parameter, and the buffers a module names as weights that
+        are learned without gradients (`weight_buffers`: a VQ-VAE's EMA codebook), so the model
+        file never pairs an averaged encoder and decoder with the live codebook."""
+        model = trainer.model
+        buffers = [getattr(m, name) for m in model.modules() for name in getattr(m, "weight_buffers", ())]
+        return [*model.parameters(), *buffers]
 
     def on_train_start(self, trainer) -> None:
         if self.shadow is None:
@@ -166,8 +171,9 @@ class EMA(Callback):
         the average, and the saved training weights go back into the model."""
         params = self._params(trainer)
         self.updates = int(tensors.pop("updates"))
-        if len(tensors) != len(params):
-            raise ValueError(f"the checkpoint's EMA state has {len(tensors)} tensors, the model {len(params)}")
+        if len(tensors) != len(params):  # e.g. a VQ-VAE saved before its codebook was averaged too
+            raise UsageError(f"the checkpoint's EMA state has {len(tensors)} tensors and the model averages "
+                             f"{len(params)} (saved by another vaecli version?); start a new run")
         with torch.no_grad():
             self.shadow = [p.detach().clone() for p in params]
             for i, p in enumerate(params):

@@ -29,6 +29,7 @@ class Row:
     epochs: int | None = None  # trainer.epochs
     test_elbo: float | None = None
     test_kl: float | None = None
+    bound: bool | None = None  # the ELBO and IWAE figures bound -log P(x) of the data as stored (bounds.py)
     active_units: int | None = None
     latent_dim: int | None = None
     iwae: dict | None = None  # the last eval-iwae: {"bound", "se", "k", "n", "split"}
@@ -103,6 +104,7 @@ def read_row(run_dir: Path, name: str) -> Row:
         row.dataset = _get(config, "dataset", "name")
         row.model = _get(config, "model", "name")
         row.epochs = _get(config, "trainer", "epochs")
+        row.bound = _bound(config)
     metrics = runs.read_jsonl(run_dir / runs.METRICS_FILE)
     _fill_from_metrics(row, metrics)
     summary = runs.read_json(run_dir / runs.SUMMARY_FILE)
@@ -125,6 +127,18 @@ def read_row(run_dir: Path, name: str) -> Row:
         row.started = _mtime(run_dir)
     row.note = "; ".join(problems) or None
     return row
+
+
+def _bound(config: dict) -> bool | None:
+    """Whether the run's figures are bounds on -log P(x), from its likelihood and data; a config
+    saved before dataset.dequantize existed was trained without it."""
+    from . import bounds
+
+    likelihood = _get(config, "likelihood", "name")
+    if likelihood not in bounds.LIKELIHOODS:
+        return None
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    return bounds.measure(likelihood, bounds.levels(dataset.get("binarize")), bool(dataset.get("dequantize"))).bound
 
 
 def differences_from_defaults(config: dict) -> list[str]:

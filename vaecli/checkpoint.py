@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, bounds
 from .atomic import atomic_write
 from .config import DatasetConfig
 from .errors import UsageError, VaeError
@@ -127,6 +127,9 @@ def _rebuild(file: Path, spec_type, build_fn):
         )
     spec_fields = _json_field(metadata, "vaecli.model", file)
     data_fields = _json_field(metadata, "vaecli.dataset", file)
+    data_fields.setdefault("dequantize", False)  # saved before dataset.dequantize existed: trained without it
+    if spec_type is VAESpec:  # likewise the data's levels, which decide what its likelihood measures
+        spec_fields.setdefault("levels", bounds.levels(data_fields.get("binarize")))
     try:
         dataset = DatasetConfig(**data_fields)
         model = build_fn(spec_type(**spec_fields))

@@ -31,6 +31,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "trainer.logger": config.LOGGERS, "trainer.compile": booleans, "kl.schedule": config.KL_SCHEDULES,
         "model.network": config.NETWORKS, "model.activation": config.ACTIVATIONS, "model.conditional": booleans,
         "model.kmeans_init": booleans, "likelihood.per_pixel": booleans, "dataset.binarize": ("dynamic", "static"),
+        "dataset.dequantize": booleans,
     }
 
 

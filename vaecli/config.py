@@ -20,6 +20,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from .bounds import DENSITIES
 from .errors import UsageError
 
 GROUPS = ("dataset", "model", "likelihood", "prior", "objective", "trainer")
@@ -48,6 +49,7 @@ class DatasetConfig:
     scales: Optional[int] = None  # shapes: factor grid sizes
     rotations: Optional[int] = None
     positions: Optional[int] = None
+    dequantize: Optional[bool] = None  # None: on for the density likelihoods (resolved by load_config)
 
 
 @dataclass
@@ -325,6 +327,8 @@ def _finish(raw: dict, reference: dict, overrides=()) -> Composed:
     from omegaconf.errors import MissingMandatoryValue
 
     typed = _typed(raw)
+    if typed.dataset.dequantize is None:  # recorded as resolved, so config.yaml says what ran
+        typed.dataset.dequantize = typed.likelihood.name in DENSITIES
     try:
         cfg: Config = OmegaConf.to_object(typed)
     except MissingMandatoryValue as e:
@@ -375,6 +379,9 @@ def validate(cfg: Config) -> None:
     for key in ("scales", "rotations", "positions"):
         value = getattr(d, key)
         need(value is None or value >= 1, f"dataset.{key} must be >= 1 (got {value})")
+    if d.dequantize:
+        need(lik.name in DENSITIES, f"dataset.dequantize=true is for the density likelihoods ({', '.join(DENSITIES)}); "
+             f"likelihood={lik.name} is a probability of the stored values already: drop dataset.dequantize")
     if lik.name in ("gaussian", "gaussian_learned"):
         need(lik.sigma is not None and lik.sigma > 0, f"likelihood.sigma must be > 0 (got {lik.sigma})")
     if lik.name == "logistic":
@@ -527,6 +534,8 @@ def _with_current_defaults(saved: dict) -> dict:
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         defaults = compose("config", overrides=selections)
     OmegaConf.set_struct(defaults, False)  # a key vaecli no longer has is reported by _typed
+    if isinstance(saved.get("dataset"), dict):  # runs from before dataset.dequantize were trained without it
+        saved = {**saved, "dataset": {"dequantize": False, **saved["dataset"]}}
     merged = OmegaConf.merge(defaults, OmegaConf.create(saved))
     return _resolve(merged)
 

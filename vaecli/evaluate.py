@@ -22,15 +22,20 @@ CHUNK_ELEMENTS = {"cpu": 3 * 2**20, "cuda": 2**26}
 NOT_AVERAGED = ("elbo", "kl", "recon", "loss", "aux_loss", "kl_clamped", "kl_weight")  # training-only metrics
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: unit u is active when Cov_x(E_q[z_u]) > 0.01
 COLLAPSE_KL = 0.1  # nats: a model whose latents carry less than this has collapsed
+# I(x; z) estimated from N images cannot exceed log N. Within this many nats of it, each image's
+# code is mostly explained by its own posterior (q(z_i|x_i) / (N q(z_i)) ~ e^-0.5 or more on
+# geometric average), so the true I(x; z) may be larger and KL - I an overestimate.
+SATURATION_MARGIN = 0.5
 LOG_2PI = math.log(2 * math.pi)
 
 
 def batches(data: ImageSet, batch_size: int, device: torch.device):
-    """(x, y) batches on `device`: images as floats, labels (or None)."""
+    """(x, y) batches on `device`: images as floats (dequantized with the fixed evaluation noise
+    where the set is), labels (or None)."""
     for start in range(0, len(data), batch_size):
         cut = slice(start, start + batch_size)
         y = data.labels[cut].to(device) if data.labels is not None else None
-        yield data.to_float(data.images[cut].to(device)), y
+        yield data.to_float(data.images[cut].to(device), first=start), y
 
 
 @torch.no_grad()
@@ -112,20 +117,28 @@ def latent_diagnostics(model, data: ImageSet, mean_kl: float, batch_size: int = 
     point-mass posterior (VQ-VAE) has none of these: all None, never collapsed."""
     if model.posterior != "gaussian":
         return {"active_units": None, "latent_dim": model.latent_dim, "posterior_mean_variance": None,
-                "kl_per_dim": None, "mutual_info": None, "agg_posterior_kl": None, "collapsed": False}
+                "kl_per_dim": None, "mutual_info": None, "mutual_info_max": None, "mutual_info_saturated": None,
+                "agg_posterior_kl": None, "agg_posterior_kl_upper": None, "collapsed": False}
     loc, scale = posteriors(model, data, batch_size)
     active, variances = active_units(loc)
     mi = mutual_information(loc, scale, generator=torch.Generator(device=loc.device).manual_seed(0))
     # ELBO surgery: E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)). For hvae the mean KL
     # spans both layers while MI covers z1 only, so the identity does not apply there.
+    # Near its ceiling log N the estimate of I(x; z) is a lower one, so KL - I is then an upper
+    # estimate of KL(q(z) || p(z)) for these N images, not the property of the model.
     single_layer = model.layers == 1
+    ceiling = math.log(loc.shape[0])
+    saturated = mi >= ceiling - SATURATION_MARGIN
     return {
         "active_units": active,
         "latent_dim": loc.shape[1],
         "posterior_mean_variance": variances,
         "kl_per_dim": kl_per_dim(loc, scale) if model.exact_kl else None,
         "mutual_info": mi,
+        "mutual_info_max": ceiling,
+        "mutual_info_saturated": saturated,
         "agg_posterior_kl": mean_kl - mi if single_layer else None,
+        "agg_posterior_kl_upper": saturated if single_layer else None,
         "collapsed": collapsed(mean_kl, active),
     }
 
@@ -177,11 +190,6 @@ def group_diagnostics(model, data: ImageSet, averages: dict, batch_size: int = 1
             "latent_dim": model.latent_dim * model.groups}
 
 
-def bits_per_dim(nats_per_image: float, dims: int) -> float:
-    """-log p(x) in nats per image -> bits per dimension (pixel and channel)."""
-    return -nats_per_image / (dims * math.log(2))
-
-
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     n = values.numel()
     se = (values.std(unbiased=True) / math.sqrt(n)).item() if n > 1 else float("nan")
@@ -222,8 +230,9 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
 
     k may be a list: the bound at each k comes from the first k samples of the largest k
     (`iwae_by_k`), and the headline `iwae` is the largest. Returns nats/image means with
-    standard errors over images, KL, recon, bits/dim (of the IWAE bound, the tighter of the
-    two), timing and importance samples per second.
+    standard errors over images, KL, recon, timing and importance samples per second, and what
+    the figures are (`bound`, `measure`: model.measure): where they bound -log P(x) of the data as
+    stored, `nll` and bits/dim of the IWAE bound (the tighter of the two); elsewhere those are None.
     """
     require_bound(model)
     ks = sorted(set(k)) if isinstance(k, (list, tuple)) else [k]
@@ -236,16 +245,19 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
     elbo, elbo_se = _mean_se(values["elbo"])
     n = len(data)
     kl = values["kl"].mean().item()
+    measure = model.measure
     result = {
         "elbo": elbo,
         "elbo_se": elbo_se,
         "iwae": iwae,
         "iwae_se": iwae_se,
-        "nll": -iwae,
+        "bound": measure.bound,
+        "measure": measure.what,
+        "nll": measure.nll(iwae),
         "kl": kl,
         "recon": values["recon"].mean().item(),
-        "bits_per_dim": bits_per_dim(iwae, dims),
-        "elbo_bits_per_dim": bits_per_dim(elbo, dims),
+        "bits_per_dim": measure.bits_per_dim(iwae, dims),
+        "elbo_bits_per_dim": measure.bits_per_dim(elbo, dims),
         "k": k_max,
         "iwae_by_k": {str(j): dict(zip(("iwae", "iwae_se"), _mean_se(values[f"iwae_at_{j}"]))) for j in ks},
         "n": n,
@@ -267,7 +279,7 @@ def _structure_diagnostics(model, data: ImageSet, batch_size: int, kl: float) ->
             "dead_codes", "revived")
     found = {k: v for k, v in test.items() if k in keep}
     if model.groups > 1:  # latent_diagnostics' I(x; z) was of the top group alone: not the hierarchy's
-        found.update(mutual_info=None, collapsed=collapsed(kl, found["active_units"]))
+        found.update(mutual_info=None, mutual_info_saturated=None, collapsed=collapsed(kl, found["active_units"]))
     return found
 
 

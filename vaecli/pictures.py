@@ -127,7 +127,7 @@ def code_traversal(model, reference: ImageSet, positions: int | None, steps: int
     order = entropy.argsort(descending=True).tolist()
     chosen = order if positions is None else order[:positions]
     if x is None:
-        x = reference.to_float(reference.images[:1].to(model.device))
+        x = reference.to_float(reference.images[:1].to(model.device), first=0)
         y = None if reference.labels is None or not model.conditional else reference.labels[:1].to(model.device)
     if model.conditional and y is None:
         y = torch.tensor([label or 0], device=model.device)

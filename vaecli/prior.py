@@ -29,7 +29,8 @@ class CodeSet(ImageSet):
     """Code grids (N, h, w) of a dataset as int64 `images`, with the images' labels. The trainer's
     batches are the codes themselves (to_float leaves them as they are)."""
 
-    def to_float(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def to_float(self, batch: torch.Tensor, generator: torch.Generator | None = None,
+                 first: int | None = None) -> torch.Tensor:
         return batch
 
 
@@ -63,8 +64,10 @@ class PriorSummary:
     test_nll: float  # -log p(z_q) of the test images' codes, nats per image
     bits_per_code: float
     test_recon: float  # -log p(x|z_q), nats per image
-    test_bound: float  # log p(x|z_q) + log p(z_q): a lower bound on log p(x)
-    bits_per_dim: float
+    test_bound: float  # log p(x|z_q) + log p(z_q): a lower bound on log p(x) when `bound`
+    bits_per_dim: float | None  # of that bound; None when it is not one (the VQ-VAE's measure)
+    bound: bool
+    measure: str
     uniform_bound: float  # the same bound under the uniform prior, for comparison
     train_seconds: float
     img_per_s: float | None
@@ -94,7 +97,8 @@ class PriorTrainer(Trainer):
         nll /= len(self.test_set)
         bound = -self.test_recon - nll
         return {"nll": nll, "bits_per_code": nll / (self.model.spec.grid[0] * self.model.spec.grid[1] * math.log(2)),
-                "recon": self.test_recon, "elbo": bound, "bits_per_dim": evaluate.bits_per_dim(bound, self.image_dims)}
+                "recon": self.test_recon, "elbo": bound,
+                "bits_per_dim": self.vqvae.measure.bits_per_dim(bound, self.image_dims)}
 
     def sample_grid(self, epoch: int) -> None:
         self.model.eval()
@@ -118,7 +122,8 @@ class PriorTrainer(Trainer):
         return PriorSummary(
             run_dir=str(self.run_dir), step=self.state.step, epochs=self.settings.epochs, test_nll=t["nll"],
             bits_per_code=t["bits_per_code"], test_recon=t["recon"], test_bound=t["elbo"],
-            bits_per_dim=t["bits_per_dim"], uniform_bound=uniform, train_seconds=self.state.seconds,
+            bits_per_dim=t["bits_per_dim"], bound=self.vqvae.measure.bound, measure=self.vqvae.measure.what,
+            uniform_bound=uniform, train_seconds=self.state.seconds,
             img_per_s=self.images_per_second(), processes=self.dist.world, skipped_steps=self.state.skipped,
             device=str(self.device), prior=str(self.run_dir / self.stage.model),
             samples=str(self.run_dir / self.stage.samples))

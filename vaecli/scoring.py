@@ -1,5 +1,6 @@
-"""Per-image scores (`vae score`): -log p(x) by the IWAE bound, bits/dim, the ELBO, recon and KL
-of every image of a set, and how well -log p(x) tells two sets apart (AUROC / AUPR: the common
+"""Per-image scores (`vae score`): -IWAE (a bound on -log p(x) where the model's likelihood makes
+it one: bounds.py), bits/dim, the ELBO, recon and KL of every image of a set, and how well that
+score tells two sets apart (AUROC / AUPR: the common
 likelihood-based out-of-distribution test, and the setting of Nalisnick et al. 2019, "Do deep
 generative models know what they don't know?", where a foreign set can score *higher*).
 
@@ -18,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from . import data as datasets, evaluate
+from . import bounds, data as datasets, evaluate
 from .atomic import atomic_write
 from .data import ImageSet
 from .errors import UsageError
 
-COLUMNS = ("set", "image", "label", "nll", "bits_per_dim", "elbo", "recon", "kl")
+COLUMNS = ("set", "image", "label", "neg_iwae", "nll", "bits_per_dim", "elbo", "recon", "kl")
 
 
 @dataclass
@@ -33,23 +34,27 @@ class Scored:
     label: str  # how the set was named on the command line
     names: list[str]
     labels: list[int | None]
-    nll: torch.Tensor  # -IWAE bound: an upper bound on -log p(x)
+    neg_iwae: torch.Tensor  # -IWAE: the score; an upper bound on -log P(x) when `bound`
     elbo: torch.Tensor
     recon: torch.Tensor
     kl: torch.Tensor
     dims: int
+    bound: bool  # the model's measure: the figures bound -log P(x) of the images as stored
 
     @property
-    def bits_per_dim(self) -> torch.Tensor:
-        return self.nll / (self.dims * math.log(2))
+    def bits_per_dim(self) -> torch.Tensor | None:
+        return self.neg_iwae / (self.dims * math.log(2)) if self.bound else None
 
     def summary(self) -> dict:
+        """The set's means; `nll` and `bits_per_dim` only where they are bounds (else None)."""
         n = len(self.names)
-        se = (self.nll.std(unbiased=True) / math.sqrt(n)).item() if n > 1 else float("nan")
-        return {"set": self.label, "n": n, "nll": self.nll.mean().item(), "nll_se": se,
-                "bits_per_dim": self.bits_per_dim.mean().item(), "elbo": self.elbo.mean().item(),
-                "recon": self.recon.mean().item(), "kl": self.kl.mean().item(),
-                "nll_median": self.nll.median().item()}
+        se = (self.neg_iwae.std(unbiased=True) / math.sqrt(n)).item() if n > 1 else float("nan")
+        mean, median = self.neg_iwae.mean().item(), self.neg_iwae.median().item()
+        return {"set": self.label, "n": n, "neg_iwae": mean, "neg_iwae_se": se, "neg_iwae_median": median,
+                "nll": mean if self.bound else None, "nll_se": se if self.bound else None,
+                "nll_median": median if self.bound else None,
+                "bits_per_dim": self.bits_per_dim.mean().item() if self.bound else None,
+                "elbo": self.elbo.mean().item(), "recon": self.recon.mean().item(), "kl": self.kl.mean().item()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +93,7 @@ def _other_dataset(spec: str, loaded, data_root: str | None, n: int | None) -> t
         fix = (f"; try dataset.image_size={want[1]}" if cfg.name in ("shapes", "folder") and found.image_shape[0] == want[0]
                else "")
         raise UsageError(f"'{spec}' gives {_shape(found.image_shape)} images and the model takes {_shape(want)}{fix}")
-    found = _binarized_like(found, loaded)
+    found = _stored_like(found, loaded)
     return found, [f"{cfg.name}:test:{i}" for i in range(len(found))], None
 
 
@@ -117,16 +122,16 @@ def _files(paths: list[str], loaded, n: int | None) -> tuple[ImageSet, list[str]
         converted += note is not None
         images.append((x * 255).round().to(torch.uint8))
     note = f"{converted} of {len(files)} images converted to {_shape((c, h, w))}" if converted else None
-    return _binarized_like(ImageSet(torch.stack(images)), loaded), [str(p) for p in files], note
+    return _stored_like(ImageSet(torch.stack(images)), loaded), [str(p) for p in files], note
 
 
-def _binarized_like(found: ImageSet, loaded) -> ImageSet:
-    """A model trained on binarized images scores binarized ones: a fixed draw from the seed, as
-    its own test split is."""
-    if not loaded.dataset.binarize:
-        return found
-    return ImageSet(datasets.binarize_once(found.images, loaded.seed), found.labels, found.num_classes, None,
-                    name=found.name)
+def _stored_like(found: ImageSet, loaded) -> ImageSet:
+    """Foreign images stored and fed as the model's own were: binarized for a model trained on
+    binarized images (a fixed draw from the seed, as its own test split is), dequantized where
+    its data was, so that their figures mean what the test split's do."""
+    images = datasets.binarize_once(found.images, loaded.seed) if loaded.dataset.binarize else found.images
+    return ImageSet(images, found.labels, found.num_classes, name=found.name,
+                    levels=bounds.levels(loaded.dataset.binarize), dequantize=bool(loaded.dataset.dequantize))
 
 
 def _shape(shape) -> str:
@@ -157,33 +162,35 @@ def score(model, found: ImageSet, names: list[str], label: str, k: int, batch_si
         bounds = evaluate.image_bounds(model, found, [k], batch_size, on_batch)
         iwae, elbo, recon, kl = bounds["iwae"], bounds["elbo"], bounds["recon"], bounds["kl"]
     labels = found.labels.tolist() if found.labels is not None else [None] * len(found)
-    return Scored(label, names, labels, -iwae, elbo, recon, kl, math.prod(found.image_shape))
+    return Scored(label, names, labels, -iwae, elbo, recon, kl, math.prod(found.image_shape), model.measure.bound)
 
 
 def separation(inliers: Scored, outliers: Scored) -> dict:
-    """How well -log p(x) tells the sets apart, the foreign set being the positive class:
-    AUROC (0.5 = chance; below 0.5 the foreign images look *more* likely) and AUPR
-    (scikit-learn's average precision; chance = the foreign share of all images)."""
+    """How well the score (-IWAE) tells the sets apart, the foreign set being the positive class:
+    AUROC (0.5 = chance; below 0.5 the foreign images score *better*) and AUPR (scikit-learn's
+    average precision; chance = the foreign share of all images)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    scores = torch.cat([inliers.nll, outliers.nll]).numpy()
+    scores = torch.cat([inliers.neg_iwae, outliers.neg_iwae]).numpy()
     truth = [0] * len(inliers.names) + [1] * len(outliers.names)
     return {"auroc": float(roc_auc_score(truth, scores)), "aupr": float(average_precision_score(truth, scores)),
             "aupr_chance": len(outliers.names) / len(truth),
-            "foreign_more_likely": outliers.nll.mean().item() < inliers.nll.mean().item()}
+            "foreign_more_likely": outliers.neg_iwae.mean().item() < inliers.neg_iwae.mean().item()}
 
 
 def write_csv(path: Path, sets: list[Scored]) -> Path:
-    """One row per image: set, image, label, nll, bits_per_dim, elbo, recon, kl (nats)."""
+    """One row per image: set, image, label, neg_iwae, nll, bits_per_dim, elbo, recon, kl (nats);
+    nll and bits_per_dim are empty where the model's figures are not bounds on -log p(x)."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(COLUMNS)
     for s in sets:
-        bpd = s.bits_per_dim.tolist()
+        bpd = s.bits_per_dim.tolist() if s.bound else None
         for i, name in enumerate(s.names):
-            writer.writerow([s.label, name, "" if s.labels[i] is None else s.labels[i], f"{s.nll[i].item():.4f}",
-                             f"{bpd[i]:.5f}", f"{s.elbo[i].item():.4f}", f"{s.recon[i].item():.4f}",
-                             f"{s.kl[i].item():.4f}"])
+            score = f"{s.neg_iwae[i].item():.4f}"
+            writer.writerow([s.label, name, "" if s.labels[i] is None else s.labels[i], score,
+                             score if s.bound else "", f"{bpd[i]:.5f}" if s.bound else "",
+                             f"{s.elbo[i].item():.4f}", f"{s.recon[i].item():.4f}", f"{s.kl[i].item():.4f}"])
     path = Path(path)
     atomic_write(path, lambda tmp: tmp.write_text(text.getvalue()))
     return path

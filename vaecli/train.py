@@ -57,6 +57,9 @@ class TrainSummary:
     latent_dim: int
     kl_per_dim: list[float] | None
     test_recon: float
+    bound: bool  # the ELBO bounds log P(x) of the test images as stored (model.measure)
+    measure: str  # what the figures are, in one line
+    test_bits_per_dim: float | None  # -ELBO in bits/dim where it is a bound, else None
     train_seconds: float
     img_per_s: float | None
     processes: int
@@ -413,12 +416,15 @@ class Trainer:
             if not (self.run_dir / self.stage.model).exists():
                 self.save(self.state.step // self.steps_per_epoch)
         test, model = self.last_test, self.model
+        measure, dims = model.measure, math.prod(self.test_set.image_shape)
         return TrainSummary(
             run_dir=str(self.run_dir), step=self.state.step, epochs=self.settings.epochs,
             test_elbo=test["elbo"], test_kl=test["kl"], kl_exact=model.exact_kl,
             active_units=test.get("active_units"), latent_dim=test.get("latent_dim", model.latent_dim),
             kl_per_dim=test.get("kl_per_dim"),
-            test_recon=test["recon"], train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
+            test_recon=test["recon"], bound=measure.bound, measure=measure.what,
+            test_bits_per_dim=measure.bits_per_dim(test["elbo"], dims),
+            train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
             processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.settings.precision,
             device=str(self.device), threads=torch.get_num_threads(), dataset=self.cfg.dataset.name,
             model=model.spec.arch if model.spec.kind == "vae" else f"{model.spec.kind} ({model.spec.arch})",

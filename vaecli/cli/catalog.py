@@ -43,6 +43,8 @@ def table(title: str, rows):
     shared = [f"{key}={getattr(rows[0], key)}" for key in ("dataset", "model") if same[key] and getattr(rows[0], key)]
     if shared or common:
         title += f"; every run: {' '.join(shared + common)}"
+    if any(r.bound is False for r in rows):
+        title += "; * not a bound on -log p(x) (a grey-pixel Bernoulli, or a density without dequantization)"
     names = ["run"] + [key for key in ("dataset", "model") if not same[key]] + ["overrides"]
     left = len(names)
     names += ["epochs", "test ELBO", "KL", "active", "eval", "wall time", "state"]
@@ -50,7 +52,7 @@ def table(title: str, rows):
     for r in rows:
         own = [o for o in r.overrides if o not in common]
         cells.append([r.name] + [getattr(r, key) or "-" for key in ("dataset", "model") if not same[key]] + [
-            " ".join(own) or "-", _progress(r), _nats(r.test_elbo), _nats(r.test_kl),
+            " ".join(own) or "-", _progress(r), _nats(r.test_elbo) + (_mark(r) if r.test_elbo is not None else ""), _nats(r.test_kl),
             "-" if r.active_units is None else f"{r.active_units}" + (f"/{r.latent_dim}" if r.latent_dim else ""),
             _evals(r), _duration(r.wall_seconds), _state(r)])
     return output.columns(title, names, cells, left=left)
@@ -66,11 +68,16 @@ def _nats(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _mark(r) -> str:
+    """'*' beside a figure that is not a bound on -log p(x) (explained in the title)."""
+    return "*" if r.bound is False else ""
+
+
 def _evals(r) -> str:
     parts = []
     if r.iwae:
         n = r.iwae.get("n")
-        parts.append(f"IWAE {r.iwae['bound']:.2f} (k={r.iwae.get('k')}{f', n={n}' if n else ''})")
+        parts.append(f"IWAE {r.iwae['bound']:.2f}{_mark(r)} (k={r.iwae.get('k')}{f', n={n}' if n else ''})")
     if r.mig is not None:
         parts.append(f"MIG {r.mig:.3f}")
     return ", ".join(parts) or "-"

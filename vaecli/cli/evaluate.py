@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -69,7 +68,7 @@ def eval_iwae(
                                "train-prior for a tighter bound"), markup=False, highlight=False, soft_wrap=True)
     runs.append_eval(loaded.run_dir, {"kind": "iwae", "bound": result["iwae"], "se": result["iwae_se"],
                                       "k": result["k"], "n": result["n"], "split": split, "elbo": result["elbo"],
-                                      "step": loaded.step, "seed": seed})  # for `vae runs`
+                                      "of_data": result["bound"], "step": loaded.step, "seed": seed})  # for `vae runs`
     if result["collapsed"]:
         output.warn(evaluate.COLLAPSE_ADVICE.format(kl=result["kl"], active=result["active_units"]))
     output.emit(result, as_json, _iwae_table(result, loaded.dataset.name, split))
@@ -80,8 +79,10 @@ def _iwae_table(result: dict, dataset: str, split: str):
     rows = [("ELBO", f"{result['elbo']:.2f} ± {output.se(result['elbo_se'])} nats")]
     for j, bound in result["iwae_by_k"].items():
         rows.append((f"IWAE (k={j})", f"{bound['iwae']:.2f} ± {output.se(bound['iwae_se'])} nats"))
+    if result["bound"]:
+        rows.append(("-log p(x) <=", f"{result['nll']:.2f} nats = {result['bits_per_dim']:.4f} bits/dim"))
     rows += [
-        ("-log p(x) <=", f"{result['nll']:.2f} nats = {result['bits_per_dim']:.4f} bits/dim"),
+        ("what it is", result["measure"]),
         ("KL" + ("" if result["kl_exact"] else f" (Monte Carlo, k={k})")
          + (f" ({result['code_prior']} prior over codes)" if "code_prior" in result else ""),
          f"{result['kl']:.2f} nats"),
@@ -90,12 +91,16 @@ def _iwae_table(result: dict, dataset: str, split: str):
     if result["active_units"] is not None:
         rows.append(("active units", f"{result['active_units']} / {result['latent_dim']} (Cov_x E[z_u] > 0.01)"))
     if result["mutual_info"] is not None:
-        rows.append(("I(x; z)", f"{result['mutual_info']:.2f} nats (at most log n = {math.log(result['n']):.2f})"))
+        ceiling = f"at most log n = {result['mutual_info_max']:.2f}"
+        rows.append(("I(x; z)", f"{result['mutual_info']:.2f} nats ("
+                     + (f"saturated: {ceiling}, the true value may be larger)" if result["mutual_info_saturated"]
+                        else f"{ceiling})")))
     if "perplexity" in result:
         rows.append(("codebook", f"perplexity {result['perplexity']:.1f}, {result['dead_codes']:.0f} codes unused per "
                                  f"batch, {result['revived']:.0f} revived in training"))
     if result["agg_posterior_kl"] is not None:
-        rows.append(("KL(q(z) || p(z))", f"{result['agg_posterior_kl']:.2f} nats (mean KL - I(x; z))"))
+        rows.append(("KL(q(z) || p(z))", f"{result['agg_posterior_kl']:.2f} nats (mean KL - I(x; z)"
+                     + ("; an upper estimate, as I(x; z) is saturated)" if result["agg_posterior_kl_upper"] else ")")))
     if result["kl_per_dim"] is not None:
         rows.append(("KL per dim", output.kl_dims(result["kl_per_dim"])))
     if result.get("kl_per_group"):
@@ -114,7 +119,7 @@ def score(
                                        help="The checkpoint's own split to score when no IMAGES or --data.")] = "test",
     other_data: Optional[str] = typer.Option(None, "--data", help="Score another dataset's test split instead: "
                                              "'dataset=NAME [dataset.KEY=VALUE ...]'."),
-    against: Optional[str] = typer.Option(None, "--against", help="A second set to tell apart by -log p(x) (AUROC, AUPR): "
+    against: Optional[str] = typer.Option(None, "--against", help="A second set to tell apart by the score (AUROC, AUPR): "
                                           "test, train, 'dataset=NAME ...', or image files / a folder."),
     k: Annotated[int, typer.Option("--k", callback=at_least(1), help="Importance samples per image.")] = 1000,
     n: Annotated[Optional[int], typer.Option("--n", callback=at_least(1), help="The first N images of each set.")] = None,
@@ -129,9 +134,9 @@ def score(
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Per-image -log p(x) (the IWAE bound), bits/dim, ELBO, recon and KL into a CSV, with a summary;
-    --against a second set reports how well -log p(x) tells the two apart (out-of-distribution
-    detection: AUROC, AUPR) and draws both histograms."""
+    """Per-image -IWAE (a bound on -log p(x), with bits/dim, where the likelihood makes it one), ELBO,
+    recon and KL into a CSV, with a summary; --against a second set reports how well the score
+    tells the two apart (out-of-distribution detection: AUROC, AUPR) and draws both histograms."""
     if images and other_data:
         raise UsageError("score IMAGES or --data DATASET, not both")
     for path, suffix in ((out, ".csv"), (hist, ".png")):
@@ -149,17 +154,21 @@ def score(
     with output.Counter(f"score k={k}", total, enabled=not quiet and not as_json) as advance:
         scored = [scoring.score(evaluate_model, f, names, label, k, batch_size, advance) for f, names, label in sets]
     csv_path = scoring.write_csv(inputs.out_path(out, loaded, "scores.csv"), scored)
-    result = {"ckpt": str(loaded.path), "k": k, "sets": [s.summary() for s in scored], "csv": str(csv_path),
+    measure = evaluate_model.measure
+    result = {"ckpt": str(loaded.path), "k": k, "bound": measure.bound, "measure": measure.what,
+              "sets": [s.summary() for s in scored], "csv": str(csv_path),
               "separation": scoring.separation(*scored) if against else None, "histogram": None}
     if against or hist:
         where = inputs.out_path(hist, loaded, "scores.png")
-        plots.score_histogram([(s.label, s.nll.tolist()) for s in scored], where,
-                              f"-log p(x) per image (IWAE bound, k={k})", "nats")
+        title = (f"-log p(x) per image (IWAE bound, k={k})" if measure.bound
+                 else f"-IWAE per image (k={k}; not a bound on -log p(x))")
+        plots.score_histogram([(s.label, s.neg_iwae.tolist()) for s in scored], where, title, "nats")
         result["histogram"] = str(where)
     sep = result["separation"]
     if sep and (sep["foreign_more_likely"] or sep["auroc"] < 0.5) and not quiet:
         how = "on average" if sep["foreign_more_likely"] else f"for most pairs of images (AUROC {sep['auroc']:.2f})"
-        output.warn(f"the model gives '{against}' a higher likelihood {how} than '{scored[0].label}': the failure "
+        what = "a higher likelihood" if measure.bound else "a better score (-IWAE; not a likelihood here)"
+        output.warn(f"the model gives '{against}' {what} {how} than '{scored[0].label}': the failure "
                     "Nalisnick et al. (2019) describe, where likelihood alone does not flag foreign images")
     output.emit(result, as_json, _score_table(result))
 
@@ -181,11 +190,14 @@ def _score_sets(specs: list, loaded, data_root: Optional[str], n: Optional[int],
 def _score_table(result: dict):
     rows = []
     for s in result["sets"]:
-        rows.append((f"{s['set']} (n={s['n']})", f"-log p(x) {s['nll']:.2f} ± {output.se(s['nll_se'])} nats = "
-                     f"{s['bits_per_dim']:.4f} bits/dim; ELBO {s['elbo']:.2f}, recon {s['recon']:.2f}, KL {s['kl']:.2f}"))
+        score = (f"-log p(x) {s['nll']:.2f} ± {output.se(s['nll_se'])} nats = {s['bits_per_dim']:.4f} bits/dim"
+                 if result["bound"] else f"-IWAE {s['neg_iwae']:.2f} ± {output.se(s['neg_iwae_se'])} nats")
+        rows.append((f"{s['set']} (n={s['n']})",
+                     f"{score}; ELBO {s['elbo']:.2f}, recon {s['recon']:.2f}, KL {s['kl']:.2f}"))
+    rows.append(("what it is", result["measure"]))
     sep = result["separation"]
     if sep:
-        rows.append(("AUROC", f"{sep['auroc']:.4f} (0.5: chance; < 0.5: the second set looks more likely)"))
+        rows.append(("AUROC", f"{sep['auroc']:.4f} (0.5: chance; < 0.5: the second set scores better)"))
         rows.append(("AUPR", f"{sep['aupr']:.4f} (chance {sep['aupr_chance']:.3f})"))
     rows.append(("per image", result["csv"]))
     if result["histogram"]:

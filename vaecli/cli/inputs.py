@@ -86,14 +86,14 @@ def images(refs: list[str], loaded, data_root: Optional[str], splits: Optional[d
             data = splits[split]
             if index >= len(data):
                 raise UsageError(f"{ref}: the {split} split has {len(data)} images (0..{len(data) - 1})")
-            found.append(data.to_float(data.images[index:index + 1])[0])
+            found.append(data.to_float(data.images[index:index + 1], first=index)[0])
             own = int(data.labels[index]) if data.labels is not None else None
             labels.append(own if given_label is None else given_label)
         else:
             x, note = read_image(ref, c, (h, w))
             if note:
                 stderr.print(f"note: {ref}: {note} to match the model")
-            found.append(x)
+            found.append(_fed_like_training(x, loaded, len(found)))
             labels.append(given_label)
         names.append(ref)
     y = None
@@ -102,6 +102,20 @@ def images(refs: list[str], loaded, data_root: Optional[str], splits: Optional[d
             raise UsageError("this conditional model needs a class for image files: pass --label N")
         y = torch.tensor(labels, device=model.device)
     return torch.stack(found).to(model.device), names, y
+
+
+def _fed_like_training(x, loaded, index: int):
+    """An image file's pixels (C, H, W) in [0, 1] as the model's data was fed to it: dequantized
+    (with evaluation's fixed noise) where it was, so figures like reconstruct's -ELBO mean the same."""
+    if not loaded.dataset.dequantize:
+        return x
+    import torch
+
+    from .. import bounds, data
+
+    stored = data.ImageSet((x[None] * 255).round().to(torch.uint8),
+                           levels=bounds.levels(loaded.dataset.binarize), dequantize=True)
+    return stored.to_float(stored.images, first=index)[0]
 
 
 def out_path(out: Optional[Path], loaded, default_name: str) -> Path:

@@ -135,7 +135,9 @@ class TrainProgress:
             return
         if "nll" in test:  # a VQ-VAE's prior
             text = (f"epoch {epoch}/{trainer.settings.epochs}: test NLL of the codes {test['nll']:.2f} nats "
-                    f"({test['bits_per_code']:.3f} bits/code), bound on log p(x) {test['elbo']:.2f} nats")
+                    f"({test['bits_per_code']:.3f} bits/code), "
+                    + ("bound on log p(x)" if test.get("bits_per_dim") is not None else "ELBO (not a bound)")
+                    + f" {test['elbo']:.2f} nats")
         else:
             text = (f"epoch {epoch}/{trainer.settings.epochs}: test ELBO {test['elbo']:.2f}, "
                     f"KL {test['kl']:.2f}, recon {test['recon']:.2f} nats"

@@ -136,7 +136,9 @@ def _report(summary, quiet: bool, as_json: bool) -> None:
         print(s.run_dir)
         return
     rows = [
-        ("test ELBO", f"{s.test_elbo:.2f} nats"),
+        ("test ELBO", f"{s.test_elbo:.2f} nats" + (f" (-log p(x) <= {s.test_bits_per_dim:.4f} bits/dim)"
+                                                   if s.test_bits_per_dim is not None else "")),
+        ("what it is", s.measure),
         ("test KL" + ("" if s.kl_exact else " (Monte Carlo)"), f"{s.test_kl:.2f} nats"),
         ("test recon", f"{s.test_recon:.2f} nats"),
     ]
@@ -201,7 +203,9 @@ def train_prior(
         return
     s = summary
     rows = [("test NLL of the codes", f"{s.test_nll:.2f} nats ({s.bits_per_code:.3f} bits/code)"),
-            ("bound on log p(x)", f"{s.test_bound:.2f} nats = {s.bits_per_dim:.4f} bits/dim"),
+            ("bound on log p(x)" if s.bound else "ELBO (not a bound)",
+             f"{s.test_bound:.2f} nats" + (f" = {s.bits_per_dim:.4f} bits/dim" if s.bound else "")),
+            ("what it is", s.measure),
             ("  with a uniform prior", f"{s.uniform_bound:.2f} nats"),
             ("  recon -log p(x|z_q)", f"{s.test_recon:.2f} nats"),
             ("steps", str(s.step)), ("train time", f"{s.train_seconds:.1f} s"),

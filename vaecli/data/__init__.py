@@ -6,11 +6,13 @@ resized once), so a batch is an index slice of one tensor, not a per-item PIL pi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from .. import bounds
 from ..config import DatasetConfig
 from ..errors import UsageError
 
@@ -22,6 +24,8 @@ class ImageSet:
     """images: uint8 (N, C, H, W); labels: int64 (N,) or None; factors: int64 (N, F) or None.
 
     `binarize="dynamic"` redraws each pixel as Bernoulli(intensity) every time a batch is made.
+    `levels` is how many values a pixel takes as stored (2 for binarized sets, else 256) and
+    `dequantize` feeds the model (k + u) / levels instead of the level k (bounds.py says why).
     """
 
     images: Tensor
@@ -31,6 +35,8 @@ class ImageSet:
     factors: Tensor | None = None
     factor_names: list[str] = field(default_factory=list)
     name: str = ""
+    levels: int = 256
+    dequantize: bool = False
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -39,12 +45,23 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
-    def to_float(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 (B, C, H, W) on any device -> float in [0, 1] (binary when dynamic)."""
+    def to_float(self, batch: Tensor, generator: torch.Generator | None = None, first: int | None = None) -> Tensor:
+        """uint8 (B, C, H, W) on any device -> float in [0, 1] (binary when dynamic). Dequantized:
+        (k + u) / levels for the stored level k, with u ~ U[0, 1) drawn from `generator` (training),
+        or, when `first` gives the batch's index in the set, a fixed function of each pixel's
+        index (evaluation: the same noise whatever the batch size, so bounds repeat exactly)."""
         x = batch.float().div_(255.0)
         if self.binarize == "dynamic":
             x = torch.bernoulli(x, generator=generator)
+        if self.dequantize:
+            u = (fixed_uniform(first, x.shape, x.device) if first is not None
+                 else torch.rand(x.shape, generator=generator, device=x.device))
+            x = x.mul_(self.levels - 1).round_().add_(u).div_(self.levels)
         return x
+
+    def like(self, images: Tensor, labels: Tensor | None = None, num_classes: int | None = None) -> "ImageSet":
+        """Other images stored and fed as this set's are (levels, dequantization; not binarized)."""
+        return ImageSet(images, labels, num_classes, name=self.name, levels=self.levels, dequantize=self.dequantize)
 
     @staticmethod
     def concat(parts: list["ImageSet"]) -> "ImageSet":
@@ -56,7 +73,7 @@ class ImageSet:
             return None if any(v is None for v in values) else torch.cat(values)
 
         return ImageSet(cat("images"), cat("labels"), first.num_classes, first.binarize, cat("factors"),
-                        first.factor_names, first.name)
+                        first.factor_names, first.name, first.levels, first.dequantize)
 
     def head(self, n: int | None) -> "ImageSet":
         """The first n images (all when n is None)."""
@@ -66,7 +83,38 @@ class ImageSet:
         return ImageSet(self.images[cut], None if self.labels is None else self.labels[cut],
                         self.num_classes, self.binarize,
                         None if self.factors is None else self.factors[cut], self.factor_names,
-                        self.name)
+                        self.name, self.levels, self.dequantize)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(h: Tensor, c: int) -> Tensor:
+    """(h * c) mod 2^32 for h < 2^32, in int64 without overflow (two 16-bit halves of c)."""
+    return (h * (c & 0xFFFF) + (((h * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _hash32(h: Tensor) -> Tensor:
+    """lowbias32 (C. Wellons' integer hash): well-mixed 32-bit outputs for consecutive inputs."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = _mul32(h, 0x846CA68B)
+    return h ^ (h >> 16)
+
+
+def fixed_uniform(first: int, shape: torch.Size, device: torch.device) -> Tensor:
+    """U[0, 1) values for the images first, first + 1, ... of a set, shape (B, C, H, W): a fixed
+    function of each pixel's index in the set (24-bit resolution), the same on every device and
+    for every batch size. The dequantization noise of evaluation."""
+    per_image = math.prod(shape[1:])
+    index = (torch.arange(shape[0], device=device, dtype=torch.int64) + first)[:, None] * per_image
+    index = index + torch.arange(per_image, device=device, dtype=torch.int64)
+    h = _hash32((index & _M32) ^ _hash32((index >> 32) ^ DEQUANTIZE_SEED))
+    return (h >> 8).to(torch.float32).mul_(2.0 ** -24).reshape(shape)
+
+
+DEQUANTIZE_SEED = 0x5EED  # one fixed noise for every evaluation, so all models meet the same test set
 
 
 def binarize_once(images: Tensor, seed: int) -> Tensor:
@@ -102,4 +150,6 @@ def build(cfg: DatasetConfig, split: str = "train", seed: int = 0, num_workers: 
     else:
         raise UsageError(f"unknown dataset {cfg.name!r}")
     data.name = cfg.name
+    data.levels = bounds.levels(cfg.binarize)
+    data.dequantize = bool(cfg.dequantize)
     return data.head(cfg.limit) if split == "train" else data

@@ -3,6 +3,7 @@ typed config and what the data fixes (image shape, classes) and builds it."""
 
 from __future__ import annotations
 
+from .. import bounds
 from .vae import AE, HVAE, KINDS, VAE, LatentModel, PointMass, VAESpec
 from .ladder import Ladder
 from .vqvae import VQVAE
@@ -18,9 +19,10 @@ def build(spec: VAESpec) -> LatentModel:
 
 
 def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[int, int, int],
-                     num_classes: int | None = None) -> VAESpec:
+                     num_classes: int | None = None, dataset_cfg=None) -> VAESpec:
     """The model part of a run config (model.*, likelihood.*, prior.*) plus what the data fixes:
-    the image shape and, for a conditional model, the number of classes. Keys the chosen options
+    the image shape, for a conditional model the number of classes, and how the data is stored
+    and fed (dataset.binarize: 2 levels, else 256; dataset.dequantize). Keys the chosen options
     leave unset (None) keep VAESpec's recorded values; config.validate has made sure that every
     key a model uses is set."""
     kind = model_cfg.name if model_cfg.name in ("ae", "hvae", "vqvae", "ladder") else "vae"
@@ -47,6 +49,8 @@ def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[in
         dead_after=model_cfg.dead_after,
         kmeans_init=model_cfg.kmeans_init,
         groups=model_cfg.groups,
+        levels=bounds.levels(dataset_cfg.binarize) if dataset_cfg is not None else 256,
+        dequantize=bool(dataset_cfg.dequantize) if dataset_cfg is not None else False,
     )
     optional = ("mixtures", "prior_components", "latent_dim2", "hidden2", "codebook_size", "code_dim", "commitment",
                 "ema_decay", "dead_after", "kmeans_init", "groups")
@@ -59,7 +63,7 @@ def from_config(cfg, image_shape: tuple[int, int, int], num_classes: int | None)
 
     if cfg.model.conditional and num_classes is None:
         raise UsageError(f"model.conditional=true needs class labels, and dataset={cfg.dataset.name} has none")
-    spec = spec_from_config(cfg.model, cfg.likelihood, cfg.prior, image_shape, num_classes)
+    spec = spec_from_config(cfg.model, cfg.likelihood, cfg.prior, image_shape, num_classes, cfg.dataset)
     try:
         return build(spec)
     except ValueError as e:  # e.g. too many conv stages for the image size

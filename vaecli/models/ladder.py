@@ -93,7 +93,7 @@ class Ladder(LatentModel):
         self.spec = spec
         g, d, act = spec.groups, spec.latent_dim, spec.activation
         width = spec.hidden[-1]
-        self.likelihood = likelihoods.build(spec.likelihood, spec.sigma, spec.per_pixel, spec.mixtures)
+        self.likelihood = likelihoods.build(spec)
         c = spec.num_classes or 0
         scale = 1 / math.sqrt(2 * g)
         # bottom-up: stem, then one residual cell per group (e_1 .. e_G)

@@ -1,5 +1,11 @@
 """p(x|z): each likelihood turns decoder outputs (B, P*C, H, W) into a distribution whose event
-is one image (C, H, W): log_prob(x) has shape (B,), and `mean` is an image batch in [0, 1]."""
+is one image (C, H, W): log_prob(x) has shape (B,), and `mean` is an image batch in [0, 1].
+
+Each likelihood also knows what its log_prob is of (`measure`, from bounds.py): a probability of
+the data as stored, a density made into one by dequantization, or neither. A density built for
+dequantized data (`levels`, `dequantize`) subtracts D ln L from log_prob itself, so the ELBO, the
+IWAE bound and every score computed from it are figures of the discrete data, with no caller
+adding the offset."""
 
 from __future__ import annotations
 
@@ -11,13 +17,38 @@ from torch import Tensor, nn
 from torch.distributions import (Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal,
                                  constraints)
 
+from .. import bounds
+
 LOG_SIGMA_MIN = -7.0  # sigma >= ~1e-3: a learned variance collapsing to 0 sends log p to infinity
 
 
-def _image(dist: Distribution) -> Distribution:
+def _image(dist: Distribution, log_levels: float = 0.0) -> Distribution:
     # validate_args=False: grey pixels lie outside Bernoulli's {0, 1} support by design, and
     # per-call validation costs time in the training loop.
+    if log_levels:
+        return _DequantizedImage(dist, log_levels)
     return Independent(dist, 3, validate_args=False)
+
+
+class _DequantizedImage(Independent):
+    """A density over images evaluated at dequantized images y = (k + u) / L: log_prob(y) is
+    log p(y) - D ln L, whose expectation over u is a lower bound on log P(k) of the stored levels k
+    (Theis et al. 2016), and so are the ELBO and IWAE bound built on it."""
+
+    def __init__(self, base: Distribution, log_levels: float):
+        super().__init__(base, 3, validate_args=False)
+        self.log_levels = log_levels
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return super().log_prob(value) - self.log_levels * value.shape[-3:].numel()
+
+
+class _Density(nn.Module):
+    """A density likelihood: on dequantized data its log_prob carries the -D ln L of the bins."""
+
+    def __init__(self, levels: int = 256, dequantize: bool = False):
+        super().__init__()
+        self.log_levels = math.log(levels) if dequantize else 0.0
 
 
 class _BernoulliImage(Independent):
@@ -57,7 +88,7 @@ class BernoulliLikelihood(nn.Module):
         return _BernoulliImage(Bernoulli(logits=params, validate_args=False), 3, validate_args=False)
 
 
-class ContinuousBernoulliLikelihood(nn.Module):
+class ContinuousBernoulliLikelihood(_Density):
     """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): the Bernoulli shape renormalized
     into a density on [0, 1], the correct likelihood for grey pixels. Its mean is not the
     Bernoulli parameter, which is why samples shown with it are less washed out."""
@@ -65,28 +96,28 @@ class ContinuousBernoulliLikelihood(nn.Module):
     params_per_pixel = 1
 
     def forward(self, params: Tensor) -> Distribution:
-        return _image(ContinuousBernoulli(logits=params, validate_args=False))
+        return _image(ContinuousBernoulli(logits=params, validate_args=False), self.log_levels)
 
 
-class GaussianLikelihood(nn.Module):
+class GaussianLikelihood(_Density):
     """Per-pixel Normal(mean = decoder output, fixed sigma)."""
 
     params_per_pixel = 1
 
-    def __init__(self, sigma: float):
-        super().__init__()
+    def __init__(self, sigma: float, levels: int = 256, dequantize: bool = False):
+        super().__init__(levels, dequantize)
         self.sigma = float(sigma)
 
     def forward(self, params: Tensor) -> Distribution:
-        return _image(Normal(params, self.sigma, validate_args=False))
+        return _image(Normal(params, self.sigma, validate_args=False), self.log_levels)
 
 
-class LearnedGaussianLikelihood(nn.Module):
+class LearnedGaussianLikelihood(_Density):
     """Per-pixel Normal with a learned sigma: one global log sigma, or (per_pixel) a second
     decoder output per pixel. log sigma is clamped below at LOG_SIGMA_MIN."""
 
-    def __init__(self, per_pixel: bool, init_sigma: float = 0.1):
-        super().__init__()
+    def __init__(self, per_pixel: bool, init_sigma: float = 0.1, levels: int = 256, dequantize: bool = False):
+        super().__init__(levels, dequantize)
         self.per_pixel = per_pixel
         self.params_per_pixel = 2 if per_pixel else 1
         if not per_pixel:
@@ -97,7 +128,7 @@ class LearnedGaussianLikelihood(nn.Module):
             mean, log_sigma = params.chunk(2, dim=-3)
         else:
             mean, log_sigma = params, self.log_sigma.expand_as(params)
-        return _image(Normal(mean, log_sigma.clamp(min=LOG_SIGMA_MIN).exp(), validate_args=False))
+        return _image(Normal(mean, log_sigma.clamp(min=LOG_SIGMA_MIN).exp(), validate_args=False), self.log_levels)
 
 
 class DiscretizedLogisticMixture(Distribution):
@@ -156,15 +187,24 @@ class LogisticLikelihood(nn.Module):
         return _image(DiscretizedLogisticMixture(logit_probs, torch.tanh(means), log_scales))
 
 
-def build(name: str, sigma: float | None = None, per_pixel: bool = False, mixtures: int = 1) -> nn.Module:
+def build(spec) -> nn.Module:
+    """The likelihood a model spec names, for the data it describes (spec.levels, spec.dequantize),
+    with `measure` saying what its log_prob is of."""
+    name, sigma, levels, dequantize = spec.likelihood, spec.sigma, spec.levels, spec.dequantize
+    sigma = sigma if sigma is not None else 0.1
     if name == "bernoulli":
-        return BernoulliLikelihood()
-    if name == "cbernoulli":
-        return ContinuousBernoulliLikelihood()
-    if name == "gaussian":
-        return GaussianLikelihood(sigma if sigma is not None else 0.1)
-    if name == "gaussian_learned":
-        return LearnedGaussianLikelihood(per_pixel, sigma if sigma is not None else 0.1)
-    if name == "logistic":
-        return LogisticLikelihood(mixtures)
-    raise ValueError(f"unknown likelihood {name!r}")
+        likelihood = BernoulliLikelihood()
+    elif name == "cbernoulli":
+        likelihood = ContinuousBernoulliLikelihood(levels, dequantize)
+    elif name == "gaussian":
+        likelihood = GaussianLikelihood(sigma, levels, dequantize)
+    elif name == "gaussian_learned":
+        likelihood = LearnedGaussianLikelihood(spec.per_pixel, sigma, levels, dequantize)
+    elif name == "logistic":
+        likelihood = LogisticLikelihood(spec.mixtures)
+    else:
+        raise ValueError(f"unknown likelihood {name!r}")
+    if dequantize and name not in bounds.DENSITIES:
+        raise ValueError(f"likelihood={name} is a probability of the stored values; dequantized data needs a density")
+    likelihood.measure = bounds.measure(name, levels, dequantize)
+    return likelihood

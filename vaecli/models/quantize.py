@@ -42,6 +42,9 @@ class VectorQuantizer(nn.Module):
         self.decay, self.dead_after, self.eps = ema_decay, dead_after, eps
         init = torch.empty(codebook_size, code_dim).uniform_(-1 / codebook_size, 1 / codebook_size)
         if ema_decay > 0:
+            # A weight kept as a buffer (moved by the EMA update, not by gradients): the trainer's
+            # weight averaging (trainer.ema) averages it with the parameters.
+            self.weight_buffers = ("codebook",)
             self.register_buffer("codebook", init)
             self.register_buffer("cluster_size", torch.ones(codebook_size))  # EMA of vectors per code
             self.register_buffer("code_sum", init.clone())  # EMA of their sum

@@ -10,7 +10,8 @@ Every model answers the same questions, so objectives and commands never ask whi
   latent_mean(x, y)    the point in latent space an image maps to (interpolation)
   sample(n, ...)       prior draws decoded;  reconstruct(x, y) the posterior mean decoded
 and describes itself: latent_dim, conditional/num_classes, exact_kl (closed-form KL), has_bound
-(log_weights defines a bound on log p(x)), layers (stochastic layers), convolutional.
+(log_weights defines a bound on log p(x)), measure (whether that bound is one for the data as
+stored: bounds.Measure), layers (stochastic layers), convolutional.
 Models raise plain Python errors (ValueError); mapping them to messages is the CLI's business.
 """
 
@@ -56,6 +57,10 @@ class VAESpec:
     dead_after: int = 100  # vqvae: revive a code unused for this many training steps (0: never)
     kmeans_init: bool = False  # vqvae: initialise the codebook by k-means on the first batch
     groups: int = 1  # ladder: latent groups of latent_dim units each
+    # The data as stored, which decides what log p(x|z) is of (bounds.py): levels per value (2 for
+    # binarized data, 256 for 8-bit), and whether the model sees it uniformly dequantized.
+    levels: int = 256
+    dequantize: bool = False
 
     def __post_init__(self):
         self.image_shape = tuple(int(s) for s in self.image_shape)
@@ -144,6 +149,11 @@ class LatentModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def measure(self):
+        """What log p(x|z), and so the ELBO and IWAE bound, is of (bounds.Measure)."""
+        return self.likelihood.measure
+
     def _onehot(self, y: Tensor | None, dtype: torch.dtype) -> Tensor:
         if y is None:
             raise ValueError("this is a conditional model: it needs class labels (e.g. --label 3)")
@@ -175,7 +185,7 @@ class VAE(LatentModel):
     def __init__(self, spec: VAESpec):
         super().__init__()
         self.spec = spec
-        self.likelihood = likelihoods.build(spec.likelihood, spec.sigma, spec.per_pixel, spec.mixtures)
+        self.likelihood = likelihoods.build(spec)
         c = spec.num_classes or 0
         self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation)
         self.head = nn.Linear(features + c, self._head_outputs())

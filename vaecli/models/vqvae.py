@@ -33,7 +33,7 @@ class VQVAE(LatentModel):
     def __init__(self, spec: VAESpec):
         super().__init__()
         self.spec = spec
-        self.likelihood = likelihoods.build(spec.likelihood, spec.sigma, spec.per_pixel, spec.mixtures)
+        self.likelihood = likelihoods.build(spec)
         self.encoder, self.grid = blocks.grid_encoder(spec.arch, spec.image_shape, spec.hidden, spec.code_dim,
                                                       spec.activation)
         self.quantizer = VectorQuantizer(spec.codebook_size, spec.code_dim, spec.ema_decay, spec.dead_after,
