@@ -76,7 +76,7 @@ def pythae_rate(theirs, data: torch.Tensor, k: int, batch_size: int) -> float:
 def preset_model(name: str):
     cfg = load_config([f"experiment={name}"]).cfg
     torch.manual_seed(0)
-    return build(spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, 28, 28)))
+    return build(spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, 28, 28), dataset_cfg=cfg.dataset))
 
 
 def main() -> None:

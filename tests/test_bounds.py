@@ -230,22 +230,25 @@ def test_every_command_says_whether_its_figures_are_bounds(trained_run, env, tmp
 
 def test_a_checkpoint_from_before_levels_and_dequantization_keeps_its_meaning(tmp_path):
     """Saved before the spec knew the data's levels: a binarized-MNIST Bernoulli model is still a
-    bound, a Gaussian one (never dequantized then) is still not."""
+    bound, a Gaussian one (never dequantized then) is still not, and a logistic one keeps the tanh
+    on its means."""
     import json
 
     from vaecli import checkpoint
     from vaecli.config import DatasetConfig
 
-    for likelihood, binarize, bound in (("bernoulli", "dynamic", True), ("gaussian", None, False)):
+    for likelihood, binarize, bound in (("bernoulli", "dynamic", True), ("gaussian", None, False),
+                                        ("logistic", None, True)):
         model = build(VAESpec("mlp", (1, 4, 4), latent_dim=2, hidden=[8], likelihood=likelihood, sigma=0.1))
         path = tmp_path / likelihood / "model.safetensors"
         path.parent.mkdir()
         checkpoint.save_model(path, model, DatasetConfig(name="mnist", binarize=binarize), seed=0, step=1, epoch=1)
         tensors, metadata = checkpoint.read_tensors(path)
         spec, dataset = json.loads(metadata["vaecli.model"]), json.loads(metadata["vaecli.dataset"])
-        del spec["levels"], spec["dequantize"], dataset["dequantize"]
+        del spec["levels"], spec["dequantize"], spec["logistic_tanh_means"], dataset["dequantize"]
         metadata.update({"vaecli.model": json.dumps(spec), "vaecli.dataset": json.dumps(dataset)})
         checkpoint.save_tensors(path, tensors, metadata)
         loaded = checkpoint.load_model(path)
         assert loaded.model.measure.bound is bound and loaded.dataset.dequantize is False
         assert loaded.model.spec.levels == (2 if binarize else 256)
+        assert loaded.model.spec.logistic_tanh_means is (likelihood == "logistic")  # as it was trained

@@ -19,7 +19,7 @@ def test_each_experiment_preset_composes_and_builds(experiment):
 
     cfg = load_config([f"experiment={experiment}"]).cfg
     size = cfg.dataset.image_size or 28
-    model = models.build(spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, size, size)))
+    model = models.build(spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, size, size), dataset_cfg=cfg.dataset))
     assert sum(p.numel() for p in model.parameters()) > 0 and model.spec.kind in ("vae", "hvae", "ladder")
     if experiment.startswith("bmnist"):
         t = cfg.trainer
@@ -80,7 +80,7 @@ def test_each_dataset_and_model_composes_and_builds(dataset, model, data_root, t
     train = data.build(cfg.dataset, "train", cfg.seed)
     test = data.build(cfg.dataset, "test", cfg.seed)
     assert train.images.dtype == torch.uint8 and len(train) > 0 and len(test) > 0
-    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, train.image_shape, train.num_classes)
+    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, train.image_shape, train.num_classes, cfg.dataset)
     model = models.build(spec)
     x = train.to_float(train.images[:4])
     y = train.labels[:4] if model.conditional else None
@@ -92,7 +92,7 @@ def test_each_dataset_and_model_composes_and_builds(dataset, model, data_root, t
 @pytest.mark.parametrize("likelihood", group_options("likelihood"))
 def test_each_likelihood_composes_and_trains_one_step(likelihood):
     cfg = load_config(["dataset=shapes", f"likelihood={likelihood}"]).cfg
-    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, 32, 32))
+    spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, 32, 32), dataset_cfg=cfg.dataset)
     model = models.build(spec)
     from vaecli import objectives
     loss, metrics = objectives.elbo(model, torch.rand(8, 1, 32, 32))

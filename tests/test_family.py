@@ -32,10 +32,20 @@ def test_discretized_logistic_probabilities_sum_to_one_and_match_the_cdf(mixture
     # independent computation of one interior bin, single component
     if mixtures == 1:
         logit, mean, log_scale = params[0].view(3, 1, 2, 2, 2).unbind(0)
-        mean, scale = torch.tanh(mean[0]), log_scale[0].clamp(min=LOG_SIGMA_MIN).exp()
+        mean, scale = mean[0], log_scale[0].clamp(min=LOG_SIGMA_MIN).exp()  # the decoder's means as they are
         x = 100 / 255 * 2 - 1
         expected = logistic_cdf(x + 1 / 255, mean, scale) - logistic_cdf(x - 1 / 255, mean, scale)
         assert torch.allclose(per_pixel[100].exp(), expected, rtol=1e-5)
+    # its mean is the expectation over the 256 values (up to the rounding inside the bins)
+    expectation = (per_pixel.exp() * values.view(256, 1, 1, 1)).sum(0)
+    assert torch.allclose(dist.mean, expectation, atol=2e-3)
+
+
+def test_logistic_checkpoints_from_before_linear_means_keep_their_tanh():
+    torch.manual_seed(0)
+    old = build(VAESpec("mlp", (1, 2, 2), latent_dim=2, hidden=[4], likelihood="logistic", logistic_tanh_means=True))
+    params = 3 * torch.randn(1, 3, 2, 2)
+    assert torch.allclose(old.likelihood(params).base_dist.means, torch.tanh(params[:, 1:2]).unsqueeze(1))
 
 
 def test_continuous_bernoulli_matches_its_formula_and_integrates_to_one():

@@ -128,8 +128,9 @@ def _rebuild(file: Path, spec_type, build_fn):
     spec_fields = _json_field(metadata, "vaecli.model", file)
     data_fields = _json_field(metadata, "vaecli.dataset", file)
     data_fields.setdefault("dequantize", False)  # saved before dataset.dequantize existed: trained without it
-    if spec_type is VAESpec:  # likewise the data's levels, which decide what its likelihood measures
+    if spec_type is VAESpec:  # likewise the data's levels, which decide what its likelihood measures,
         spec_fields.setdefault("levels", bounds.levels(data_fields.get("binarize")))
+        spec_fields.setdefault("logistic_tanh_means", spec_fields.get("likelihood") == "logistic")  # old squashing
     try:
         dataset = DatasetConfig(**data_fields)
         model = build_fn(spec_type(**spec_fields))

@@ -164,6 +164,9 @@ class Trainer:
         run_dir, dist, t = self.run_dir, self.dist, self.settings
         loaded = checkpoint.load_model(run_dir, device=self.device, stage=self.stage, with_prior=False)
         if asdict(loaded.model.spec) != asdict(self.model.spec):
+            if loaded.model.spec.logistic_tanh_means:
+                raise UsageError(f"{run_dir} was trained by a vaecli whose logistic likelihood squashed its means by "
+                                 "tanh: every command still reads it, but it cannot be resumed; start a new run")
             raise UsageError(f"{run_dir}: the saved model differs from its config.yaml; start a new run")
         self.model.load_state_dict(loaded.model.state_dict())
         if dist.main:  # rank 0 may finish an interrupted checkpoint; the others read after it

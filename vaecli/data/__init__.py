@@ -59,10 +59,6 @@ class ImageSet:
             x = x.mul_(self.levels - 1).round_().add_(u).div_(self.levels)
         return x
 
-    def like(self, images: Tensor, labels: Tensor | None = None, num_classes: int | None = None) -> "ImageSet":
-        """Other images stored and fed as this set's are (levels, dequantization; not binarized)."""
-        return ImageSet(images, labels, num_classes, name=self.name, levels=self.levels, dequantize=self.dequantize)
-
     @staticmethod
     def concat(parts: list["ImageSet"]) -> "ImageSet":
         """The images of `parts` (same dataset, e.g. its train and test splits) as one set."""
@@ -87,6 +83,7 @@ class ImageSet:
 
 
 _M32 = 0xFFFFFFFF
+DEQUANTIZE_SEED = 0x5EED  # one fixed noise for every evaluation, so all models meet the same test set
 
 
 def _mul32(h: Tensor, c: int) -> Tensor:
@@ -112,9 +109,6 @@ def fixed_uniform(first: int, shape: torch.Size, device: torch.device) -> Tensor
     index = index + torch.arange(per_image, device=device, dtype=torch.int64)
     h = _hash32((index & _M32) ^ _hash32((index >> 32) ^ DEQUANTIZE_SEED))
     return (h >> 8).to(torch.float32).mul_(2.0 ** -24).reshape(shape)
-
-
-DEQUANTIZE_SEED = 0x5EED  # one fixed noise for every evaluation, so all models meet the same test set
 
 
 def binarize_once(images: Tensor, seed: int) -> Tensor:

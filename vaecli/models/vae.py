@@ -61,6 +61,7 @@ class VAESpec:
     # binarized data, 256 for 8-bit), and whether the model sees it uniformly dequantized.
     levels: int = 256
     dequantize: bool = False
+    logistic_tanh_means: bool = False  # logistic: checkpoints from before 2026-12-02 squashed the means by tanh
 
     def __post_init__(self):
         self.image_shape = tuple(int(s) for s in self.image_shape)
