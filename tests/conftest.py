@@ -18,6 +18,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def pytest_configure(config):
+    """The tests' vae processes share cores through a registry of their own (sharing.py), so vae
+    processes running elsewhere on the machine do not change the tests' thread counts."""
+    import tempfile
+
+    os.environ.setdefault("VAECLI_REGISTRY", tempfile.mkdtemp(prefix="vaecli-test-registry-"))
+
 TINY = ["model.hidden=[32]", "model.latent_dim=4", "trainer.batch_size=32", "trainer.epochs=1",
         "trainer.log_every=2", "trainer.eval_batch_size=64"]
 

@@ -10,6 +10,7 @@ import shutil
 
 import torch
 
+from . import sharing
 from .config import check_device
 from .errors import UsageError
 
@@ -40,14 +41,14 @@ def cores() -> int:
 
 
 def set_threads(requested: int = 0) -> int:
-    """torch's intra-op threads: `requested`, or for 0 (auto) one per available core unless the
-    environment already says (OMP_NUM_THREADS, as torchrun sets, or MKL_NUM_THREADS). What keeps
-    auto safe beside other jobs is the short OpenMP spin `cli.share_the_cpu` sets before torch
-    starts (README "Sharing a CPU")."""
+    """torch's intra-op threads: `requested`, or for 0 (auto) this process's fair share of its
+    cores among the vae processes running on them (sharing.py: one per core when alone, and
+    re-balanced as others start and end) unless the environment already says (OMP_NUM_THREADS, as
+    torchrun sets, or MKL_NUM_THREADS). Every such process is counted by the others."""
+    fixed = requested > 0 or bool(os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"))
     if requested > 0:
         torch.set_num_threads(requested)
-    elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
-        torch.set_num_threads(cores())
+    sharing.share().join(adjust=not fixed)
     return torch.get_num_threads()
 
 

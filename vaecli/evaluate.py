@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from . import objectives
+from . import objectives, sharing
 from .data import ImageSet
 from .errors import UsageError
 
@@ -33,6 +33,7 @@ def batches(data: ImageSet, batch_size: int, device: torch.device):
     """(x, y) batches on `device`: images as floats (dequantized with the fixed evaluation noise
     where the set is), labels (or None)."""
     for start in range(0, len(data), batch_size):
+        sharing.tick()  # take or give back cores as other vae processes start and end
         cut = slice(start, start + batch_size)
         y = data.labels[cut].to(device) if data.labels is not None else None
         yield data.to_float(data.images[cut].to(device), first=start), y

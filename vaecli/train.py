@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import callbacks as features, checkpoint, data, device as devices, distributed, evaluate, models, objectives
-from . import pictures, runs
+from . import pictures, runs, sharing
 from .callbacks import Callback  # noqa: F401 (the hook base class, re-exported for users of the trainer)
 from .config import Composed, Config
 from .data.images import save_grid
@@ -226,7 +226,10 @@ class Trainer:
         finally:
             self.loss_step = None  # DDP's reducer holds the process group: let it go before teardown
             self.emit("on_train_end")
-        return self.summary() if self.dist.main else None
+        try:
+            return self.summary() if self.dist.main else None
+        finally:  # a Python caller's process no longer counts as computing (the CLI's ends anyway)
+            sharing.share().leave()
 
     def run_epoch(self) -> None:
         epoch, offset = divmod(self.state.step, self.steps_per_epoch)
@@ -237,6 +240,7 @@ class Trainer:
         self._tick = time.perf_counter()
         last = self.steps_per_epoch - 1
         for i in range(offset, self.steps_per_epoch):
+            sharing.tick()  # at most once a second: this process's share of the cores (sharing.py)
             self.train_step(self.dist.shard(order, i, self.global_batch))
             step = self.state.step
             if (step % self.settings.log_every == 0 or i == last) and self._count:

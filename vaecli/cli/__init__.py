@@ -41,25 +41,7 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map every failure to one line + exit code."""
-    share_the_cpu()
     distributed.exit_process(run(argv))
-
-
-SPINCOUNT = "1000"  # GNU OpenMP's default is 300,000 spins (README "Sharing a CPU")
-
-
-def share_the_cpu() -> None:
-    """Idle OpenMP threads spin only briefly before they sleep (GOMP_SPINCOUNT=1000, GNU OpenMP's
-    setting, the runtime of torch's Linux wheels), unless the user set a policy. With the default
-    long spin, the threads of two processes on the same cores wait for each other's descheduled
-    threads: measured here (bench/sharing.py), two trainings at once ran 4-27x slower each than
-    one alone; with this 2x, at no measurable cost alone (OMP_WAIT_POLICY=PASSIVE shared better
-    but cost 15-35% alone). It must be set before torch loads OpenMP: the commands import torch
-    later."""
-    import sys
-
-    if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-        os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
 
 
 def _bash_completion():

@@ -98,7 +98,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the random draws.")]
 Threads = Annotated[int, typer.Option("--threads", callback=at_least(0),
-                                      help="CPU threads for the math (0: auto, safe beside other jobs).")]
+                                      help="CPU threads for the math (0: a fair share of the cores among running vae processes).")]
 Zoom = Annotated[Optional[int], typer.Option(
     "--zoom", callback=at_least(1), help="Enlarge each pixel N times (nearest neighbour); default: about 112 px per image.")]
 Gif = Annotated[bool, typer.Option("--gif", help="Write an animated GIF instead (default --out: RUN/NAME.gif).")]
