@@ -13,7 +13,8 @@ help:
 	@echo "make test-slow only the slow tests (real MNIST when ../shared/data has it)"
 	@echo "make test-all  fast and slow tests"
 	@echo "make demo      train on the offline shapes dataset and write pictures to $(DEMO)/"
-	@echo "make bench     speed figures: vaecli vs the textbook loop vs the sgemm ceiling (needs MNIST);"
+	@echo "make bench     speed figures: vaecli vs the textbook loop vs the sgemm and bf16 ceilings (needs MNIST);"
+	@echo "               vaecli vs a careful hand loop and pythae's trainer (bench/trainers.py);"
 	@echo "               eval-iwae vs pythae's get_nll (if installed) and the ladder presets' eval cost;"
 	@echo "               two trainings at once vs one alone under each thread policy (bench/sharing.py)"
 
@@ -48,6 +49,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/trainers.py
 	$(BIN)/python bench/iwae.py
 	$(BIN)/python bench/sharing.py
 

@@ -7,7 +7,8 @@ Prints, all measured here and now:
      (training ~ 3 x the forward FLOPs);
      the same with trainer.compile=true (whole run, and its last epoch after compiling), and
      with trainer.precision=bf16;
-  3. eval-iwae with k=5000 on the 784-200-200-50 model: images/s, samples/s, fraction of ceiling;
+  3. eval-iwae with k=5000 on the 784-200-200-50 model: images/s, samples/s, fraction of ceiling,
+     in fp32 and with the networks in bf16 (against the bf16 GEMM ceiling);
   4. peak memory (RSS), and `vae --help` wall time.
 MNIST comes from $VAECLI_DATA, else a copy of ../shared/data/MNIST/raw made under bench/.data.
 """
@@ -43,13 +44,24 @@ def mnist_root() -> str:
     return str(local)
 
 
-def sgemm_gflops(n: int = 4096, reps: int = 8) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sgemm_gflops(n: int = 4096, reps: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    """A large square GEMM: the machine's ceiling in `dtype` (fp32: sgemm; bf16: AMX where present)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b  # warm-up
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def cpu_flags() -> str:
+    """The CPU's vector and matrix extensions that matter to torch's kernels."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
 
 
 def mlp_macs(sizes: list[int]) -> int:
@@ -76,15 +88,15 @@ def vaecli_train(root: str, epochs: int, *overrides: str) -> dict:
     return summary
 
 
-def vaecli_iwae(k: int, n: int) -> dict:
+def vaecli_iwae(k: int, n: int, precision: str = "fp32") -> dict:
     from vaecli.data import ImageSet
     from vaecli.evaluate import iwae_dataset
     from vaecli.models import VAESpec, build
 
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 28, 28), latent_dim=50, hidden=[200, 200], activation="tanh"))
+    model = build(VAESpec("mlp", (1, 28, 28), latent_dim=50, hidden=[200, 200], activation="tanh", levels=2))
     images = (torch.rand(n, 1, 28, 28) > 0.5).to(torch.uint8) * 255  # speed does not depend on content
-    return iwae_dataset(model, ImageSet(images), k, batch_size=64)
+    return iwae_dataset(model, ImageSet(images, levels=2), k, batch_size=64, precision=precision)
 
 
 def help_seconds(reps: int = 5) -> float:
@@ -110,6 +122,7 @@ def main() -> None:
     from textbook import images_per_second
 
     ceiling = sgemm_gflops()
+    bf16_ceiling = sgemm_gflops(dtype=torch.bfloat16)
     textbook = images_per_second(root, steps=args.textbook_steps)
     summary = vaecli_train(root, args.epochs)
     ours = summary["img_per_s"]
@@ -117,12 +130,15 @@ def main() -> None:
     bf16 = vaecli_train(root, 1, "trainer.precision=bf16")
     train_flops = 3 * 2 * mlp_macs([784, 400, 40]) + 3 * 2 * mlp_macs([20, 400, 784])
     iwae = vaecli_iwae(5000, args.iwae_images)
+    iwae_bf16 = vaecli_iwae(5000, args.iwae_images, "bf16")
     sample_flops = 2 * mlp_macs([50, 200, 200, 784])  # one decoder pass per importance sample
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
+        "cpu_flags": cpu_flags(),
         "sgemm_gflops": ceiling,
+        "bf16_gemm_gflops": bf16_ceiling,
         "textbook_img_per_s": textbook,
         "vaecli_img_per_s": ours,
         "speedup_vs_textbook": ours / textbook,
@@ -138,6 +154,8 @@ def main() -> None:
         "iwae_samples_per_s": iwae["samples_per_s"],
         "iwae_gflops": iwae["samples_per_s"] * sample_flops / 1e9,
         "iwae_fraction_of_ceiling": iwae["samples_per_s"] * sample_flops / 1e9 / ceiling,
+        "iwae_bf16_samples_per_s": iwae_bf16["samples_per_s"],
+        "iwae_bf16_fraction_of_bf16_ceiling": iwae_bf16["samples_per_s"] * sample_flops / 1e9 / bf16_ceiling,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "help_seconds": help_seconds(),
     }
@@ -145,7 +163,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"vaecli bench, {result['date']}, {result['machine']}")
+    print(f"  CPU flags                          {result['cpu_flags']}")
     print(f"  sgemm ceiling (4096^3 fp32)        {ceiling:10.1f} GFLOP/s")
+    print(f"  bf16 GEMM ceiling (4096^3)         {bf16_ceiling:10.1f} GFLOP/s   ({bf16_ceiling / ceiling:.1f}x fp32)")
     print(f"  textbook loop (MNIST, b=128)       {textbook:10,.0f} img/s")
     print(f"  vaecli train  (MNIST, b=128)       {ours:10,.0f} img/s   = {result['speedup_vs_textbook']:.2f}x textbook"
           f"   ({result['vaecli_train_gflops']:.1f} GFLOP/s = {result['vaecli_train_fraction_of_ceiling']:.0%} of sgemm)")
@@ -157,6 +177,10 @@ def main() -> None:
     print(f"  eval-iwae k=5000 (784-200-200-50)  {result['iwae_img_per_s']:10,.1f} img/s   "
           f"({result['iwae_samples_per_s']:,.0f} samples/s, {result['iwae_gflops']:.1f} GFLOP/s = "
           f"{result['iwae_fraction_of_ceiling']:.0%} of sgemm)")
+    print(f"  ... networks in bf16              {result['iwae_bf16_samples_per_s'] / 5000:10,.1f} img/s   "
+          f"({result['iwae_bf16_samples_per_s']:,.0f} samples/s = "
+          f"{result['iwae_bf16_fraction_of_bf16_ceiling']:.0%} of the bf16 ceiling; "
+          f"{result['iwae_bf16_samples_per_s'] / result['iwae_samples_per_s']:.2f}x fp32)")
     print(f"  peak RSS                           {result['peak_rss_mib']:10,.0f} MiB")
     print(f"  vae --help                         {result['help_seconds']:10.2f} s")
 

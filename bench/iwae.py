@@ -1,5 +1,9 @@
 """eval-iwae throughput: vaecli against pythae's `get_nll` on the same model and images, and the
-cost of evaluating the ladder presets, measured in one run.
+cost of evaluating the ladder presets, in fp32 and with the networks in bf16 (the precision
+eval-iwae chooses on CPUs with bf16 matrix units, when its check on the first images passes: on
+these random-weight models it is forced, as speed does not depend on the weights), each as a
+fraction of the machine's GEMM ceiling in that precision (FLOPs per importance sample counted by
+torch's FlopCounterMode), measured in one run.
 
     python bench/iwae.py [--images 20] [--k 5000]
 
@@ -29,10 +33,30 @@ def images(n: int) -> torch.Tensor:
     return (torch.rand(n, 1, 28, 28, generator=g) > 0.8).to(torch.uint8) * 255  # speed does not depend on content
 
 
-def vaecli_rate(model, data: torch.Tensor, k: int) -> float:
+def vaecli_rate(model, data: torch.Tensor, k: int, precision: str = "fp32") -> float:
     """Importance samples per second of vaecli's eval-iwae path."""
     torch.manual_seed(0)
-    return iwae_dataset(model, ImageSet(data), k, batch_size=64)["samples_per_s"]
+    return iwae_dataset(model, ImageSet(data, levels=2), k, batch_size=64, precision=precision)["samples_per_s"]
+
+
+def flops_per_sample(model, k: int = 100) -> float:
+    """FLOPs of one importance sample (the encoder's pass per image spread over the k)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 1, 28, 28)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.log_weights(x, k)
+    return counter.get_total_flops() / k
+
+
+def gemm_gflops(dtype: torch.dtype, m: int = 5000, k: int = 512, n: int = 784, reps: int = 10) -> float:
+    """A GEMM of eval-iwae's shape (k samples x hidden @ hidden x pixels) in `dtype`."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
 
 
 def pythae_model(model):
@@ -109,11 +133,21 @@ def main() -> None:
               f"(batch_size={batch}; rounds: {', '.join(f'{r:,.0f}' for r in their_rates)})")
         print(f"  vaecli / pythae                    {statistics.median(ratios):12.2f}x   (per round: "
               f"{', '.join(f'{r:.2f}' for r in ratios)})")
-    for preset in ("bmnist_fast", "bmnist_ladder"):
-        model = preset_model(preset).eval()
-        rate = vaecli_rate(model, data, k)
-        print(f"  experiment={preset:14s}        {rate:12,.0f} samples/s = {ours / rate:.1f}x the default's cost; "
-              f"10,000 test images at k={k}: {10_000 * k / rate / 60:.0f} min")
+    from vaecli.device import bf16_units
+
+    units = bf16_units(torch.device("cpu"))
+    ceilings = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}
+    print(f"  GEMM ceiling (5000x512 @ 512x784)  fp32 {ceilings['fp32']:,.0f} GFLOP/s, bf16 {ceilings['bf16']:,.0f} "
+          f"GFLOP/s ({ceilings['bf16'] / ceilings['fp32']:.1f}x; bf16 matrix units: {units or 'none'})")
+    models = {"default VAE": default, **{f"experiment={p}": preset_model(p).eval() for p in ("bmnist_fast", "bmnist_ladder")}}
+    for name, model in models.items():
+        flops = flops_per_sample(model)
+        for precision in ("fp32", "bf16"):
+            rate = vaecli_rate(model, data, k, precision)
+            share = rate * flops / 1e9 / ceilings[precision]
+            print(f"  {name:26s} {precision}  {rate:12,.0f} samples/s = {rate * flops / 1e9:6.1f} GFLOP/s "
+                  f"({share:.0%} of the {precision} ceiling; {flops / 1e6:.2f} MFLOP/sample); 10,000 test images "
+                  f"at k={k}: {10_000 * k / rate / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ this script, training throughput (img/s from the summary) for:
 alone and with two processes started together (their mean). MNIST as bench.py finds it. Each
 measurement gets a registry folder of its own (VAECLI_REGISTRY), so nothing else running counts.
 
-    python bench/sharing.py [--limit 20000] [--repeat 2]
+    python bench/sharing.py [--limit 60000] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def measure(root: str, policy: str, processes: int, limit: int, work: str) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=20000, help="training images per run")
+    parser.add_argument("--limit", type=int, default=60000,
+                        help="training images per run (seconds of training, so re-balancing, once a second, has its say)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds; the median is reported")
     args = parser.parse_args()
     root = mnist_root()

@@ -116,7 +116,7 @@ class EMA(Callback):
 
     def __init__(self, decay: float):
         self.decay = decay
-        self.updates = 0  # applied updates averaged so far
+        self.updates: torch.Tensor | int = 0  # applied updates averaged so far (on the device while training)
         self.shadow: list[torch.Tensor] | None = None
         self._loaded_training: list[torch.Tensor] | None = None
 
@@ -132,16 +132,20 @@ class EMA(Callback):
     def on_train_start(self, trainer) -> None:
         if self.shadow is None:
             self.shadow = [p.detach().clone() for p in self._params(trainer)]
+        self.updates = torch.as_tensor(self.updates, dtype=torch.float32, device=trainer.device)  # exact to 2^24 updates; MPS has no float64
 
     def on_step_end(self, trainer) -> None:
-        if trainer.state.applied:
-            decay = self.decay_at(self.updates)
-            with torch.no_grad():
-                torch._foreach_lerp_(self.shadow, [p.detach() for p in self._params(trainer)], 1.0 - decay)
-            self.updates += 1
+        """Average an applied step in, on the device (a skipped one moves nothing): no host read."""
+        applied = torch.as_tensor(trainer.state.applied, device=self.updates.device).to(torch.float32)
+        weight = ((1.0 - self.decay_at(self.updates)) * applied).to(self.shadow[0].dtype)
+        with torch.no_grad():
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self._params(trainer)], weight)
+        self.updates = self.updates + applied
 
-    def decay_at(self, n: int) -> float:
-        """The decay used for update n (0-based)."""
+    def decay_at(self, n):
+        """The decay used for update n (0-based; a number or a tensor)."""
+        if torch.is_tensor(n):
+            return torch.clamp((1 + n) / (10 + n), max=self.decay)
         return min(self.decay, (1 + n) / (10 + n))
 
     @contextmanager
@@ -163,7 +167,7 @@ class EMA(Callback):
     def state_dict(self, trainer) -> dict[str, torch.Tensor]:
         """The training weights (the model file holds the average)."""
         state = {f"weights.{i}": p.detach().clone() for i, p in enumerate(self._params(trainer))}
-        state["updates"] = torch.tensor(self.updates, dtype=torch.int64)
+        state["updates"] = torch.as_tensor(self.updates).to(torch.int64).cpu()
         return state
 
     def load_state_dict(self, trainer, tensors: dict[str, torch.Tensor]) -> None:
@@ -193,16 +197,15 @@ class GradGuard(Callback):
     def __init__(self, clip: float = 0.0, skip: float = 0.0):
         self.clip, self.skip = clip, skip
 
-    def on_gradients(self, trainer) -> bool:
+    def on_gradients(self, trainer) -> torch.Tensor | bool:
+        """True, or (skipping on) whether the norm is within bounds, decided on the device."""
         params = [p for p in trainer.model.parameters() if p.grad is not None]
         if self.clip:
             norm = torch.nn.utils.clip_grad_norm_(params, self.clip, foreach=True)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         trainer.extra_metrics["grad_norm"] = norm.detach().float()
-        if self.skip and norm.item() > self.skip:  # one host read per step, only when skipping is on
-            return False
-        return True
+        return norm <= self.skip if self.skip else True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from .errors import UsageError
 GROUPS = ("dataset", "model", "likelihood", "prior", "objective", "trainer")
 SELECT_ONLY = ("experiment",)  # groups that only preset other keys (`# @package _global_`)
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 CHANNELS_LAST = ("auto", "true", "false")
 NETWORKS = ("mlp", "conv", "resnet")
 ACTIVATIONS = ("relu", "tanh", "elu")

@@ -74,7 +74,10 @@ def forked_rng(device: torch.device):
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of trainer.precision (None for fp32). The networks run in it; the
-    distributions (log-likelihood, KL) stay fp32 (models cast)."""
+    distributions (log-likelihood, KL) stay fp32 (models cast). auto: bf16 where the device has
+    bf16 matrix units (bf16_units), else fp32."""
+    if precision == "auto":
+        return torch.bfloat16 if bf16_units(device) else None
     dtype = AMP_DTYPES.get(precision)
     if dtype is not None and device.type == "mps":
         raise UsageError(f"trainer.precision={precision} is supported on cuda and cpu, not mps; use fp32")
@@ -85,6 +88,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def bf16_units(device: torch.device) -> str | None:
+    """The hardware that makes bf16 matrix products fast here, by name, or None: on CPU Intel's
+    AMX tiles or AVX-512 BF16 (where torch's oneDNN GEMMs run bf16 at several times the fp32
+    rate), on CUDA a GPU with native bf16 (Ampere and later)."""
+    if device.type == "cuda":
+        return "CUDA bf16" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    checks = (("AMX-BF16", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    for name, check in checks:
+        if getattr(torch.cpu, check, lambda: False)():
+            return name
+    return None
 
 
 def use_channels_last(setting: str, model: torch.nn.Module, device: torch.device) -> bool:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 
-from . import objectives, sharing
+from . import device as devices, objectives, sharing
 from .data import ImageSet
 from .errors import UsageError
 
@@ -197,24 +198,36 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), se
 
 
+def _chunk(data: ImageSet, k: int, batch_size: int, device: torch.device) -> int:
+    """Importance samples per block, so that a block holds about CHUNK_ELEMENTS values."""
+    elements = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cpu"])
+    return max(1, min(k, elements // (min(batch_size, len(data)) * math.prod(data.image_shape))))
+
+
+def _labelled(batch, label: int | None, device: torch.device):
+    x, y = batch
+    return x, (y if label is None else torch.full((x.shape[0],), label, dtype=torch.long, device=device))
+
+
 @torch.no_grad()
 def image_bounds(model, data: ImageSet, ks: list[int], batch_size: int = 64,
-                 on_batch: Callable[[int], None] | None = None, label: int | None = None) -> dict[str, torch.Tensor]:
+                 on_batch: Callable[[int], None] | None = None, label: int | None = None,
+                 precision: "PrecisionCheck | None" = None) -> dict[str, torch.Tensor]:
     """Per image (N,), on the CPU in float64: `iwae` (k = max(ks) importance samples), `elbo`,
     `kl`, `recon`, and `iwae_at_J` for each J in ks (nested: the first J of the same samples).
-    `label` conditions a conditional model on that class instead of the images' own labels."""
+    `label` conditions a conditional model on that class instead of the images' own labels;
+    `precision` (choose_precision's verdict) runs the networks in bf16, the bound in fp32/fp64."""
     k_max = max(ks)
     model.eval()
     device = model.device
-    dims = math.prod(data.image_shape)
-    elements = CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cpu"])
-    chunk = max(1, min(k_max, elements // (min(batch_size, len(data)) * dims)))
+    chunk = _chunk(data, k_max, batch_size, device)
+    dtype = torch.bfloat16 if precision is not None and precision.precision == "bf16" else None
     parts: dict[str, list[torch.Tensor]] = {"iwae": [], "elbo": [], "kl": [], "recon": []}
     parts.update({f"iwae_at_{j}": [] for j in ks})
-    for x, y in batches(data, batch_size, device):
-        if label is not None:
-            y = torch.full((x.shape[0],), label, dtype=torch.long, device=device)
-        result = objectives.iwae_bound(model, x, k_max, chunk, y, also=tuple(ks))
+    for batch in batches(data, batch_size, device):
+        x, y = _labelled(batch, label, device)
+        with devices.autocast(device, dtype):
+            result = objectives.iwae_bound(model, x, k_max, chunk, y, also=tuple(ks))
         result.update({f"iwae_at_{j}": result["iwae_at"][j] for j in ks})
         for key in parts:
             parts[key].append(result[key].double().cpu())
@@ -223,9 +236,71 @@ def image_bounds(model, data: ImageSet, ks: list[int], batch_size: int = 64,
     return {key: torch.cat(v) for key, v in parts.items()}
 
 
+PRECISION_TOLERANCE = 0.02  # nats: how far a bf16 bound's mean may move from fp32's on the same samples
+PRECISION_CHECK_IMAGES = 32  # images of the check (the first ones of the set)
+
+
+@dataclass
+class PrecisionCheck:
+    """How eval-iwae and score run the networks, and why: `bf16` only where the hardware has
+    bf16 matrix units (or it was asked for) and, on the first images with the same importance
+    samples, the bound moved <= PRECISION_TOLERANCE nats on average and within each image's
+    Monte Carlo standard error."""
+
+    precision: str  # "fp32" | "bf16"
+    reason: str
+    units: str | None = None  # the hardware's bf16 matrix units (devices.bf16_units)
+    images: int = 0
+    k: int = 0
+    mean_difference: float | None = None  # bf16 - fp32, nats per image, averaged
+    max_over_se: float | None = None  # the largest |difference| / Monte Carlo standard error
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def choose_precision(model, data: ImageSet, k: int, batch_size: int = 64, requested: str = "auto",
+                     label: int | None = None) -> PrecisionCheck:
+    """fp32, or bf16 for the networks (the log-likelihoods, KL and logsumexp stay fp32/fp64)
+    after checking on the first images that the bound is unchanged. `requested`: auto (bf16 when
+    the hardware has the units and the check passes), fp32, or bf16 (used even if the check fails,
+    which the verdict then says). The check runs under a forked RNG: it moves no random draw of the
+    evaluation itself."""
+    device = model.device
+    units = devices.bf16_units(device)
+    if requested == "fp32":
+        return PrecisionCheck("fp32", "asked for (--precision fp32)", units)
+    if requested == "auto" and units is None:
+        return PrecisionCheck("fp32", "no bf16 matrix units on this device", units)
+    model.eval()
+    first = data.head(min(len(data), batch_size, PRECISION_CHECK_IMAGES))
+    x, y = _labelled(next(batches(first, len(first), device)), label, device)
+    chunk = _chunk(first, k, batch_size, device)
+    with devices.forked_rng(device):
+        state = devices.rng_state(device)
+        reference = objectives.iwae_bound(model, x, k, chunk, y)
+        devices.set_rng_state(state, device)  # the same importance samples' noise for bf16
+        with devices.autocast(device, torch.bfloat16):
+            low = objectives.iwae_bound(model, x, k, chunk, y)["iwae"]
+    difference = (low - reference["iwae"]).double()
+    mean = difference.mean().item()
+    over_se = (difference.abs() / reference["iwae_mc_se"].double().clamp(min=1e-12)).max().item()
+    passed = abs(mean) <= PRECISION_TOLERANCE and over_se <= 1.0
+    verdict = (f"on the first {len(first)} images the bound moved {mean:+.4f} nats on average, "
+               f"at most {over_se:.2f} Monte Carlo standard errors per image")
+    if passed:
+        chosen, reason = "bf16", f"{units or 'asked for'}: {verdict}"
+    elif requested == "bf16":
+        chosen, reason = "bf16", f"asked for, though {verdict} (more than {PRECISION_TOLERANCE} nats or 1 SE)"
+    else:
+        chosen, reason = "fp32", f"bf16 would change the bound: {verdict}"
+    return PrecisionCheck(chosen, reason, units, len(first), k, mean, over_se)
+
+
 @torch.no_grad()
 def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64,
-                 on_batch: Callable[[int], None] | None = None) -> dict:
+                 on_batch: Callable[[int], None] | None = None, precision: str = "fp32") -> dict:
     """ELBO and IWAE bound with k importance samples for every image of `data`, plus the
     latent diagnostics.
 
@@ -234,13 +309,15 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
     standard errors over images, KL, recon, timing and importance samples per second, and what
     the figures are (`bound`, `measure`: model.measure): where they bound -log P(x) of the data as
     stored, `nll` and bits/dim of the IWAE bound (the tighter of the two); elsewhere those are None.
+    `precision` (auto | fp32 | bf16) is choose_precision's request; `seconds` includes its check.
     """
     require_bound(model)
     ks = sorted(set(k)) if isinstance(k, (list, tuple)) else [k]
     k_max = ks[-1]
     dims = math.prod(data.image_shape)
     start = time.perf_counter()
-    values = image_bounds(model, data, ks, batch_size, on_batch)
+    check = choose_precision(model, data, k_max, batch_size, precision)
+    values = image_bounds(model, data, ks, batch_size, on_batch, precision=check)
     seconds = time.perf_counter() - start
     iwae, iwae_se = _mean_se(values["iwae"])
     elbo, elbo_se = _mean_se(values["elbo"])
@@ -265,6 +342,8 @@ def iwae_dataset(model, data: ImageSet, k: int | list[int], batch_size: int = 64
         "dims": dims,
         "seconds": seconds,
         "samples_per_s": n * k_max / seconds if seconds > 0 else float("nan"),
+        "precision": check.precision,
+        "precision_check": check.to_dict(),
     }
     result.update(latent_diagnostics(model, data, kl))
     if model.discrete or model.groups > 1:  # last, so that the bounds' RNG stays as it was

@@ -52,8 +52,8 @@ def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
     to the loss, and its `stats` (scalars such as codebook perplexity) join the metrics.
     """
     terms = model.terms(x, y)
-    log_px, kl = terms["log_px"], terms["kl"]
-    metrics = {"elbo": (log_px - kl).mean().detach(), "recon": -log_px.mean().detach(), "kl": kl.mean().detach()}
+    mean_log_px, mean_kl = terms["log_px"].mean(), terms["kl"].mean()  # each once: the loss reuses them
+    metrics = {"elbo": (mean_log_px - mean_kl).detach(), "recon": -mean_log_px.detach(), "kl": mean_kl.detach()}
     if free_bits > 0:
         if "kl_groups" in terms:  # a hierarchy: lambda per unit, applied to each group's KL
             kl_term = terms["kl_groups"].mean(0).clamp(min=free_bits * terms["group_size"]).sum()
@@ -64,8 +64,8 @@ def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
                              "model=mlp/conv/resnet/ladder)")
         metrics["kl_clamped"] = kl_term.detach()
     else:
-        kl_term = kl.mean()
-    loss = -log_px.mean() + beta * kl_term
+        kl_term = mean_kl
+    loss = beta * kl_term - mean_log_px
     if "aux_loss" in terms:  # a training loss outside the bound (VQ-VAE: commitment, codebook)
         loss = loss + terms["aux_loss"]
         metrics["aux_loss"] = terms["aux_loss"].detach()
@@ -123,10 +123,12 @@ def iwae_bound(model, x: Tensor, k: int, chunk: int | None = None, y: Tensor | N
     (exact when the model has a closed form, else the Monte Carlo average over the k samples).
     `also` lists smaller k whose bounds come from the first k' of the same samples (nested, so
     the bound's growth with k is seen without the noise of fresh draws): `iwae_at` {k': (B,)}.
+    `iwae_mc_se` (B,) is each image's Monte Carlo standard error of the bound (the delta method
+    on the mean weight: sqrt((k sum_j p_j^2 - 1) / (k - 1)) with p_j the normalized weights).
     """
     chunk = min(chunk or k, k)
     stops = sorted({j for j in also if 1 <= j < k} | {k})
-    lse = None
+    lse = lse_sq = None
     iwae_at: dict[int, Tensor] = {}
     sum_log_px = torch.zeros(x.shape[0], device=x.device, dtype=torch.float64)
     sum_log_w = torch.zeros_like(sum_log_px)
@@ -134,10 +136,12 @@ def iwae_bound(model, x: Tensor, k: int, chunk: int | None = None, y: Tensor | N
     while done < k:
         m = min(chunk, next(j for j in stops if j > done) - done)  # chunks end on every stop
         log_w, log_px = model.log_weights(x, m, y)
-        part = torch.logsumexp(log_w.double(), dim=0)
+        log_w = log_w.double()
+        part, part_sq = torch.logsumexp(log_w, dim=0), torch.logsumexp(2 * log_w, dim=0)
         lse = part if lse is None else torch.logaddexp(lse, part)
+        lse_sq = part_sq if lse_sq is None else torch.logaddexp(lse_sq, part_sq)
         sum_log_px += log_px.double().sum(0)
-        sum_log_w += log_w.double().sum(0)
+        sum_log_w += log_w.sum(0)
         done += m
         if done in stops:
             iwae_at[done] = lse - math.log(done)
@@ -146,4 +150,6 @@ def iwae_bound(model, x: Tensor, k: int, chunk: int | None = None, y: Tensor | N
         kl = model.kl(x, y).double()  # closed form: lower variance than the sample average
     else:
         kl = -recon - sum_log_w / k
-    return {"iwae": iwae_at[k], "elbo": -recon - kl, "recon": recon, "kl": kl, "iwae_at": iwae_at}
+    mc_se = ((k * torch.exp(lse_sq - 2 * lse) - 1).clamp(min=0) / max(k - 1, 1)).sqrt()
+    return {"iwae": iwae_at[k], "elbo": -recon - kl, "recon": recon, "kl": kl, "iwae_at": iwae_at,
+            "iwae_mc_se": mc_se}

@@ -144,13 +144,13 @@ def _shape(shape) -> str:
 
 @torch.no_grad()
 def score(model, found: ImageSet, names: list[str], label: str, k: int, batch_size: int = 64,
-          on_batch=None) -> Scored:
+          on_batch=None, precision: "evaluate.PrecisionCheck | None" = None) -> Scored:
     """Every image's bounds with k importance samples. A conditional model scores
     log p(x) = log (1/C) sum_c p(x | c), the classes marginalized (uniform p(c)): a foreign image
     has no class of ours, and the same rule for every set keeps the comparison fair."""
     evaluate.require_bound(model, "this model")
     if model.conditional:
-        per_class = [evaluate.image_bounds(model, found, [k], batch_size, on_batch, label=c)
+        per_class = [evaluate.image_bounds(model, found, [k], batch_size, on_batch, label=c, precision=precision)
                      for c in range(model.num_classes)]
         log_c = math.log(model.num_classes)
         iwae = torch.logsumexp(torch.stack([b["iwae"] for b in per_class]), 0) - log_c
@@ -159,7 +159,7 @@ def score(model, found: ImageSet, names: list[str], label: str, k: int, batch_si
         recon = torch.stack([b["recon"] for b in per_class]).gather(0, best[None])[0]
         kl = torch.stack([b["kl"] for b in per_class]).gather(0, best[None])[0]
     else:
-        bounds = evaluate.image_bounds(model, found, [k], batch_size, on_batch)
+        bounds = evaluate.image_bounds(model, found, [k], batch_size, on_batch, precision=precision)
         iwae, elbo, recon, kl = bounds["iwae"], bounds["elbo"], bounds["recon"], bounds["kl"]
     labels = found.labels.tolist() if found.labels is not None else [None] * len(found)
     return Scored(label, names, labels, -iwae, elbo, recon, kl, math.prod(found.image_shape), model.measure.bound)

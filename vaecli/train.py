@@ -36,9 +36,9 @@ class TrainState:
     """What changes as training goes; the rest of the trainer is fixed after construction."""
 
     step: int = 0  # optimizer steps taken (skipped ones included), over all epochs
-    bad_in_a_row: int = 0  # non-finite steps in a row (the NaN guard)
+    bad_in_a_row: int = 0  # non-finite steps in a row (the NaN guard), as of the last look
     skipped: int = 0  # steps not applied in all: non-finite, or refused by a callback (extreme gradient norm)
-    applied: bool = False  # whether the last step updated the weights
+    applied: torch.Tensor | bool = False  # whether the last step updated the weights (0-dim bool, on the device)
     images_seen: int = 0  # this process's images this session
     seconds: float = 0.0  # training time this session, evaluation excluded
 
@@ -142,11 +142,12 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         # fused: one kernel for the whole update instead of ~10 per parameter tensor; the unfused
         # CPU Adam was a third of a training step (bench/RESULTS.md).
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps,
-                                          fused=device.type in ("cpu", "cuda"))
+        fused = device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=fused)
         self.amp_dtype = devices.amp_dtype(t.precision, device)
         # fp16 needs loss scaling against gradient underflow
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        self._skip_on_device = fused and not self.scaler.is_enabled()  # the fused Adam takes a found_inf tensor
         self.state = TrainState()
         self.global_batch = t.batch_size * self.dist.world
         self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
@@ -154,8 +155,12 @@ class Trainer:
         self.callbacks = [*callbacks, *features.from_config(t, self.total_steps)]  # lr schedule, EMA, grad guard
         self.last_test: dict | None = None
         self.extra_metrics: dict[str, torch.Tensor] = {}  # set by callbacks during a step, logged with it
-        self._sums, self._count, self._tick, self._caught = None, 0, 0.0, {}
+        self._sums, self._count, self._tick, self._caught = None, None, 0.0, {}
         self._unscaled = False
+        self._steps_since_log = 0  # steps taken since the last log line (applied or not)
+        # skip counters on the device (record), read at log lines and every max_bad_steps steps
+        self._true = torch.ones((), dtype=torch.bool, device=device)
+        self._skips, self._in_a_row, self._worst_run = (torch.zeros((), device=device) for _ in range(3))
 
     # -- resume --------------------------------------------------------------------------------
 
@@ -243,8 +248,10 @@ class Trainer:
             sharing.tick()  # at most once a second: this process's share of the cores (sharing.py)
             self.train_step(self.dist.shard(order, i, self.global_batch))
             step = self.state.step
-            if (step % self.settings.log_every == 0 or i == last) and self._count:
+            if (step % self.settings.log_every == 0 or i == last) and self._steps_since_log:
                 self.log(epoch + 1)
+            elif step % self.settings.max_bad_steps == 0:
+                self.check_divergence()
             if self.dist.any(bool(self._caught), self.device):
                 self.interrupt(epoch)
             every = self.settings.checkpoint_every_steps
@@ -254,7 +261,10 @@ class Trainer:
         self.end_epoch(epoch + 1)
 
     def train_step(self, index: torch.Tensor) -> None:
-        """One optimizer step on the images `index`, unless the loss or a gradient is not finite."""
+        """One optimizer step on the images `index`, unless the loss or a gradient is not finite
+        (or a callback refuses it). The decision stays on the device: the fused optimizer skips
+        the update by a found_inf tensor (as GradScaler drives it), so no step waits for a host
+        read; skips are counted lazily (`check_divergence`)."""
         x = self.train_set.to_float(self.images[index])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -266,34 +276,60 @@ class Trainer:
         self.state.step += 1
         self.state.images_seen += x.shape[0]
         self._unscaled = False
-        self.state.applied = self.finite(loss) and self.gradients_accepted()
-        if self.state.applied:
+        accepted = self.finite(loss) & self.gradients_accepted()
+        if self._skip_on_device:
+            self.optimizer.found_inf = (~accepted).float()  # 1: the fused Adam leaves weights and state alone
+            self.optimizer.step()
+        elif bool(accepted):  # fp16's loss scaler, or an unfused optimizer (MPS): decided on the host
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.state.bad_in_a_row = 0
-            metrics = {**metrics, **self.extra_metrics}
-            self._names = list(metrics)
-            values = torch.stack(list(metrics.values()))
-            self._sums = values if self._sums is None else self._sums + values  # stays on device: no sync
-            self._count += 1
-        else:  # skip: the weights and Adam's state never see a NaN or an extreme gradient
-            if self._unscaled:
-                self.scaler.update()  # closes this step's unscale_; lowers the loss scale if it overflowed
-            self.state.bad_in_a_row += 1
-            self.state.skipped += 1
-            if self.state.bad_in_a_row >= self.settings.max_bad_steps:
-                raise self.diverged()
+        elif self._unscaled:
+            self.scaler.update()  # closes this step's unscale_; lowers the loss scale if it overflowed
+        self.state.applied = accepted
+        self.record(accepted, {**metrics, **self.extra_metrics})
         self.emit("on_step_end")
 
-    def gradients_accepted(self) -> bool:
-        """Every callback with an on_gradients hook (clipping, skipping) accepts the update;
-        under fp16 they see the true gradients (unscaled first)."""
+    def record(self, accepted: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+        """Add a step's metrics (if it was applied) to the sums of this log interval and count
+        skips and skips in a row, all on the device."""
+        ok = accepted.to(torch.float32)
+        self._names = list(metrics)
+        values = torch.stack([v.to(torch.float32) for v in metrics.values()]) * ok
+        if self._sums is None:
+            self._sums, self._count = values, ok
+        else:
+            self._sums, self._count = self._sums + values, self._count + ok
+        self._skips = self._skips + (1 - ok)
+        self._in_a_row = (self._in_a_row + 1) * (1 - ok)
+        self._worst_run = torch.maximum(self._worst_run, self._in_a_row)
+        self._steps_since_log += 1
+
+    def check_divergence(self) -> None:
+        """One host read of the skip counters: stop when trainer.max_bad_steps steps in a row were
+        skipped (the weights never saw them; this only decides when to give up)."""
+        skips, in_a_row, worst = (int(v) for v in torch.stack([self._skips, self._in_a_row, self._worst_run]).tolist())
+        self.state.skipped, self.state.bad_in_a_row = skips, in_a_row
+        if worst >= self.settings.max_bad_steps:
+            self.state.bad_in_a_row = worst
+            raise self.diverged()
+
+    def gradients_accepted(self) -> torch.Tensor:
+        """Every callback with an on_gradients hook (clipping, skipping) accepts the update (a
+        hook returns a bool, or a 0-dim bool tensor to decide on the device); under fp16 they see
+        the true gradients (unscaled first)."""
         self.extra_metrics = {}
         hooks = [c for c in self.callbacks if hasattr(c, "on_gradients")]
         self._unscaled = bool(hooks) and self.scaler.is_enabled()
         if self._unscaled:
             self.scaler.unscale_(self.optimizer)
-        return all(callback.on_gradients(self) is not False for callback in hooks)
+        accepted = self._true
+        for callback in hooks:
+            verdict = callback.on_gradients(self)
+            if verdict is False:
+                accepted = torch.zeros_like(accepted)
+            elif torch.is_tensor(verdict):
+                accepted = accepted & verdict
+        return accepted
 
     @contextmanager
     def eval_weights(self):
@@ -305,20 +341,26 @@ class Trainer:
                     stack.enter_context(callback.eval_weights(self))
             yield
 
-    def finite(self, loss: torch.Tensor) -> bool:
-        """The loss and every gradient are finite: one sum over the gradients (NaN and inf
-        survive it) and one host read, ~1% of a step (bench/RESULTS.md). Under fp16 overflowing
+    def finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Whether the loss and every gradient are finite, as a 0-dim bool tensor on the device:
+        one sum over the gradients (NaN and inf survive it), no host read. Under fp16 overflowing
         gradients are the loss scaler's business (it skips those steps itself)."""
         if self.scaler.is_enabled():
-            return bool(torch.isfinite(loss))
+            return torch.isfinite(loss.detach())
         grads = [p.grad for p in self._params if p.grad is not None]
         total = torch.stack([g.sum() for g in grads]).sum() if grads else loss.new_zeros(())
-        return bool(torch.isfinite(loss.detach().float() + total))
+        return torch.isfinite(loss.detach().float() + total)
 
     def log(self, epoch: int) -> None:
-        """Average the metrics since the last log line over steps and ranks: one host read."""
+        """Average the metrics of the applied steps since the last log line over steps and
+        ranks: one host read (the skip counters: another)."""
+        self.check_divergence()
+        self._steps_since_log = 0
+        if self._sums is None or not bool(self._count > 0):  # nothing applied since the last line
+            self._sums = None
+            return
         means = dict(zip(self._names, self.dist.mean(self._sums / self._count).tolist()))
-        self._sums, self._count = None, 0
+        self._sums = None
         if self.state.skipped:
             means["skipped_steps"] = self.state.skipped
         now = time.perf_counter()
@@ -412,6 +454,11 @@ class Trainer:
             if method is not None:
                 method(self, *args)
 
+    def precision_used(self) -> str:
+        """trainer.precision as it ran: auto says what it chose."""
+        used = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+        return f"auto: {used}" if self.settings.precision == "auto" else used
+
     def images_per_second(self) -> float | None:
         s = self.state
         return s.images_seen * self.dist.world / s.seconds if s.seconds > 0 else None
@@ -432,7 +479,7 @@ class Trainer:
             test_recon=test["recon"], bound=measure.bound, measure=measure.what,
             test_bits_per_dim=measure.bits_per_dim(test["elbo"], dims),
             train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
-            processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.settings.precision,
+            processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.precision_used(),
             device=str(self.device), threads=torch.get_num_threads(), dataset=self.cfg.dataset.name,
             model=model.spec.arch if model.spec.kind == "vae" else f"{model.spec.kind} ({model.spec.arch})",
             checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR),

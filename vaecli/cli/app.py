@@ -99,6 +99,10 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the random draws.")]
 Threads = Annotated[int, typer.Option("--threads", callback=at_least(0),
                                       help="CPU threads for the math (0: a fair share of the cores among running vae processes).")]
+EvalPrecision = Annotated[str, typer.Option(
+    "--precision", callback=one_of("auto", "fp32", "bf16"),
+    help="Networks in bf16 (auto: where the hardware has bf16 matrix units and a check on the first images "
+         "shows the bound unchanged), or fp32; log-likelihoods and the logsumexp stay fp32.")]
 Zoom = Annotated[Optional[int], typer.Option(
     "--zoom", callback=at_least(1), help="Enlarge each pixel N times (nearest neighbour); default: about 112 px per image.")]
 Gif = Annotated[bool, typer.Option("--gif", help="Write an animated GIF instead (default --out: RUN/NAME.gif).")]

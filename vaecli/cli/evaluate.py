@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from . import inputs, output
-from .app import Ckpt, DataRoot, Device, Json, Quiet, Threads, app, at_least, one_of
+from .app import Ckpt, DataRoot, Device, EvalPrecision, Json, Quiet, Threads, app, at_least, one_of
 
 
 def _k_list(text: str) -> list[int]:
@@ -38,6 +38,7 @@ def eval_iwae(
     batch_size: BatchSize = 64,
     split: Annotated[str, typer.Option("--split", callback=one_of("test", "train"), help="test or train.")] = "test",
     seed: SampleSeed = 0,
+    precision: EvalPrecision = "auto",
     data_root: DataRoot = None,
     device: Device = "auto",
     threads: Threads = 0,
@@ -56,7 +57,7 @@ def eval_iwae(
     data = inputs.dataset(loaded, split, data_root).head(n)
     torch.manual_seed(seed)
     with output.Counter(f"eval-iwae k={ks[-1]}", len(data), enabled=not quiet and not as_json) as advance:
-        result = evaluate.iwae_dataset(loaded.model, data, ks, batch_size, on_batch=advance)
+        result = evaluate.iwae_dataset(loaded.model, data, ks, batch_size, on_batch=advance, precision=precision)
     result.update({"split": split, "ckpt": str(loaded.path), "dataset": loaded.dataset.name,
                    "kl_exact": loaded.model.exact_kl})
     if loaded.model.posterior == "point":
@@ -107,6 +108,7 @@ def _iwae_table(result: dict, dataset: str, split: str):
         rows.append(("KL per group", output.groups(result["kl_per_group"], result["active_per_group"])))
         rows.append(("active groups", f"{result['active_groups']} / {len(result['kl_per_group'])} (KL >= 0.1 nats)"))
     rows.append(("time", f"{result['seconds']:.1f} s ({result['samples_per_s']:,.0f} samples/s)"))
+    rows.append(("precision", f"{result['precision']} ({result['precision_check']['reason']})"))
     return output.table(f"eval-iwae: {dataset} {split}, n={result['n']}, k={k}", rows)
 
 
@@ -128,6 +130,7 @@ def score(
     hist: Annotated[Optional[Path], typer.Option("--hist", help="Histogram PNG of the scores (default with --against: "
                                                  "RUN/scores.png).")] = None,
     seed: SampleSeed = 0,
+    precision: EvalPrecision = "auto",
     data_root: DataRoot = None,
     device: Device = "auto",
     threads: Threads = 0,
@@ -144,18 +147,22 @@ def score(
             raise UsageError(f"{path} must end in {suffix}")
     import torch
 
-    from .. import plots, scoring
+    from .. import evaluate, plots, scoring
 
     loaded = inputs.load(ckpt, device, threads)
     evaluate_model = loaded.model
     sets = _score_sets([images or other_data or split] + ([against] if against else []), loaded, data_root, n, quiet)
     torch.manual_seed(seed)
     total = sum(len(f) for f, _, _ in sets) * (evaluate_model.num_classes if evaluate_model.conditional else 1)
+    check = evaluate.choose_precision(evaluate_model, sets[0][0], k, batch_size, precision,
+                                      label=0 if evaluate_model.conditional else None)
     with output.Counter(f"score k={k}", total, enabled=not quiet and not as_json) as advance:
-        scored = [scoring.score(evaluate_model, f, names, label, k, batch_size, advance) for f, names, label in sets]
+        scored = [scoring.score(evaluate_model, f, names, label, k, batch_size, advance, check)
+                  for f, names, label in sets]
     csv_path = scoring.write_csv(inputs.out_path(out, loaded, "scores.csv"), scored)
     measure = evaluate_model.measure
     result = {"ckpt": str(loaded.path), "k": k, "bound": measure.bound, "measure": measure.what,
+              "precision": check.precision, "precision_check": check.to_dict(),
               "sets": [s.summary() for s in scored], "csv": str(csv_path),
               "separation": scoring.separation(*scored) if against else None, "histogram": None}
     if against or hist:
@@ -195,6 +202,7 @@ def _score_table(result: dict):
         rows.append((f"{s['set']} (n={s['n']})",
                      f"{score}; ELBO {s['elbo']:.2f}, recon {s['recon']:.2f}, KL {s['kl']:.2f}"))
     rows.append(("what it is", result["measure"]))
+    rows.append(("precision", f"{result['precision']} ({result['precision_check']['reason']})"))
     sep = result["separation"]
     if sep:
         rows.append(("AUROC", f"{sep['auroc']:.4f} (0.5: chance; < 0.5: the second set scores better)"))

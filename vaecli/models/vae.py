@@ -234,11 +234,10 @@ class VAE(LatentModel):
         posterior = self.encode(x, y)
         z = posterior.rsample()  # reparameterization: z = mu + sigma * eps
         log_px = self.decode(z, y).log_prob(x)
-        prior = self.prior()
         if self.prior_net.analytic_kl:
-            kl_per_dim = normal_kl(posterior.base_dist, prior.base_dist)
+            kl_per_dim = self.prior_net.kl(posterior.base_dist)
             return {"log_px": log_px, "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim, "kl_exact": True}
-        kl = posterior.log_prob(z) - prior.log_prob(z)
+        kl = posterior.log_prob(z) - self.prior().log_prob(z)
         return {"log_px": log_px, "kl": kl, "kl_per_dim": None, "kl_exact": False}
 
     def log_weights(self, x: Tensor, k: int, y: Tensor | None = None,
@@ -255,7 +254,7 @@ class VAE(LatentModel):
         """KL(q(z|x) || p(z)) per image (B,): exact when closed form, else 64-sample Monte Carlo."""
         posterior = self.encode(x, y)
         if self.prior_net.analytic_kl:
-            return normal_kl(posterior.base_dist, self.prior().base_dist).sum(-1)
+            return self.prior_net.kl(posterior.base_dist).sum(-1)
         z = posterior.sample((64,))
         return (posterior.log_prob(z) - self.prior().log_prob(z)).mean(0)
 
