@@ -88,7 +88,9 @@ def pythae_seconds(images: torch.Tensor, epochs: int) -> float:
     from pythae.trainers import BaseTrainer, BaseTrainerConfig
 
 
-    logging.getLogger("pythae").setLevel(logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):  # its modules set their own INFO levels
+        if name.startswith("pythae"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     class Encoder(BaseEncoder):
         def __init__(self):
