@@ -23,7 +23,7 @@ from omegaconf import MISSING
 from .bounds import DENSITIES
 from .errors import UsageError
 
-GROUPS = ("dataset", "model", "likelihood", "prior", "objective", "trainer")
+GROUPS = ("dataset", "model", "posterior", "likelihood", "prior", "objective", "trainer")
 SELECT_ONLY = ("experiment",)  # groups that only preset other keys (`# @package _global_`)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -69,6 +69,13 @@ class ModelConfig:
     dead_after: Optional[int] = None  # vqvae: steps unused before a code is revived (0: never)
     kmeans_init: Optional[bool] = None  # vqvae: k-means initialisation of the codebook
     groups: Optional[int] = None  # ladder: latent groups (of latent_dim units each)
+
+
+@dataclass
+class PosteriorConfig:
+    name: str = MISSING  # gaussian | iaf | planar
+    flows: Optional[int] = None  # iaf, planar: steps
+    hidden: Optional[int] = None  # iaf: MADE and context width
 
 
 @dataclass
@@ -145,6 +152,7 @@ class TrainerConfig:
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -448,15 +456,27 @@ def _validate_model(cfg: Config, need) -> None:
         need(p.name == "normal", "model=hvae uses a N(0, I) prior on its top layer z2; use prior=normal")
     if m.name == "vqvae":
         _validate_vqvae(cfg, need)
+    _validate_posterior(cfg, need)
     if kl.free_bits > 0:
-        need(p.name == "normal" and m.name != "hvae",
-             "kl.free_bits needs a KL per latent dimension or group: prior=normal with model=mlp, conv, resnet "
-             "or ladder")
+        need(p.name == "normal" and m.name != "hvae" and cfg.posterior.name == "gaussian",
+             "kl.free_bits needs a KL per latent dimension or group: prior=normal and posterior=gaussian with "
+             "model=mlp, conv, resnet or ladder")
     if o.name == "iwae":
         need(kl.schedule == "constant" and kl.free_bits == 0 and cfg.beta == 1.0,
              "objective=iwae trains the importance-weighted bound itself: drop beta, kl.schedule and kl.free_bits")
     if p.name == "vamp":
         need(not m.conditional, "prior=vamp is not available for conditional models (its pseudo-inputs have no label)")
+
+
+def _validate_posterior(cfg: Config, need) -> None:
+    q, m = cfg.posterior, cfg.model
+    if q.name == "gaussian":
+        return
+    need(m.name in NETWORKS, f"posterior={q.name} is for the flat VAEs (model=mlp, conv or resnet); model={m.name} "
+         "has a posterior of its own: use posterior=gaussian")
+    need((q.flows or 0) >= 1, f"posterior.flows must be >= 1 (got {q.flows})")
+    if q.name == "iaf":
+        need((q.hidden or 0) >= 1, f"posterior.hidden must be >= 1 (got {q.hidden})")
 
 
 def _validate_vqvae(cfg: Config, need) -> None:
@@ -484,8 +504,8 @@ def data_root(cfg: DatasetConfig) -> Path:
 
 
 # Keys that fix the model's shape or the data order; --resume refuses to change them.
-FROZEN_ON_RESUME = ("dataset", "model", "likelihood", "prior", "seed", "trainer.batch_size", "code_prior")
-FROZEN_FOR_PRIOR = ("dataset", "model", "likelihood", "prior", "seed")  # the VQ-VAE the prior is for
+FROZEN_ON_RESUME = ("dataset", "model", "posterior", "likelihood", "prior", "seed", "trainer.batch_size", "code_prior")
+FROZEN_FOR_PRIOR = ("dataset", "model", "posterior", "likelihood", "prior", "seed")  # the VQ-VAE the prior is for
 
 
 def _get(tree: dict, dotted: str) -> Any:

@@ -116,13 +116,18 @@ def mutual_information(loc: torch.Tensor, scale: torch.Tensor, chunk: int = 512,
 def latent_diagnostics(model, data: ImageSet, mean_kl: float, batch_size: int = 1000) -> dict:
     """Active units, KL per dimension (closed-form models), I(x; z), KL(q(z) || p(z)) and
     whether the posterior has collapsed. `mean_kl` is the model's mean KL over `data`. A
-    point-mass posterior (VQ-VAE) has none of these: all None, never collapsed."""
-    if model.posterior != "gaussian":
-        return {"active_units": None, "latent_dim": model.latent_dim, "posterior_mean_variance": None,
-                "kl_per_dim": None, "mutual_info": None, "mutual_info_max": None, "mutual_info_saturated": None,
-                "agg_posterior_kl": None, "agg_posterior_kl_upper": None, "collapsed": False}
+    point-mass posterior (VQ-VAE) has none of these: all None, never collapsed; a flow posterior
+    has active units (of its mean path) and collapse, not I(x; z)."""
+    undefined = {"active_units": None, "latent_dim": model.latent_dim, "posterior_mean_variance": None,
+                 "kl_per_dim": None, "mutual_info": None, "mutual_info_max": None, "mutual_info_saturated": None,
+                 "agg_posterior_kl": None, "agg_posterior_kl_upper": None, "collapsed": False}
+    if model.posterior not in ("gaussian", "flow"):
+        return undefined
     loc, scale = posteriors(model, data, batch_size)
     active, variances = active_units(loc)
+    if model.posterior == "flow":  # a density known at its own samples only: no I(x; z) estimate
+        return {**undefined, "active_units": active, "posterior_mean_variance": variances,
+                "collapsed": collapsed(mean_kl, active)}
     mi = mutual_information(loc, scale, generator=torch.Generator(device=loc.device).manual_seed(0))
     # ELBO surgery: E_x KL(q(z|x) || p(z)) = I(x; z) + KL(q(z) || p(z)). For hvae the mean KL
     # spans both layers while MI covers z1 only, so the identity does not apply there.
@@ -168,7 +173,7 @@ def elbo_dataset(model, data: ImageSet, batch_size: int = 1000) -> dict:
     result = dict(zip(names, (totals / max(len(data), 1)).tolist()))
     if model.groups > 1:
         result.update(group_diagnostics(model, data, result, batch_size))
-    elif model.has_bound and model.posterior == "gaussian":
+    elif model.has_bound and model.posterior in ("gaussian", "flow"):
         loc, scale = posteriors(model, data, batch_size)
         result["active_units"] = active_units(loc)[0]
         result["kl_per_dim"] = kl_per_dim(loc, scale) if model.exact_kl else None

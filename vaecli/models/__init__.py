@@ -19,10 +19,11 @@ def build(spec: VAESpec) -> LatentModel:
 
 
 def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[int, int, int],
-                     num_classes: int | None = None, dataset_cfg=None) -> VAESpec:
+                     num_classes: int | None = None, dataset_cfg=None, posterior_cfg=None) -> VAESpec:
     """The model part of a run config (model.*, likelihood.*, prior.*) plus what the data fixes:
     the image shape, for a conditional model the number of classes, and how the data is stored
-    and fed (dataset.binarize: 2 levels, else 256; dataset.dequantize). Keys the chosen options
+    and fed (dataset.binarize: 2 levels, else 256; dataset.dequantize), and the posterior family
+    (posterior.*). Keys the chosen options
     leave unset (None) keep VAESpec's recorded values; config.validate has made sure that every
     key a model uses is set."""
     kind = model_cfg.name if model_cfg.name in ("ae", "hvae", "vqvae", "ladder") else "vae"
@@ -49,6 +50,9 @@ def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[in
         dead_after=model_cfg.dead_after,
         kmeans_init=model_cfg.kmeans_init,
         groups=model_cfg.groups,
+        posterior=posterior_cfg.name if posterior_cfg is not None else "gaussian",
+        flows=(posterior_cfg.flows or 0) if posterior_cfg is not None else 0,
+        flow_hidden=(posterior_cfg.hidden or 0) if posterior_cfg is not None else 0,
         levels=bounds.levels(dataset_cfg.binarize) if dataset_cfg is not None else 256,
         dequantize=bool(dataset_cfg.dequantize) if dataset_cfg is not None else False,
     )
@@ -63,7 +67,7 @@ def from_config(cfg, image_shape: tuple[int, int, int], num_classes: int | None)
 
     if cfg.model.conditional and num_classes is None:
         raise UsageError(f"model.conditional=true needs class labels, and dataset={cfg.dataset.name} has none")
-    spec = spec_from_config(cfg.model, cfg.likelihood, cfg.prior, image_shape, num_classes, cfg.dataset)
+    spec = spec_from_config(cfg.model, cfg.likelihood, cfg.prior, image_shape, num_classes, cfg.dataset, cfg.posterior)
     try:
         return build(spec)
     except ValueError as e:  # e.g. too many conv stages for the image size

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal, constraints
 
-from . import blocks, likelihoods, priors
+from . import blocks, likelihoods, posteriors, priors
 
 KINDS = ("vae", "ae", "hvae", "vqvae", "ladder")
 
@@ -61,6 +61,9 @@ class VAESpec:
     # binarized data, 256 for 8-bit), and whether the model sees it uniformly dequantized.
     levels: int = 256
     dequantize: bool = False
+    posterior: str = "gaussian"  # q(z|x): gaussian, or a flow on it: iaf | planar (models/posteriors.py)
+    flows: int = 0  # iaf, planar: steps
+    flow_hidden: int = 0  # iaf: width of each step's MADE and of the encoder's context
     logistic_tanh_means: bool = False  # logistic: checkpoints from before 2026-12-02 squashed the means by tanh
 
     def __post_init__(self):
@@ -187,9 +190,10 @@ class VAE(LatentModel):
         super().__init__()
         self.spec = spec
         self.likelihood = likelihoods.build(spec)
+        self.flow = posteriors.build(spec)  # None: the diagonal Gaussian itself
         c = spec.num_classes or 0
         self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation)
-        self.head = nn.Linear(features + c, self._head_outputs())
+        self.head = nn.Linear(features + c, self._head_outputs() + (self.flow.extra_outputs if self.flow else 0))
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
         self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, spec.latent_dim + c,
                                       out_channels, spec.activation)
@@ -203,14 +207,23 @@ class VAE(LatentModel):
 
     @property
     def exact_kl(self) -> bool:
-        """Whether KL(q(z|x) || p(z)) has a closed form (standard-normal prior)."""
-        return self.prior_net.analytic_kl
+        """Whether KL(q(z|x) || p(z)) has a closed form (standard-normal prior, Gaussian posterior)."""
+        return self.prior_net.analytic_kl and self.flow is None
+
+    @property
+    def posterior(self) -> str:
+        """"gaussian", or "flow" (a density known at its own samples: no KL per dimension or I(x; z))."""
+        return "gaussian" if self.flow is None else "flow"
 
     # -- the model's distributions ---------------------------------------------------------
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
-        """q(z|x): batch (B,), event (latent_dim,)."""
-        return _gaussian(self.head(self._condition(self.encoder(x), y)))
+        """q(z|x): batch (B,), event (latent_dim,); with a flow, the Gaussian pushed through it."""
+        params = self.head(self._condition(self.encoder(x), y))
+        if self.flow is None:
+            return _gaussian(params)
+        base_size = 2 * self.spec.latent_dim
+        return self.flow(_gaussian(params[..., :base_size]), params[..., base_size:].float())
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x|z) for latents (..., latent_dim): batch (...), event (C, H, W)."""
@@ -234,7 +247,7 @@ class VAE(LatentModel):
         posterior = self.encode(x, y)
         z = posterior.rsample()  # reparameterization: z = mu + sigma * eps
         log_px = self.decode(z, y).log_prob(x)
-        if self.prior_net.analytic_kl:
+        if self.exact_kl:
             kl_per_dim = self.prior_net.kl(posterior.base_dist)
             return {"log_px": log_px, "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim, "kl_exact": True}
         kl = posterior.log_prob(z) - self.prior().log_prob(z)
@@ -253,7 +266,7 @@ class VAE(LatentModel):
     def kl(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """KL(q(z|x) || p(z)) per image (B,): exact when closed form, else 64-sample Monte Carlo."""
         posterior = self.encode(x, y)
-        if self.prior_net.analytic_kl:
+        if self.exact_kl:
             return self.prior_net.kl(posterior.base_dist).sum(-1)
         z = posterior.sample((64,))
         return (posterior.log_prob(z) - self.prior().log_prob(z)).mean(0)
