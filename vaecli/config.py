@@ -33,6 +33,8 @@ ACTIVATIONS = ("relu", "tanh", "elu")
 LR_SCHEDULES = ("constant", "cosine", "burda")
 LOGGERS = ("none", "tensorboard")
 KL_SCHEDULES = ("constant", "linear", "cyclic")
+LATENTS = ("gaussian", "categorical")
+DECODERS = ("factorized", "pixelcnn")
 
 
 @dataclass
@@ -69,6 +71,15 @@ class ModelConfig:
     dead_after: Optional[int] = None  # vqvae: steps unused before a code is revived (0: never)
     kmeans_init: Optional[bool] = None  # vqvae: k-means initialisation of the codebook
     groups: Optional[int] = None  # ladder: latent groups (of latent_dim units each)
+    decoder: Optional[str] = None  # mlp, conv, resnet, ladder: factorized | pixelcnn
+    ar_layers: Optional[int] = None  # pixelcnn: gated layers
+    ar_kernel: Optional[int] = None  # pixelcnn: mask size (odd, >= 3)
+    ar_channels: Optional[int] = None  # pixelcnn: channels per layer
+    latent: Optional[str] = None  # mlp, conv, resnet: gaussian | categorical
+    categories: Optional[int] = None  # categorical: K classes per variable
+    temperature: Optional[float] = None  # categorical: Gumbel-softmax temperature at the start
+    temperature_min: Optional[float] = None  # categorical: its floor
+    anneal_rate: Optional[float] = None  # categorical: tau = max(min, tau_0 exp(-rate * passes))
 
 
 @dataclass
@@ -107,6 +118,7 @@ class KLConfig:
     cycles: int = MISSING
     ratio: float = MISSING
     free_bits: float = MISSING
+    delta: float = MISSING
 
 
 @dataclass
@@ -447,6 +459,11 @@ def _validate_model(cfg: Config, need) -> None:
     need(kl.cycles >= 1, f"kl.cycles must be >= 1 (got {kl.cycles})")
     need(0 < kl.ratio <= 1, f"kl.ratio must be in (0, 1] (got {kl.ratio})")
     need(kl.free_bits >= 0, f"kl.free_bits must be >= 0 (got {kl.free_bits})")
+    need(kl.delta >= 0, f"kl.delta must be >= 0 nats per dimension (got {kl.delta})")
+    if kl.delta > 0:
+        need(m.name in NETWORKS and m.latent == "gaussian" and cfg.posterior.name == "gaussian" and p.name == "normal",
+             "kl.delta commits the rate of a Gaussian posterior against N(0, I): model=mlp, conv or resnet with "
+             "posterior=gaussian and prior=normal")
     # Combinations without a meaning: refuse them rather than train something else silently.
     if m.name == "ae":
         need(o.name == "elbo", "model=ae has no posterior to importance-sample; use objective=elbo")
@@ -457,6 +474,8 @@ def _validate_model(cfg: Config, need) -> None:
     if m.name == "vqvae":
         _validate_vqvae(cfg, need)
     _validate_posterior(cfg, need)
+    _validate_categorical(cfg, need)
+    _validate_decoder(cfg, need)
     if kl.free_bits > 0:
         need(p.name == "normal" and m.name != "hvae" and cfg.posterior.name == "gaussian",
              "kl.free_bits needs a KL per latent dimension or group: prior=normal and posterior=gaussian with "
@@ -477,6 +496,37 @@ def _validate_posterior(cfg: Config, need) -> None:
     need((q.flows or 0) >= 1, f"posterior.flows must be >= 1 (got {q.flows})")
     if q.name == "iaf":
         need((q.hidden or 0) >= 1, f"posterior.hidden must be >= 1 (got {q.hidden})")
+
+
+def _validate_decoder(cfg: Config, need) -> None:
+    m = cfg.model
+    if m.name not in (*NETWORKS, "ladder"):
+        return
+    need(m.decoder in DECODERS, f"model.decoder must be one of {', '.join(DECODERS)} (got {m.decoder!r})")
+    if m.decoder != "pixelcnn":
+        return
+    need((m.ar_layers or 0) >= 1, f"model.ar_layers must be >= 1 (got {m.ar_layers})")
+    need(m.ar_kernel is not None and m.ar_kernel >= 3 and m.ar_kernel % 2 == 1,
+         f"model.ar_kernel must be odd and >= 3 (got {m.ar_kernel})")
+    need((m.ar_channels or 0) >= 1, f"model.ar_channels must be >= 1 (got {m.ar_channels})")
+
+
+def _validate_categorical(cfg: Config, need) -> None:
+    m = cfg.model
+    if m.name not in NETWORKS:
+        return
+    need(m.latent in LATENTS, f"model.latent must be one of {', '.join(LATENTS)} (got {m.latent!r})")
+    if m.latent != "categorical":
+        return
+    need((m.categories or 0) >= 2, f"model.categories must be >= 2 classes per variable (got {m.categories})")
+    need(m.temperature is not None and m.temperature > 0, f"model.temperature must be > 0 (got {m.temperature})")
+    need(m.temperature_min is not None and 0 < m.temperature_min <= m.temperature,
+         f"model.temperature_min must be in (0, model.temperature] (got {m.temperature_min})")
+    need(m.anneal_rate is not None and m.anneal_rate >= 0, f"model.anneal_rate must be >= 0 (got {m.anneal_rate})")
+    need(cfg.posterior.name == "gaussian", "model.latent=categorical has its own posterior (categorical): drop posterior=")
+    need(cfg.prior.name == "normal", "model.latent=categorical has a uniform prior over codes: use prior=normal (the default)")
+    need(cfg.objective.name == "elbo", "model.latent=categorical trains through the Gumbel-softmax relaxation, which "
+         "has no importance weights: use objective=elbo (eval-iwae still importance-samples hard codes)")
 
 
 def _validate_vqvae(cfg: Config, need) -> None:

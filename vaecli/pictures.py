@@ -116,12 +116,13 @@ def project_2d(points: Tensor, method: str = "auto", seed: int = 0):
 @torch.no_grad()
 def code_traversal(model, reference: ImageSet, positions: int | None, steps: int, x: Tensor | None = None,
                    y: Tensor | None = None, label: int | None = None) -> dict:
-    """For a VQ-VAE: one row per grid position, the image's code there (x, else the first
-    reference image) replaced by each of the `steps` codes used most often at that position over
-    `reference`; positions with the most varied codes (entropy of their usage) first. `dims` are
-    the positions as row-major indices into the h x w grid."""
+    """For a model with discrete codes (a VQ-VAE's grid, a categorical VAE's variables): one row per
+    grid position, the image's code there (x, else the first reference image) replaced by each of
+    the `steps` codes used most often at that position over `reference`; positions with the most
+    varied codes (entropy of their usage) first. `dims` are the positions as row-major indices into
+    the h x w grid."""
     grids = torch.cat([model.code_grid(xb) for xb, _ in evaluate.batches(reference, 500, model.device)]).flatten(1)
-    counts = torch.stack([torch.bincount(grids[:, p], minlength=model.spec.codebook_size) for p in range(grids.shape[1])])
+    counts = torch.stack([torch.bincount(grids[:, p], minlength=model.codebook_size) for p in range(grids.shape[1])])
     probs = counts.double() / counts.sum(1, keepdim=True)
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(1)
     order = entropy.argsort(descending=True).tolist()

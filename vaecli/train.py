@@ -383,7 +383,9 @@ class Trainer:
             runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "test",
                                                **self.last_test}, self.stage.metrics)
             self.emit("on_eval", epoch, self.last_test)
-            if last or (t.sample_every and epoch % t.sample_every == 0):
+            # a decoder that draws pixel by pixel (H * W passes a grid) draws its grid at the end only
+            every = t.sample_every and not getattr(self.model, "draws_pixel_by_pixel", False)
+            if last or (every and epoch % t.sample_every == 0):
                 self.sample_grid(epoch)
         if last or (t.checkpoint_every and epoch % t.checkpoint_every == 0):
             self.save(epoch)

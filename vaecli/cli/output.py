@@ -150,16 +150,54 @@ class TrainProgress:
             self.progress = None
 
 
+class Drawing:
+    """For a model that draws pictures pixel by pixel (an autoregressive decoder): a note of the cost
+    and a progress bar over the pixels while the block runs; nothing otherwise."""
+
+    def __init__(self, model, images: int, enabled: bool = True):
+        self.active = bool(getattr(model, "draws_pixel_by_pixel", False))
+        self.progress = None
+        if not self.active:
+            return
+        c, h, w = model.spec.image_shape
+        if enabled:
+            stderr.print(f"note: the autoregressive decoder draws pixel by pixel: {h * w} passes of the network for "
+                         f"{images} image(s)", markup=False, highlight=False, soft_wrap=True)
+        self.counter = Counter("drawing", h * w, enabled, unit="pixels")
+
+    def __enter__(self):
+        if not self.active:
+            return None
+        from ..models import autoregressive
+
+        advance = self.counter.__enter__()
+        done = {"n": 0}
+
+        def report(pixels: int, total: int) -> None:
+            if advance is not None:
+                advance(pixels - done["n"])
+            done["n"] = pixels % total  # the next picture starts again
+
+        self._context = autoregressive.reporting(report)
+        self._context.__enter__()
+        return None
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            self._context.__exit__(*exc)
+            self.counter.__exit__(*exc)
+
+
 class Counter:
     """A progress bar over images (eval-iwae) on an interactive stderr; `advance` is its callback."""
 
-    def __init__(self, label: str, total: int, enabled: bool):
+    def __init__(self, label: str, total: int, enabled: bool, unit: str = "images"):
         self.progress = None
         if enabled and stderr.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("images  ETA"), TimeRemainingColumn(), console=stderr)
+                                     TextColumn(f"{unit}  ETA"), TimeRemainingColumn(), console=stderr)
             self.task = self.progress.add_task("eval", total=total)
 
     def __enter__(self):

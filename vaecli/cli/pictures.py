@@ -38,8 +38,9 @@ def sample(
     threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
-    """Draw n images from the prior, decoded to the likelihood's mean, as one PNG grid (or one
-    file per image, or a tensor file).
+    """Draw n images from the prior, decoded to the likelihood's mean (an autoregressive decoder
+    draws them pixel by pixel: one network pass per pixel), as one PNG grid (or one file per image,
+    or a tensor file).
 
     For a conditional model, n per class (one row each) unless --label picks one class."""
     import torch
@@ -52,7 +53,8 @@ def sample(
     temperature = inputs.temperatures(temperature, model)
     which = inputs.label(model, label, allow_all=True)
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    images, rows = pictures.prior_samples(model, n, temperature, generator, which)
+    with output.Drawing(model, n, enabled=not as_json):
+        images, rows = pictures.prior_samples(model, n, temperature, generator, which)
     nrow = nrow or rows
     written = inputs.write_images(images, out or str(loaded.run_dir / "sample.png"), nrow, zoom,
                                   {"ckpt": str(loaded.path), "seed": str(seed), "temperature": str(temperature)})
@@ -80,7 +82,8 @@ def reconstruct(
     as_json: Json = False,
 ) -> None:
     """Originals above their reconstructions in one PNG, with the -ELBO of each image
-    (-log p(x|z) for an autoencoder)."""
+    (-log p(x|z) for an autoencoder). An autoregressive decoder draws its reconstructions pixel by
+    pixel (its mean has no closed form)."""
     from .. import evaluate, pictures
     from ..data.images import choose_zoom, save_grid
 
@@ -91,7 +94,8 @@ def reconstruct(
         splits["test"] = inputs.dataset(loaded, "test", data_root)
         refs = [f"test:{i}" for i in range(min(n, len(splits["test"])))]
     x, names, y = inputs.images(refs, loaded, data_root, splits, inputs.label(loaded.model, label))
-    result = evaluate.reconstructions(loaded.model, x, y, samples)
+    with output.Drawing(loaded.model, len(x), enabled=not as_json):
+        result = evaluate.reconstructions(loaded.model, x, y, samples)
     grid, nrow = pictures.above_below(x, result["images"])
     path = save_grid(grid, inputs.out_path(out, loaded, "reconstruction.png"), nrow=nrow, zoom=zoom)
     key, losses = result["measure"], result["loss"]
@@ -123,14 +127,16 @@ def interpolate(
     as_json: Json = False,
 ) -> None:
     """Decode a path between the posterior means of two images, saved as a strip PNG (or, with
-    --gif, an animation going there and back)."""
+    --gif, an animation going there and back). An autoregressive decoder draws each frame pixel by
+    pixel."""
     from .. import pictures
     from ..data.images import choose_zoom, save_gif, save_grid
 
     loaded = inputs.load(ckpt, device, threads)
     target = picture_out(out, gif, loaded.run_dir, "interpolation")
     x, _, y = inputs.images([a, b], loaded, data_root, given_label=inputs.label(loaded.model, label))
-    frames = pictures.interpolation(loaded.model, x, y, steps, slerp)
+    with output.Drawing(loaded.model, steps, enabled=not as_json):
+        frames = pictures.interpolation(loaded.model, x, y, steps, slerp)
     if target.suffix.lower() == ".gif":
         there_and_back = [*frames, *frames.flip(0)[1:-1]]
         path, shown = save_gif([f[None] for f in there_and_back], target, nrow=1, zoom=zoom), choose_zoom(frames[:1], 1, zoom)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from . import blocks, likelihoods
+from . import autoregressive, blocks, likelihoods
 from .vae import LatentModel, VAESpec, normal_kl
 
 LOG_2PI = math.log(2 * math.pi)
@@ -233,7 +233,7 @@ class Ladder(LatentModel):
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Every group at its posterior mean, decoded: (B, C, H, W) in [0, 1]."""
         h, _ = self.top_down(self.bottom_up(x, y), y, (x.shape[0],), mode="mean")
-        return self._likelihood(h).mean.clamp(0, 1)
+        return autoregressive.picture(self._likelihood(h)).clamp(0, 1)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float | list[float] = 1.0, generator: torch.Generator | None = None,
@@ -244,4 +244,4 @@ class Ladder(LatentModel):
         if len(temperatures) != self.groups:
             raise ValueError(f"this model has {self.groups} latent groups: give one temperature or {self.groups}")
         h, _ = self.top_down(None, y, (n,), temperatures=temperatures, generator=generator)
-        return self._likelihood(h).mean.clamp(0, 1)
+        return autoregressive.picture(self._likelihood(h), generator).clamp(0, 1)

@@ -166,6 +166,18 @@ class DiscretizedLogisticMixture(Distribution):
             return log_bin.squeeze(-4)
         return torch.logsumexp(torch.log_softmax(self.logit_probs, dim=-4) + log_bin, dim=-4)
 
+    @torch.no_grad()
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        """Pixel values k/255: a component by its weight, a logistic draw from it, clipped to the
+        range and rounded to its bin (the edge bins take the tails, as log_prob counts them)."""
+        shape = torch.Size(sample_shape) + self.logit_probs.shape
+        component = torch.distributions.Categorical(logits=self.logit_probs.movedim(-4, -1)).sample(sample_shape)
+        pick = F.one_hot(component, self.logit_probs.shape[-4]).movedim(-1, -4).to(self.means.dtype)
+        u = torch.rand(shape, device=self.means.device).clamp(1e-5, 1 - 1e-5)
+        draws = self.means + self.log_scales.exp() * (torch.log(u) - torch.log1p(-u))
+        x = (pick * draws).sum(-4).clamp(-1, 1)
+        return torch.round((x + 1) / 2 * 255) / 255
+
     @property
     def mean(self) -> Tensor:
         """E[x] in [0, 1]: each component's mean censored to [-1, 1] (the edge bins take the tails),
@@ -220,4 +232,10 @@ def build(spec) -> nn.Module:
     if dequantize and name not in bounds.DENSITIES:
         raise ValueError(f"likelihood={name} is a probability of the stored values; dequantized data needs a density")
     likelihood.measure = bounds.measure(name, levels, dequantize)
+    if spec.decoder == "pixelcnn":  # the same per-pixel likelihood, each pixel given those before it
+        from .autoregressive import PixelCNNLikelihood
+
+        likelihood = PixelCNNLikelihood(likelihood, spec.image_shape[0], spec.ar_layers, spec.ar_kernel,
+                                        spec.ar_channels)
+        likelihood.measure = likelihood.inner.measure
     return likelihood

@@ -17,6 +17,7 @@ Models raise plain Python errors (ValueError); mapping them to messages is the C
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal, constraints
 
-from . import blocks, likelihoods, posteriors, priors
+from . import autoregressive, blocks, likelihoods, posteriors, priors
 
-KINDS = ("vae", "ae", "hvae", "vqvae", "ladder")
+KINDS = ("vae", "ae", "hvae", "vqvae", "ladder", "categorical")
 
 
 @dataclass
@@ -64,6 +65,15 @@ class VAESpec:
     posterior: str = "gaussian"  # q(z|x): gaussian, or a flow on it: iaf | planar (models/posteriors.py)
     flows: int = 0  # iaf, planar: steps
     flow_hidden: int = 0  # iaf: width of each step's MADE and of the encoder's context
+    decoder: str = "factorized"  # p(x|z): factorized per pixel, or pixelcnn (each pixel given those before it)
+    ar_layers: int = 5  # pixelcnn: gated layers
+    ar_kernel: int = 5  # pixelcnn: mask size (receptive field: layers and kernel)
+    ar_channels: int = 32  # pixelcnn: channels of each layer
+    delta: float = 0.0  # kl.delta: nats per dimension the Gaussian posterior's KL cannot fall below (0: off)
+    categories: int = 0  # categorical: K classes for each of the latent_dim variables
+    temperature: float = 1.0  # categorical: the Gumbel-softmax temperature at the start ...
+    temperature_min: float = 0.5  # ... annealed down to this
+    anneal_rate: float = 0.0  # ... as tau_0 exp(-rate * training passes)
     logistic_tanh_means: bool = False  # logistic: checkpoints from before 2026-12-02 squashed the means by tanh
 
     def __post_init__(self):
@@ -80,14 +90,30 @@ def normal_kl(q: Normal, p: Normal) -> Tensor:
     return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
 
 
-def _gaussian(params: Tensor) -> Distribution:
-    """(…, 2D) -> N(mu, sigma^2) with event (D,)."""
+def _gaussian(params: Tensor, max_sigma: float | None = None) -> Distribution:
+    """(…, 2D) -> N(mu, sigma^2) with event (D,); with `max_sigma`, sigma = max_sigma * sigmoid(.)
+    instead (the committed-rate family: committed_sigma)."""
     mu, logvar = params.float().chunk(2, dim=-1)  # float(): fp32 maths under bf16/fp16 autocast
     # clamp: exp() overflows on the large logvars of early training
     # validate_args=False: a NaN from a diverging step must become a NaN loss (which the trainer
     # skips), not an exception; it also saves a check per call.
-    return Independent(Normal(mu, torch.exp(0.5 * logvar.clamp(-30.0, 20.0)), validate_args=False), 1,
-                       validate_args=False)
+    sigma = torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) if max_sigma is None else max_sigma * torch.sigmoid(logvar)
+    return Independent(Normal(mu, sigma, validate_args=False), 1, validate_args=False)
+
+
+def committed_sigma(delta: float) -> float:
+    """The largest sigma < 1 with KL(N(mu, sigma^2) || N(0, 1)) >= delta for every mu: the root of
+    (sigma^2 - 1 - log sigma^2) / 2 = delta (the mu^2 / 2 term only adds). A posterior family with
+    sigma below it keeps at least delta nats per dimension: the simplest form of the delta-VAE's
+    committed rate (Razavi et al. 2019), which no decoder can collapse."""
+    low, high = 1e-12, 1.0
+    for _ in range(200):  # bisection: the left side falls from infinity to 0 on (0, 1)
+        mid = (low + high) / 2
+        if 0.5 * (mid * mid - 1 - 2 * math.log(mid)) > delta:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 class PointMass(Distribution):
@@ -154,6 +180,11 @@ class LatentModel(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def draws_pixel_by_pixel(self) -> bool:
+        """Pictures cost one decoder pass per pixel (an autoregressive decoder)."""
+        return isinstance(getattr(self, "likelihood", None), autoregressive.PixelCNNLikelihood)
+
+    @property
     def measure(self):
         """What log p(x|z), and so the ELBO and IWAE bound, is of (bounds.Measure)."""
         return self.likelihood.measure
@@ -173,9 +204,10 @@ class LatentModel(nn.Module):
     def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.encode(x, y).mean
 
-    def decode_images(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """The likelihood's mean for latents (..., latent_dim): images (..., C, H, W) in [0, 1]."""
-        return self.decode(z, y).mean.clamp(0, 1)
+    def decode_images(self, z: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Pictures of p(x|z) for latents (..., latent_dim): images (..., C, H, W) in [0, 1], the
+        likelihood's mean (an autoregressive decoder's: a draw, pixel by pixel, from `generator`)."""
+        return autoregressive.picture(self.decode(z, y), generator).clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -221,7 +253,7 @@ class VAE(LatentModel):
         """q(z|x): batch (B,), event (latent_dim,); with a flow, the Gaussian pushed through it."""
         params = self.head(self._condition(self.encoder(x), y))
         if self.flow is None:
-            return _gaussian(params)
+            return _gaussian(params, committed_sigma(self.spec.delta) if self.spec.delta > 0 else None)
         base_size = 2 * self.spec.latent_dim
         return self.flow(_gaussian(params[..., :base_size]), params[..., base_size:].float())
 
@@ -288,8 +320,8 @@ class VAE(LatentModel):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
                y: Tensor | None = None) -> Tensor:
-        """n images (n, C, H, W) in [0, 1]: prior draws decoded to the likelihood's mean."""
-        return self.decode_images(self._prior_draws(n, temperature, generator), y)
+        """n images (n, C, H, W) in [0, 1]: prior draws decoded to pictures (decode_images)."""
+        return self.decode_images(self._prior_draws(n, temperature, generator), y, generator)
 
 class AE(VAE):
     """The deterministic autoencoder baseline: same networks, q(z|x) a point mass at
@@ -387,4 +419,4 @@ class HVAE(VAE):
         p1 = self.p1(z2).base_dist
         eps = torch.randn(p1.loc.shape, generator=generator, device=self.device)
         z1 = p1.loc + temperature * p1.scale * eps
-        return self.decode_images(z1, y)
+        return self.decode_images(z1, y, generator)

@@ -29,6 +29,7 @@ class VQVAE(LatentModel):
 
     posterior = "point"
     discrete = True
+    codebook_size = property(lambda self: self.spec.codebook_size)  # codes per grid position
 
     def __init__(self, spec: VAESpec):
         super().__init__()
