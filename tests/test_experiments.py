@@ -307,6 +307,7 @@ def test_a_sweep_under_torchrun_runs_each_job_on_every_rank(tmp_path, env):
 @pytest.mark.slow
 def test_threads_are_set_by_trainer_threads_and_auto_respects_the_environment(tmp_path, env):
     clean = {k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    clean["VAECLI_REGISTRY"] = str(tmp_path / "registry")  # no other test's vae process counts as a sharer
     one = one_json(vae("train", *TINY, "trainer.threads=1", "--run-dir", str(tmp_path / "one"), "--json", env=clean))
     assert one["threads"] == 1
     auto = one_json(vae("train", *TINY, "--run-dir", str(tmp_path / "auto"), "--json", env=clean))

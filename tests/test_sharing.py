@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -49,6 +50,16 @@ def test_the_registry_counts_live_processes_on_shared_cores_only(tmp_path):
         assert me.sharing() == 1
         (tmp_path / "12345").write_text("half-writ")  # a file being written: ignored
         assert me.sharing() == 1
+        zombie = sleeper()
+        register(tmp_path, zombie.pid, me.cores)
+        assert me.sharing() == 2
+        zombie.kill()  # exited but not yet reaped by its parent (us): it computes nothing
+        for _ in range(100):
+            if sharing._zombie(zombie.pid):
+                break
+            time.sleep(0.02)
+        assert sharing._zombie(zombie.pid) and me.sharing() == 1
+        zombie.wait()
     finally:
         peer.kill()
         peer.wait()

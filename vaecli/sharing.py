@@ -56,12 +56,23 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
 
 
+def _zombie(pid: int) -> bool:
+    """A process that has exited but not been reaped by its parent (state Z): it computes nothing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def _alive(pid: int, started: str | None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process with our pid number: not ours
+        return False
+    if _zombie(pid):
         return False
     return started is None or _start_time(pid) in (None, started)
 
