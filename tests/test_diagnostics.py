@@ -42,6 +42,17 @@ def test_a_collapsed_model_has_no_active_units_no_information_and_says_so():
     assert d["kl_per_dim"] == pytest.approx([0.0] * 4, abs=1e-6)
 
 
+@pytest.mark.parametrize("kl, active, expected", [
+    (0.0, 0, True),
+    (0.15, 4, True),  # a PixelCNN-decoder VAE trained plainly: 4 units over Burda's threshold, 0.15 nats in all
+    (0.68, 20, True),  # under one bit about each image
+    (0.70, 1, False),  # one bit: a binary factor can be coded
+    (5.0, 0, True),  # KL spent on no unit that varies with x
+])
+def test_collapse_means_less_than_one_bit_about_each_image_or_no_active_unit(kl, active, expected):
+    assert evaluate.collapsed(kl, active) is expected
+
+
 def test_mutual_information_reaches_log_n_for_a_code_that_identifies_every_image():
     loc = torch.arange(300, dtype=torch.float64).view(-1, 1) * torch.ones(1, 2)
     scale = torch.full_like(loc, 1e-3)

@@ -60,6 +60,30 @@ def test_pictures_are_drawn_pixel_by_pixel_and_repeat_with_a_seed():
     assert model.draws_pixel_by_pixel and not build(VAESpec("mlp", (1, 4, 4))).draws_pixel_by_pixel
 
 
+def test_paths_through_latent_space_are_drawn_with_common_random_numbers():
+    model = tiny_model(shape=(1, 4, 4))
+    same = torch.zeros(5, 2)  # one latent five times: one image five times with common numbers
+    common = model.decode_images(same, generator=torch.Generator().manual_seed(1), common=True)
+    assert all(torch.equal(common[0], image) for image in common)
+    independent = model.decode_images(same, generator=torch.Generator().manual_seed(1))
+    assert not all(torch.equal(independent[0], image) for image in independent)
+    # each image of a common draw is the image drawn alone with that seed
+    z = torch.randn(3, 2)
+    path = model.decode_images(z, generator=torch.Generator().manual_seed(2), common=True)
+    seed = int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(2)))
+    for b in range(3):
+        alone = model.decode_images(z[b:b + 1], generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(path[b:b + 1], alone)
+    # a Bernoulli pixel drawn with a shared uniform is monotone in its probability: with p(x|z)
+    # ignoring z (a collapsed decoder) every image of a path is the same
+    collapsed = tiny_model(shape=(1, 4, 4))
+    with torch.no_grad():
+        for p in collapsed.parameters():
+            p.zero_()  # every pixel probability 0.5 whatever z
+    row = collapsed.decode_images(torch.randn(6, 2), generator=torch.Generator().manual_seed(0), common=True)
+    assert all(torch.equal(row[0], image) for image in row)
+
+
 @pytest.mark.parametrize("model", [[], ["model=ladder", "model.groups=2", "model.hidden=[16]"]])
 def test_a_pixelcnn_decoder_through_every_command(env, tmp_path, model):
     run = tmp_path / "ar"

@@ -22,7 +22,10 @@ from .errors import UsageError
 CHUNK_ELEMENTS = {"cpu": 3 * 2**20, "cuda": 2**26}
 NOT_AVERAGED = ("elbo", "kl", "recon", "loss", "aux_loss", "kl_clamped", "kl_weight")  # training-only metrics
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: unit u is active when Cov_x(E_q[z_u]) > 0.01
-COLLAPSE_KL = 0.1  # nats: a model whose latents carry less than this has collapsed
+# nats: latents whose mean KL is under one bit carry less than one bit about each image (KL >= I(x; z)):
+# collapsed, whatever the active-unit count (a collapsed PixelCNN-decoder VAE keeps a few units just
+# over Burda's covariance threshold at 0.15 nats in all; docs/RESULTS.md)
+COLLAPSE_KL = math.log(2)
 # I(x; z) estimated from N images cannot exceed log N. Within this many nats of it, each image's
 # code is mostly explained by its own posterior (q(z_i|x_i) / (N q(z_i)) ~ e^-0.5 or more on
 # geometric average), so the true I(x; z) may be larger and KL - I an overestimate.
@@ -150,11 +153,12 @@ def latent_diagnostics(model, data: ImageSet, mean_kl: float, batch_size: int = 
     }
 
 
-COLLAPSE_ADVICE = ("posterior collapse: the latents carry almost no information (KL {kl:.3f} nats, "
-                   "{active} active units), so the decoder models the data alone. Likely causes: a "
-                   "decoder strong enough to ignore z, a large beta, or the KL term winning early in "
-                   "training. Remedies: KL warm-up (kl.schedule=linear), free bits (kl.free_bits=0.5), "
-                   "a weaker decoder or a smaller beta.")
+COLLAPSE_ADVICE = ("posterior collapse: the latents carry less than one bit about each image (KL {kl:.3f} "
+                   "nats, {active} active units), so the decoder models the data alone. Likely causes: a "
+                   "decoder strong enough to ignore z (model.decoder=pixelcnn), a large beta, or the KL "
+                   "term winning early in training. Remedies: free bits (kl.free_bits=0.5), a committed "
+                   "rate (kl.delta=0.25), KL warm-up (kl.schedule=linear), a weaker decoder "
+                   "(model.ar_layers=1) or a smaller beta.")
 
 
 @torch.no_grad()

@@ -55,7 +55,7 @@ def interpolation(model, x: Tensor, y: Tensor | None, steps: int, slerp: bool = 
     the line or the great circle; a conditional model decodes the whole path as x[0]'s class."""
     mu = model.latent_mean(x, y)
     path = (latent.slerp if slerp else latent.lerp)(mu[0], mu[1], steps)
-    return model.decode_images(path, None if y is None else y[0].expand(steps))
+    return model.decode_images(path, None if y is None else y[0].expand(steps), common=True)
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ def traversal(model, reference: ImageSet, dims: int | None, span: float, steps: 
         center = torch.zeros(model.latent_dim, device=model.device)
         y = torch.tensor(label or 0, device=model.device) if model.conditional else None
     z = latent.traversal(center, chosen, span, steps)
-    frames = model.decode_images(z, None if y is None else y.expand(len(z)))
+    frames = model.decode_images(z, None if y is None else y.expand(len(z)), common=True)
     return {"frames": frames, "dims": chosen, "scores": [scores[d] for d in chosen], "ordered_by": ordered_by}
 
 
@@ -88,7 +88,7 @@ def manifold(model, size: int = 20, label: int | None = None) -> Tensor:
     q = torch.distributions.Normal(0, 1).icdf(torch.linspace(0.05, 0.95, size))
     grid = torch.cartesian_prod(q, q).flip(1).to(model.device)
     y = torch.full((len(grid),), label or 0, device=model.device) if model.conditional else None
-    return model.decode_images(grid, y)
+    return model.decode_images(grid, y, common=True)
 
 
 def project_2d(points: Tensor, method: str = "auto", seed: int = 0):
@@ -140,6 +140,6 @@ def code_traversal(model, reference: ImageSet, positions: int | None, steps: int
         swapped[:, p] = top.repeat(-(-steps // len(top)))[:steps]  # fewer codes than steps: cycle them
         rows.append(swapped)
     index = torch.cat(rows).view(-1, *model.grid)
-    frames = model.decode_codes(index, None if y is None else y[:1].expand(len(index)))
+    frames = model.decode_codes(index, None if y is None else y[:1].expand(len(index)), common=True)
     return {"frames": frames, "dims": chosen, "scores": [entropy[p].item() for p in chosen],
             "ordered_by": "entropy of the codes at each grid position"}

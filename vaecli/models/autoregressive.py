@@ -153,13 +153,30 @@ class AutoregressiveImage(Distribution):
     def mean(self) -> Tensor:
         raise ValueError("an autoregressive decoder has no closed-form mean: draw a picture (sample)")
 
-    def picture(self, generator: torch.Generator | None = None) -> Tensor:
-        """What pictures show for this decoder: a draw, pixel by pixel."""
-        return self.sample(generator=generator)
+    def picture(self, generator: torch.Generator | None = None, common: bool = False) -> Tensor:
+        """What pictures show for this decoder: a draw, pixel by pixel. `common`: every image drawn
+        with the same random numbers (common random numbers), so images differ only where their
+        latents make p(x|z) differ: a traversal or interpolation then shows what z controls (a
+        collapsed model's row is one image repeated), not the draws' noise. Costs one pass per
+        image instead of one per batch."""
+        count = self.lead.numel()
+        if not common or count <= 1:
+            return self.sample(generator=generator)
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        flat = self.cond.reshape(-1, *self.cond.shape[-3:])
+        outer, pixels = _progress, self.event_shape[-2] * self.event_shape[-1]
+        images = []
+        for b in range(count):
+            report = None if outer is None else (lambda done, total, b=b: outer(b * pixels + done, count * pixels))
+            with reporting(report):
+                one = AutoregressiveImage(self.head, flat[b:b + 1])
+                images.append(one.sample(generator=torch.Generator().manual_seed(seed)))
+        return torch.cat(images).reshape(*self.lead, *self.event_shape)
 
 
-def picture(dist: Distribution, generator: torch.Generator | None = None) -> Tensor:
+def picture(dist: Distribution, generator: torch.Generator | None = None, common: bool = False) -> Tensor:
     """The image a picture shows of p(x|z): a draw for an autoregressive decoder (its mean has no
-    closed form), the mean for a factorised one."""
+    closed form; `common`: every image of the batch with the same random numbers), the mean for a
+    factorised one."""
     draw = getattr(dist, "picture", None)
-    return draw(generator) if draw is not None else dist.mean
+    return draw(generator, common) if draw is not None else dist.mean

@@ -151,9 +151,10 @@ class CategoricalVAE(LatentModel):
         """Each image's most likely class per variable: (B, 1, N) indices."""
         return self.encode(x, y).log_probs.argmax(-1).unsqueeze(1)
 
-    def decode_codes(self, index: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images (B, C, H, W) in [0, 1] for class indices (B, 1, N)."""
-        return self.decode_images(F.one_hot(index.flatten(1), self.spec.categories).float().flatten(1), y)
+    def decode_codes(self, index: Tensor, y: Tensor | None = None, common: bool = False) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] for class indices (B, 1, N) (`common`: decode_images)."""
+        onehot = F.one_hot(index.flatten(1), self.spec.categories).float().flatten(1)
+        return self.decode_images(onehot, y, common=common)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,

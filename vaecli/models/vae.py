@@ -204,10 +204,12 @@ class LatentModel(nn.Module):
     def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.encode(x, y).mean
 
-    def decode_images(self, z: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def decode_images(self, z: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None,
+                      common: bool = False) -> Tensor:
         """Pictures of p(x|z) for latents (..., latent_dim): images (..., C, H, W) in [0, 1], the
-        likelihood's mean (an autoregressive decoder's: a draw, pixel by pixel, from `generator`)."""
-        return autoregressive.picture(self.decode(z, y), generator).clamp(0, 1)
+        likelihood's mean (an autoregressive decoder's: a draw, pixel by pixel, from `generator`;
+        `common`: the same random numbers for every image, for paths through latent space)."""
+        return autoregressive.picture(self.decode(z, y), generator, common).clamp(0, 1)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:

@@ -137,8 +137,9 @@ class VQVAE(LatentModel):
         """KL(q || p) of a point mass on z_q: -log p(z_q)."""
         return -self.log_p_codes(self.code_grid(x), y)
 
-    def decode_codes(self, index: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images (B, C, H, W) in [0, 1] decoded from code grids (B, h, w)."""
+    def decode_codes(self, index: Tensor, y: Tensor | None = None, common: bool = False) -> Tensor:
+        """Images (B, C, H, W) in [0, 1] decoded from code grids (B, h, w): the decoder's mean
+        (factorised: no draw, so `common` changes nothing)."""
         codes = self.quantizer.lookup(index).permute(0, 3, 1, 2)
         return self._decode_grid(codes, y).mean.clamp(0, 1)
 
