@@ -127,6 +127,7 @@ def test_pictures_zoom_gif_and_raw_outputs(trained_run, data_root, tmp_path, cap
     assert json.loads(default.stdout)["out"].endswith("interpolation.gif")
 
 
+@pytest.mark.slow  # 14 s; the fast suite covers interpolate through the gif test above
 def test_interpolate_lerp_and_slerp_strips(trained_run, env, tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.jpg"
     Image.new("L", (28, 28), 0).save(a)
