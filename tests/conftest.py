@@ -180,3 +180,23 @@ def trained_run(tmp_path_factory, data_root) -> Path:
     result = vae("train", *TINY, "--run-dir", str(work / "runs" / "tiny"), "--json", cwd=work, env=e)
     assert result.returncode == 0, result.stderr
     return work / "runs" / "tiny"
+
+
+SMALL_SHAPES = ["dataset=shapes", "dataset.scales=1", "dataset.rotations=2", "dataset.positions=4",
+                "model.hidden=[16]", "trainer.sample_every=0"]
+
+
+def whole_and_resumed(tmp_path: Path, overrides: list[str]) -> tuple[dict, dict]:
+    """The weights (model.safetensors) of a 2-epoch run on tiny offline shapes, and of the same
+    run stopped after epoch 1 and resumed: equal, tensor for tensor, when resume is bit-exact."""
+    from safetensors.torch import load_file
+
+    from vaecli.config import load_config, resume_config
+    from vaecli.train import fit
+
+    common = SMALL_SHAPES + overrides
+    fit(load_config(common + ["trainer.epochs=2"]), tmp_path / "whole")
+    fit(load_config(common + ["trainer.epochs=1"]), tmp_path / "split")
+    fit(resume_config(tmp_path / "split", ["trainer.epochs=2"]), tmp_path / "split", resume=True)
+    return load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(tmp_path / "split/model.safetensors"))
+

@@ -10,11 +10,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, assert_one_line_error, one_json, vae
+from conftest import TINY, assert_one_line_error, one_json, vae, whole_and_resumed
 
-from vaecli.config import load_config, resume_config
 from vaecli.models import VAESpec, build
-from vaecli.train import fit
 
 
 def tiny(n=2, k=3, **extra):
@@ -67,17 +65,9 @@ def test_training_relaxes_the_codes_and_evaluation_draws_hard_ones():
 
 
 def test_categorical_latents_resume_bit_exactly(tmp_path):
-    common = ["dataset=shapes", "dataset.image_size=16", "dataset.scales=1", "dataset.rotations=2",
-              "dataset.positions=4", "model.hidden=[16]", "model.latent=categorical", "model.latent_dim=4",
-              "model.categories=3", "model.anneal_rate=0.01", "trainer.sample_every=0"]
-    fit(load_config(common + ["trainer.epochs=2"]), tmp_path / "whole")
-    fit(load_config(common + ["trainer.epochs=1"]), tmp_path / "split")
-    fit(resume_config(tmp_path / "split", ["trainer.epochs=2"]), tmp_path / "split", resume=True)
-    from safetensors.torch import load_file
-
-    whole, split = load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(tmp_path / "split/model.safetensors"))
+    whole, split = whole_and_resumed(tmp_path, ["dataset.image_size=16", "model.latent=categorical", "model.latent_dim=4",
+                                                "model.categories=3", "model.anneal_rate=0.01"])
     assert int(whole["passes"]) > 0 and all(torch.equal(whole[k], split[k]) for k in whole)
-
 
 def test_categorical_latents_through_every_command(env, tmp_path):
     run = tmp_path / "cat"

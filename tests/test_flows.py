@@ -8,12 +8,10 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, assert_one_line_error, one_json, vae
+from conftest import TINY, assert_one_line_error, one_json, vae, whole_and_resumed
 
 from vaecli import evaluate
-from vaecli.config import load_config, resume_config
 from vaecli.models import VAESpec, build, posteriors
-from vaecli.train import fit
 
 
 def test_iaf_log_determinant_is_that_of_its_jacobian_and_the_jacobian_is_triangular():
@@ -96,17 +94,8 @@ def test_flow_posteriors_through_every_command(env, tmp_path):
 
 
 def test_flow_posteriors_resume_bit_exactly(tmp_path):
-    common = ["dataset=shapes", "dataset.image_size=16", "dataset.scales=1", "dataset.rotations=2",
-              "dataset.positions=4", "model.hidden=[16]", "posterior=planar", "posterior.flows=2",
-              "trainer.sample_every=0"]
-    fit(load_config(common + ["trainer.epochs=2"]), tmp_path / "whole")
-    fit(load_config(common + ["trainer.epochs=1"]), tmp_path / "split")
-    fit(resume_config(tmp_path / "split", ["trainer.epochs=2"]), tmp_path / "split", resume=True)
-    from safetensors.torch import load_file
-
-    whole, split = load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(tmp_path / "split/model.safetensors"))
+    whole, split = whole_and_resumed(tmp_path, ["dataset.image_size=16", "posterior=planar", "posterior.flows=2"])
     assert all(torch.equal(whole[k], split[k]) for k in whole)
-
 
 @pytest.mark.parametrize("overrides, needle", [
     (["posterior=iaf", "model=vqvae"], "posterior=iaf is for the flat VAEs"),

@@ -8,12 +8,11 @@ import itertools
 
 import pytest
 import torch
-from conftest import TINY, assert_one_line_error, one_json, vae
+from conftest import TINY, assert_one_line_error, one_json, vae, whole_and_resumed
 
-from vaecli.config import load_config, resume_config
+from vaecli.config import load_config
 from vaecli.models import VAESpec, build
 from vaecli.models.autoregressive import PixelCNN
-from vaecli.train import fit
 
 
 @pytest.mark.parametrize("layers, kernel, channels", [(1, 3, 1), (3, 3, 1), (2, 5, 3)])
@@ -103,17 +102,9 @@ def test_a_pixelcnn_decoder_through_every_command(env, tmp_path, model):
 
 
 def test_a_pixelcnn_decoder_resumes_bit_exactly(tmp_path):
-    common = ["dataset=shapes", "dataset.image_size=8", "dataset.scales=1", "dataset.rotations=2",
-              "dataset.positions=4", "model.hidden=[16]", "model.decoder=pixelcnn", "model.ar_layers=1",
-              "model.ar_kernel=3", "model.ar_channels=4", "trainer.sample_every=0"]
-    fit(load_config(common + ["trainer.epochs=2"]), tmp_path / "whole")
-    fit(load_config(common + ["trainer.epochs=1"]), tmp_path / "split")
-    fit(resume_config(tmp_path / "split", ["trainer.epochs=2"]), tmp_path / "split", resume=True)
-    from safetensors.torch import load_file
-
-    whole, split = load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(tmp_path / "split/model.safetensors"))
+    whole, split = whole_and_resumed(tmp_path, ["dataset.image_size=8", "model.decoder=pixelcnn", "model.ar_layers=1",
+                                                "model.ar_kernel=3", "model.ar_channels=4"])
     assert all(torch.equal(whole[k], split[k]) for k in whole)
-
 
 @pytest.mark.parametrize("overrides, needle", [
     (["model.decoder=pixelcnn", "model.ar_kernel=4"], "model.ar_kernel must be odd"),
