@@ -95,6 +95,9 @@ def test_a_pixelcnn_decoder_through_every_command(env, tmp_path, model):
     assert bound["iwae"] >= bound["elbo"] - 3 * max(bound["elbo_se"], 1e-3)
     drawn = vae("sample", "--ckpt", str(run), "--n", "2", "--out", str(tmp_path / "s.png"), env=env)
     assert drawn.returncode == 0 and "pixel by pixel: 784 passes" in drawn.stderr
+    path = vae("interpolate", "test:0", "test:1", "--steps", "3", "--ckpt", str(run), "--out", str(tmp_path / "i.png"),
+               env=env)  # a path: one image at a time, the same random numbers for each
+    assert path.returncode == 0 and "2352 passes of the network for 3 image(s), one image at a time" in path.stderr
     for command in (["reconstruct", "--n", "2", "--samples", "2"], ["interpolate", "test:0", "test:1", "--steps", "2"]):
         out = tmp_path / f"{command[0]}.png"
         one_json(vae(*command, "--ckpt", str(run), "--out", str(out), "--json", env=env))

@@ -39,7 +39,8 @@ def traverse(
 ) -> None:
     """One row per latent dimension, sweeping it around a point; rows ordered by KL (most
     informative first; by the variance of the posterior means where no per-dimension KL exists).
-    An autoregressive decoder draws every frame pixel by pixel."""
+    An autoregressive decoder draws every frame pixel by pixel, all with the same random numbers
+    (a row changes only where the swept dimension changes p(x|z))."""
     if dims != "all" and not (dims.isdigit() and int(dims) >= 1):
         raise UsageError(f"--dims takes a number >= 1 or 'all' (got {dims!r})")
     from .. import pictures
@@ -53,7 +54,8 @@ def traverse(
     x = y = None
     if image is not None:
         x, _, y = inputs.images([image], loaded, data_root, given_label=which)
-    with output.Drawing(model, steps * (model.latent_dim if dims == "all" else int(dims)), enabled=not as_json):
+    with output.Drawing(model, steps * (model.latent_dim if dims == "all" else int(dims)), enabled=not as_json,
+                        common=True):
         result = pictures.traversal(model, reference, None if dims == "all" else int(dims), span, steps, x, y, which)
     frames = result.pop("frames")
     if target.suffix.lower() == ".gif":  # frame t: every row's t-th image, rows laid out in a grid

@@ -154,16 +154,20 @@ class Drawing:
     """For a model that draws pictures pixel by pixel (an autoregressive decoder): a note of the cost
     and a progress bar over the pixels while the block runs; nothing otherwise."""
 
-    def __init__(self, model, images: int, enabled: bool = True):
+    def __init__(self, model, images: int, enabled: bool = True, common: bool = False):
+        """`common`: the pictures are a path through latent space, drawn one image at a time with
+        the same random numbers (decode_images(common=True)): images times the passes."""
         self.active = bool(getattr(model, "draws_pixel_by_pixel", False))
         self.progress = None
         if not self.active:
             return
         c, h, w = model.spec.image_shape
+        passes = h * w * (images if common and images > 1 else 1)
         if enabled:
-            stderr.print(f"note: the autoregressive decoder draws pixel by pixel: {h * w} passes of the network for "
-                         f"{images} image(s)", markup=False, highlight=False, soft_wrap=True)
-        self.counter = Counter("drawing", h * w, enabled, unit="pixels")
+            how = ", one image at a time with the same random numbers" if common and images > 1 else ""
+            stderr.print(f"note: the autoregressive decoder draws pixel by pixel: {passes} passes of the network for "
+                         f"{images} image(s){how}", markup=False, highlight=False, soft_wrap=True)
+        self.counter = Counter("drawing", passes, enabled, unit="pixels")
 
     def __enter__(self):
         if not self.active:

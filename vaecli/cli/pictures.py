@@ -128,14 +128,14 @@ def interpolate(
 ) -> None:
     """Decode a path between the posterior means of two images, saved as a strip PNG (or, with
     --gif, an animation going there and back). An autoregressive decoder draws each frame pixel by
-    pixel."""
+    pixel, every frame with the same random numbers (the path shows what z changes)."""
     from .. import pictures
     from ..data.images import choose_zoom, save_gif, save_grid
 
     loaded = inputs.load(ckpt, device, threads)
     target = picture_out(out, gif, loaded.run_dir, "interpolation")
     x, _, y = inputs.images([a, b], loaded, data_root, given_label=inputs.label(loaded.model, label))
-    with output.Drawing(loaded.model, steps, enabled=not as_json):
+    with output.Drawing(loaded.model, steps, enabled=not as_json, common=True):
         frames = pictures.interpolation(loaded.model, x, y, steps, slerp)
     if target.suffix.lower() == ".gif":
         there_and_back = [*frames, *frames.flip(0)[1:-1]]
