@@ -27,6 +27,16 @@ def test_each_experiment_preset_composes_and_builds(experiment):
         assert t.ema > 0 and t.lr_schedule == "cosine" and t.warmup_steps > 0 and t.grad_clip > 0
 
 
+@pytest.mark.parametrize("sampler", group_options("sampler"))
+def test_each_sampler_option_composes_and_validates(sampler):
+    from vaecli.config import load_sampler_config
+
+    cfg, tree = load_sampler_config([f"sampler={sampler}"])
+    assert cfg.name == sampler == tree["name"] and cfg.fit_on in ("mean", "sample") and cfg.seed == 0
+    assert (cfg.components, cfg.covariance) == ((10, "full") if sampler == "gmm" else (None, None))
+    assert set(group_options("sampler")) == {"gmm", "two_stage"}
+
+
 def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones():
     assert set(group_options("dataset")) == {"mnist", "binarized_mnist", "fashion_mnist", "kmnist", "cifar10", "svhn",
                                              "omniglot", "celeba", "folder", "shapes"}
@@ -35,7 +45,7 @@ def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones(
     assert set(group_options("prior")) == {"normal", "mog", "vamp"}
     assert set(group_options("objective")) == {"elbo", "iwae"}
     assert set(group_options("experiment")) == {"burda_vae", "burda_iwae", "burda_hvae", "beta_vae_shapes", "bmnist_fast",
-                                                "bmnist_ladder", "burda_vae_omniglot"}
+                                                "bmnist_ladder", "bmnist_best", "burda_vae_omniglot"}
     cfg = load_config().cfg
     assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == ("mnist", "mlp", "bernoulli")
     assert (cfg.beta, cfg.seed, cfg.model.latent_dim, cfg.model.hidden) == (1.0, 0, 20, [400])

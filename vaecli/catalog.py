@@ -34,6 +34,7 @@ class Row:
     latent_dim: int | None = None
     iwae: dict | None = None  # the last eval-iwae: {"bound", "se", "k", "n", "split"}
     mig: float | None = None  # the last eval-disentanglement
+    fid: dict | None = None  # the last eval-samples: fid, features, sampler, of, n
     wall_seconds: float | None = None  # wall-clock time of all training sessions
     train_seconds: float | None = None
     started: float | None = None  # Unix time of the first session
@@ -248,6 +249,8 @@ def _fill_from_evals(row: Row, evals: list[dict]) -> None:
             row.iwae = {key: record.get(key) for key in ("bound", "se", "k", "n", "split")}
         elif record.get("kind") == "mig":
             row.mig = _number(record.get("mig"))
+        elif record.get("kind") == "samples" and _number(record.get("fid")) is not None:
+            row.fid = {key: record.get(key) for key in ("fid", "features", "sampler", "of", "n", "precision", "recall")}
 
 
 def _wall(status: dict) -> float | None:

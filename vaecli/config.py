@@ -35,6 +35,9 @@ LOGGERS = ("none", "tensorboard")
 KL_SCHEDULES = ("constant", "linear", "cyclic")
 LATENTS = ("gaussian", "categorical")
 DECODERS = ("factorized", "pixelcnn")
+SAMPLERS = ("gmm", "two_stage")  # conf/sampler/: ex-post samplers (vae fit-sampler)
+COVARIANCES = ("full", "diag")
+FIT_ON = ("mean", "sample")
 
 
 @dataclass
@@ -175,6 +178,28 @@ class Config:
     seed: int = MISSING
 
 
+@dataclass
+class SamplerConfig:
+    """vae fit-sampler: conf/sampler/*.yaml (each sets the keys that apply to it)."""
+
+    name: str = MISSING  # gmm | two_stage
+    fit_on: str = MISSING  # mean | sample
+    images: Optional[int] = None  # the first N training images (None: all)
+    seed: int = MISSING
+    components: Optional[int] = None  # gmm
+    covariance: Optional[str] = None
+    max_iter: Optional[int] = None
+    hidden: Optional[List[int]] = None  # two_stage
+    epochs: Optional[int] = None
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+
+
+@dataclass
+class SamplerRoot:
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+
+
 def config_dir() -> Path:
     """conf/ inside an installed wheel (vaecli/conf), else the source checkout's conf/."""
     package = Path(__file__).resolve().parent
@@ -214,9 +239,11 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def _check_keys(reference: dict, parsed: list[tuple[str, Any]]) -> None:
+def _check_keys(reference: dict, parsed: list[tuple[str, Any]], groups: tuple[str, ...] = GROUPS) -> None:
     """Every overridden key must exist in `reference` (the config it will be applied to)."""
     for key, _ in parsed:
+        if key in groups and groups is not GROUPS:
+            continue
         if key in SELECT_ONLY:
             continue
         node: Any = reference
@@ -228,30 +255,31 @@ def _check_keys(reference: dict, parsed: list[tuple[str, Any]]) -> None:
                 scope = f"in '{where}'" if where else "at the top level"
                 raise UsageError(f"unknown key '{key}'; valid keys {scope}: {valid}")
             node = node[part]
-        if len(parts) == 2 and parts[0] in GROUPS and parts[1] == "name":
+        if len(parts) == 2 and parts[0] in groups and parts[1] == "name":
             raise UsageError(f"choose the option with {parts[0]}=NAME, not {key}=")
-        if isinstance(node, dict) and key not in GROUPS:
+        if isinstance(node, dict) and key not in groups:
             raise UsageError(f"'{key}' is a section; set one of its keys: {', '.join(sorted(node))}")
 
 
-def _typed(raw: dict) -> "Any":
+def _typed(raw: dict, schema: type = None) -> "Any":
     """Merge a plain dict onto the schema; a wrong type becomes a UsageError naming the key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    schema = schema or Config
     try:
-        return OmegaConf.merge(OmegaConf.structured(Config), raw)
+        return OmegaConf.merge(OmegaConf.structured(schema), raw)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         value = getattr(e, "value", None)
-        expected = _expected_type(key)
+        expected = _expected_type(key, schema)
         raise UsageError(f"invalid value for {key}: {value!r} is not {expected}") from None
 
 
-def _expected_type(key: str) -> str:
+def _expected_type(key: str, schema: type = None) -> str:
     import typing
 
-    cls: Any = Config
+    cls: Any = schema or Config
     hint: Any = None
     for part in re.sub(r"\[\d+\]", "", key).split("."):
         hints = typing.get_type_hints(cls)
@@ -314,6 +342,58 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
             raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
     raw = _resolve(composed)
     return _finish(raw, reference=raw, overrides=overrides)
+
+
+def load_sampler_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[SamplerConfig, dict]:
+    """Compose conf/fit_sampler.yaml (sampler=gmm|two_stage and its keys) with `overrides`:
+    the validated SamplerConfig and its plain tree (stored beside the fitted sampler)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    parsed = _parse_overrides(list(overrides))
+    selections = []
+    for key, value in parsed:
+        if key == "sampler":
+            if value not in group_options("sampler"):
+                raise UsageError(f"unknown sampler '{value}'; choose one of: {', '.join(group_options('sampler'))}")
+            selections.append(f"sampler={value}")
+        elif not key.startswith("sampler."):
+            raise UsageError(f"fit-sampler takes sampler=NAME and sampler.KEY=VALUE overrides (got '{key}=')")
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        defaults = OmegaConf.to_container(compose("fit_sampler", overrides=selections), resolve=True)
+        _check_keys(defaults, parsed, groups=("sampler",))
+        try:
+            composed = compose("fit_sampler", overrides=list(overrides))
+        except Exception as e:
+            raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
+    raw = _resolve(composed)
+    typed = _typed(raw, SamplerRoot)
+    try:
+        cfg: SamplerConfig = OmegaConf.to_object(typed).sampler
+    except MissingMandatoryValue as e:
+        raise UsageError(f"config key {getattr(e, 'full_key', None) or '?'} has no value; set it") from None
+    validate_sampler(cfg)
+    return cfg, _prune(OmegaConf.to_container(typed), raw)["sampler"]
+
+
+def validate_sampler(s: SamplerConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise UsageError(message)
+
+    need(s.fit_on in FIT_ON, f"sampler.fit_on must be one of {', '.join(FIT_ON)} (got {s.fit_on!r})")
+    need(s.images is None or s.images >= 1, f"sampler.images must be >= 1 or null (got {s.images})")
+    if s.name == "gmm":
+        need(s.components >= 1, f"sampler.components must be >= 1 (got {s.components})")
+        need(s.covariance in COVARIANCES, f"sampler.covariance must be one of {', '.join(COVARIANCES)} (got {s.covariance!r})")
+        need(s.max_iter >= 1, f"sampler.max_iter must be >= 1 (got {s.max_iter})")
+    if s.name == "two_stage":
+        need(len(s.hidden) >= 1 and all(h >= 1 for h in s.hidden),
+             f"sampler.hidden must list positive widths, e.g. [512,512] (got {s.hidden})")
+        need(s.epochs >= 1, f"sampler.epochs must be >= 1 (got {s.epochs})")
+        need(s.lr > 0, f"sampler.lr must be > 0 (got {s.lr})")
+        need(s.batch_size >= 1, f"sampler.batch_size must be >= 1 (got {s.batch_size})")
 
 
 def _resolve(conf) -> dict:

@@ -20,12 +20,16 @@ def class_rows(num_classes: int, per_class: int, device: torch.device) -> Tensor
 
 
 def prior_samples(model, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
-                  label: int | str | None = None) -> tuple[Tensor, int]:
-    """Prior draws decoded to the likelihood's mean, and the grid's images per row.
+                  label: int | str | None = None, sampler=None) -> tuple[Tensor, int]:
+    """Draws of the latents from `sampler` (samplers.py; None: the model's prior) decoded to
+    pictures, and the grid's images per row.
 
     An unconditional model: n images in a near-square grid. A conditional one: n per class, one
     row each (label None or 'all'), or n of class `label`."""
-    if not model.can_sample:
+    from .samplers import Prior
+
+    sampler = sampler or Prior()
+    if isinstance(sampler, Prior) and not model.can_sample:
         raise UsageError(model.prior_problem)
     y, nrow = None, grid_rows(n)
     if model.conditional and label in (None, "all"):
@@ -33,7 +37,7 @@ def prior_samples(model, n: int, temperature: float = 1.0, generator: torch.Gene
         n = len(y)
     elif model.conditional:
         y = torch.full((n,), int(label), device=model.device)
-    return model.sample(n, temperature=temperature, generator=generator, y=y), nrow
+    return sampler.images(model, n, temperature, generator, y), nrow
 
 
 def above_below(originals: Tensor, reconstructions: Tensor, cols: int = 8) -> tuple[Tensor, int]:

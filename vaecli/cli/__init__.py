@@ -15,7 +15,7 @@ import typer
 
 from .. import distributed
 from ..errors import Interrupted, VaeError
-from . import train, pictures, evaluate, inspect, catalog  # noqa: F401,I001  (importing registers the commands, in this order)
+from . import train, pictures, samples, evaluate, inspect, catalog  # noqa: F401,I001  (importing registers the commands, in this order)
 from .app import app
 from .output import stderr
 

@@ -19,7 +19,7 @@ def runs_table(
     as_json: Json = False,
 ) -> None:
     """The runs under DIR: dataset, model, overrides, progress, test ELBO, KL, active units, the
-    last eval-iwae / eval-disentanglement result, wall time and state (finished, interrupted,
+    last eval-iwae / eval-disentanglement / eval-samples result, wall time and state (finished, interrupted,
     running, crashed; broken for a folder that cannot be read)."""
     from .. import catalog, runs
 
@@ -80,6 +80,9 @@ def _evals(r) -> str:
         parts.append(f"IWAE {r.iwae['bound']:.2f}{_mark(r)} (k={r.iwae.get('k')}{f', n={n}' if n else ''})")
     if r.mig is not None:
         parts.append(f"MIG {r.mig:.3f}")
+    if r.fid:
+        what = "recon" if r.fid.get("of") == "reconstructions" else r.fid.get("sampler")
+        parts.append(f"FID {r.fid['fid']:.1f} ({what}, {r.fid.get('features')}, n={r.fid.get('n')})")
     return ", ".join(parts) or "-"
 
 

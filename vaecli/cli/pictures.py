@@ -30,6 +30,9 @@ def sample(
                               "top first (1,0.8,0.6).")] = "1.0",
     seed: Seed = 0,
     label: SampleLabel = None,
+    sampler: Annotated[str, typer.Option(
+        "--sampler", help="Where latents come from: prior (the model's p(z)), or one fitted with vae fit-sampler: "
+                          "gmm, two_stage.")] = "prior",
     nrow: Annotated[Optional[int], typer.Option("--nrow", callback=at_least(1),
                                                 help="Images per row (default: a near-square grid; per class: n).")] = None,
     zoom: Zoom = None,
@@ -38,28 +41,30 @@ def sample(
     threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
-    """Draw n images from the prior, decoded to the likelihood's mean (an autoregressive decoder
+    """Draw n images from the prior (or a fitted --sampler), decoded to the likelihood's mean (an autoregressive decoder
     draws them pixel by pixel: one network pass per pixel), as one PNG grid (or one file per image,
     or a tensor file).
 
     For a conditional model, n per class (one row each) unless --label picks one class."""
     import torch
 
-    from .. import pictures
+    from .. import pictures, samplers
     from ..data.images import choose_zoom
 
     loaded = inputs.load(ckpt, device, threads)
     model = loaded.model
     temperature = inputs.temperatures(temperature, model)
+    chosen = samplers.load(sampler, loaded)
     which = inputs.label(model, label, allow_all=True)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     with output.Drawing(model, n, enabled=not as_json):
-        images, rows = pictures.prior_samples(model, n, temperature, generator, which)
+        images, rows = pictures.prior_samples(model, n, temperature, generator, which, chosen)
     nrow = nrow or rows
     written = inputs.write_images(images, out or str(loaded.run_dir / "sample.png"), nrow, zoom,
-                                  {"ckpt": str(loaded.path), "seed": str(seed), "temperature": str(temperature)})
+                                  {"ckpt": str(loaded.path), "seed": str(seed), "temperature": str(temperature),
+                                   "sampler": sampler})
     output.say(f"wrote {len(images)} samples to {written}", as_json)
-    output.emit({"out": str(written), "n": len(images), "temperature": temperature, "seed": seed,
+    output.emit({"out": str(written), "n": len(images), "temperature": temperature, "seed": seed, "sampler": sampler,
                  "zoom": choose_zoom(images, nrow, zoom) if written.suffix == ".png" else zoom or 1,
                  "ckpt": str(loaded.path), "label": "all" if model.conditional and which in (None, "all") else which},
                 as_json)

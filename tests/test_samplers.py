@@ -1,0 +1,118 @@
+"""Ex-post samplers (samplers.py, vae fit-sampler, sample/eval-samples --sampler): fit, save,
+reload bit-exactly and sample; refusals of a mismatched sampler and of models they cannot serve."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import SMALL_SHAPES, assert_one_line_error, one_json, vae
+from vaecli import samplers
+from vaecli.errors import UsageError
+
+
+def two_clusters(n=600, d=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g) * 0.3
+    z[: n // 2] += 4.0
+    return z
+
+
+def test_gmm_recovers_a_known_mixture_and_draws_reproducibly():
+    z = two_clusters()
+    gmm, stats = samplers.fit_gmm(z, components=2, covariance="full", max_iter=100, seed=0)
+    assert stats["converged"] and gmm.weights.tolist() == pytest.approx([0.5, 0.5], abs=0.01)
+    centres = sorted(gmm.means[:, 0].tolist())
+    assert centres == pytest.approx([0.0, 4.0], abs=0.1)
+    assert torch.allclose(gmm.scale_tril @ gmm.scale_tril.transpose(1, 2),
+                          0.09 * torch.eye(3).expand(2, 3, 3), atol=0.03)
+    a = gmm.draw(500, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, gmm.draw(500, generator=torch.Generator().manual_seed(1)))
+    near = torch.minimum((a - 4).norm(dim=1), a.norm(dim=1))
+    assert (near < 2).all()  # every draw lands in one of the two clusters, none in between
+    assert gmm.draw(500, temperature=0.0).unique(dim=0).shape[0] == 2  # T = 0: the component means
+    assert gmm.log_prob(torch.tensor([[2.0, 2.0, 2.0]])) < gmm.log_prob(torch.tensor([[4.0, 4.0, 4.0]])) - 10  # a hole
+
+
+def test_two_stage_learns_the_latents_and_its_gamma_shrinks():
+    z = two_clusters(n=800, d=2)
+    losses = []
+    sampler, stats = samplers.fit_two_stage(z, [64, 64], epochs=30, lr=3e-3, batch_size=100, seed=0,
+                                            on_epoch=lambda e, loss: losses.append(loss))
+    assert losses[-1] < losses[0] - 0.3 and stats["gamma"] < 0.9  # gamma starts at 1
+    draws = sampler.draw(1000, generator=torch.Generator().manual_seed(0)).detach()
+    near = torch.minimum((draws - torch.tensor([4.0, 4.0])).norm(dim=1), draws.norm(dim=1))
+    assert (near < 1.5).float().mean() > 0.75  # most draws land on the data's two clusters
+
+
+def test_samplers_refuse_models_with_discrete_codes_or_latent_groups():
+    from vaecli import models
+    from vaecli.config import load_config
+    from vaecli.models import spec_from_config
+
+    for overrides, needle in ((["model=vqvae"], "discrete codes"), (["model=ladder"], "latent groups"),
+                              (["model.latent=categorical"], "discrete codes")):
+        cfg = load_config(["dataset=shapes"] + overrides).cfg
+        model = models.build(spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, 32, 32), dataset_cfg=cfg.dataset))
+        with pytest.raises(UsageError, match=needle):
+            samplers.check_model(model)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two tiny shapes models (a VAE and an autoencoder) trained in-process."""
+    from vaecli.config import load_config
+    from vaecli.train import fit
+
+    work = tmp_path_factory.mktemp("samplers")
+    common = SMALL_SHAPES + ["dataset.positions=8", "model.latent_dim=3", "trainer.epochs=1"]
+    fit(load_config(common), work / "vae")
+    fit(load_config(common + ["model=ae", "model.hidden=[16]"]), work / "ae")
+    return work
+
+
+def test_fit_sampler_saves_a_sampler_that_reloads_bit_exactly_and_samples(two_runs, tmp_path):
+    e = dict(os.environ)
+    for name, extra in (("gmm", ["sampler.components=3"]), ("two_stage", ["sampler.epochs=2", "sampler.hidden=[16]"])):
+        fitted = one_json(vae("fit-sampler", "--ckpt", str(two_runs / "ae"), f"sampler={name}", *extra, "--json",
+                              cwd=tmp_path, env=e))
+        assert fitted["sampler"] == name and fitted["out"].endswith(f"sampler.{name}.safetensors")
+        from vaecli.checkpoint import load_model, read_tensors
+
+        loaded = load_model(two_runs / "ae")
+        sampler = samplers.load(name, loaded)
+        tensors, _ = read_tensors(two_runs / "ae" / f"sampler.{name}.safetensors")
+        assert all(torch.equal(sampler.state_dict()[k].cpu(), v) for k, v in tensors.items())
+        outs = []
+        for i in range(2):
+            out = tmp_path / f"{name}{i}.safetensors"
+            result = one_json(vae("sample", "--ckpt", str(two_runs / "ae"), "--sampler", name, "--n", "6",
+                                  "--out", str(out), "--json", cwd=tmp_path, env=e))
+            assert result["sampler"] == name
+            outs.append(read_tensors(out)[0]["images"])
+        assert outs[0].shape == (6, 1, 32, 32) and torch.equal(outs[0], outs[1])
+        expected = sampler.images(loaded.model, 6, 1.0, torch.Generator().manual_seed(0), None)
+        assert torch.allclose(outs[0], expected.clamp(0, 1), atol=1e-6)
+
+
+def test_a_sampler_fitted_to_another_checkpoint_is_refused_and_a_missing_one_names_the_command(two_runs, tmp_path):
+    e = dict(os.environ)
+    assert_one_line_error(vae("sample", "--ckpt", str(two_runs / "vae"), "--sampler", "gmm", cwd=tmp_path, env=e),
+                          2, "no gmm sampler", f"vae fit-sampler --ckpt {two_runs / 'vae'} sampler=gmm")
+    one_json(vae("fit-sampler", "--ckpt", str(two_runs / "ae"), "sampler.components=2", "--json", cwd=tmp_path, env=e))
+    other = tmp_path / "other"
+    shutil.copytree(two_runs / "vae", other)
+    shutil.copy(two_runs / "ae" / "sampler.gmm.safetensors", other)
+    assert_one_line_error(vae("sample", "--ckpt", str(other), "--sampler", "gmm", cwd=tmp_path, env=e),
+                          2, "was fitted to model.safetensors", "fit it again")
+    assert not (other / "sample.png").exists()
+
+
+def test_fit_sampler_bad_overrides_are_usage_errors_and_write_nothing(two_runs, tmp_path):
+    e = dict(os.environ)
+    before = sorted(p.name for p in (two_runs / "vae").iterdir())
+    for args, needle in ((["sampler=flow"], "unknown sampler 'flow'"), (["sampler.components=0"], "sampler.components"),
+                         (["sampler.epochs=3"], "unknown key 'sampler.epochs'"), (["beta=2"], "fit-sampler takes")):
+        assert_one_line_error(vae("fit-sampler", "--ckpt", str(two_runs / "vae"), *args, cwd=tmp_path, env=e), 2, needle)
+    assert sorted(p.name for p in (two_runs / "vae").iterdir()) == before

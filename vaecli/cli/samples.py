@@ -1,0 +1,149 @@
+"""vae fit-sampler and vae eval-samples: ex-post samplers of the latents, and sample quality."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from ..errors import UsageError
+from . import inputs, output
+from .app import Ckpt, DataRoot, Device, Json, Quiet, Threads, app, at_least, complete_overrides, one_of
+
+SamplerOption = Annotated[str, typer.Option(
+    "--sampler", callback=one_of("prior", "gmm", "two_stage"),
+    help="Where latents come from: prior (the model's p(z)), or a sampler fitted with vae fit-sampler "
+         "(gmm, two_stage).")]
+
+
+@app.command("fit-sampler", context_settings={"help_option_names": ["--help", "-h"]})
+def fit_sampler(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, metavar="OVERRIDES", autocompletion=complete_overrides,
+        help="sampler=gmm|two_stage and sampler.* keys, e.g. sampler.components=20 (conf/sampler/)."),
+    ckpt: Ckpt = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    threads: Threads = 0,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fit an ex-post sampler to the latents of the training images (Ghosh et al. 2020): a Gaussian
+    mixture (sampler=gmm) or a second-stage VAE (sampler=two_stage, Dai & Wipf 2019), into
+    RUN/sampler.NAME.safetensors. Then: vae sample --sampler NAME, vae eval-samples --sampler NAME.
+
+    Samples then land where the training images were encoded, not in the prior's holes; on
+    model=ae it is what makes the autoencoder generative."""
+    from ..config import load_sampler_config
+
+    cfg, tree = load_sampler_config(overrides or [])
+    import time
+
+    import torch
+
+    from .. import samplers
+
+    loaded = inputs.load(ckpt, device, threads)
+    model = loaded.model
+    samplers.check_model(model)
+    data = inputs.dataset(loaded, "train", data_root).head(cfg.images)
+    generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
+    started = time.perf_counter()
+    z = samplers.latents(model, data, cfg.fit_on, generator)
+    if cfg.name == "gmm":
+        fitted, stats = samplers.fit_gmm(z, cfg.components, cfg.covariance, cfg.max_iter, cfg.seed)
+        if not stats["converged"]:
+            output.warn(f"EM did not converge in sampler.max_iter={cfg.max_iter} iterations; the mixture is usable, "
+                        "but a larger sampler.max_iter fits it better")
+    else:
+        redraw = (lambda: samplers.latents(model, data, "sample", generator)) if cfg.fit_on == "sample" else None
+        with output.Counter("two-stage VAE", cfg.epochs, enabled=not quiet and not as_json, unit="epochs") as advance:
+            fitted, stats = samplers.fit_two_stage(z, cfg.hidden, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed,
+                                                   redraw, on_epoch=(lambda e, loss: advance(1)) if advance else None)
+    spec = {**tree, "latent_dim": model.latent_dim}
+    path = samplers.save(loaded.run_dir, fitted, spec, loaded.path, loaded.step, {**stats, "images": len(data)})
+    seconds = time.perf_counter() - started
+    result = {"sampler": cfg.name, "out": str(path), "images": len(data), "latent_dim": model.latent_dim,
+              "fit_on": cfg.fit_on, "seconds": seconds, "ckpt": str(loaded.path), "config": tree, **stats}
+    rows = [("sampler", cfg.name + (f", {cfg.components} components ({cfg.covariance})" if cfg.name == "gmm" else
+                                    f", hidden {cfg.hidden}, {cfg.epochs} epochs")),
+            ("fitted on", f"{len(data)} training images' latents ({'posterior means' if cfg.fit_on == 'mean' else 'draws of q(z|x)'})")]
+    if cfg.name == "gmm":
+        rows.append(("mean log q(z)", f"{stats['log_q_z']:.3f} nats per latent vector ({stats['iterations']} EM iterations"
+                                      + (")" if stats["converged"] else ", not converged)")))
+    else:
+        rows += [("final loss", f"{stats['loss']:.3f} nats per latent vector"), ("gamma", f"{stats['gamma']:.3g}")]
+    rows += [("time", f"{seconds:.1f} s"), ("file", str(path)),
+             ("use it", f"vae sample --ckpt {loaded.run_dir} --sampler {cfg.name}")]
+    output.emit(result, as_json, output.table(f"vae fit-sampler: {loaded.run_dir}", rows))
+
+
+@app.command("eval-samples")
+def eval_samples(
+    ckpt: Ckpt = None,
+    n: Annotated[int, typer.Option("--n", callback=at_least(2),
+                                   help="Model images, and reference images of the split (a fixed random subset).")] = 10000,
+    sampler: SamplerOption = "prior",
+    of: Annotated[str, typer.Option("--of", callback=one_of("samples", "reconstructions"),
+                                    help="samples (from --sampler) or reconstructions of the reference images "
+                                         "(the decoder's blur alone, without the prior's holes).")] = "samples",
+    temperature: Annotated[str, typer.Option("--temperature", help="Scales the sampler's sigma (ladder: one per group, "
+                                                                  "top first).")] = "1.0",
+    split: Annotated[str, typer.Option("--split", callback=one_of("test", "train"), help="The reference split.")] = "test",
+    features: Annotated[str, typer.Option("--features", callback=one_of("inception", "pixels"),
+                                          help="inception: Inception-v3 pool features (torch-fidelity; downloads its "
+                                               "weights once); pixels: the pixels themselves (offline).")] = "inception",
+    inception_weights: Annotated[Optional[str], typer.Option(
+        "--inception-weights", help="torch-fidelity's Inception-v3 weights file (default: its download, cached "
+                                    "under $TORCH_HOME/hub/checkpoints).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", callback=at_least(1), help="Images per batch.")] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the samples and the KID subsets.")] = 0,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    threads: Threads = 0,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """FID and KID (Heusel et al. 2017; Binkowski et al. 2018) and improved precision/recall
+    (Kynkaanniemi et al. 2019) of the model's samples (or reconstructions) against the split.
+
+    Lower FID/KID is better; precision is the share of samples that look like data (fidelity),
+    recall the share of the data the samples cover (diversity). Figures depend on n and on the
+    feature space: compare them only at equal n and --features."""
+    from .. import runs, sample_quality, samplers
+
+    loaded = inputs.load(ckpt, device, threads)
+    model = loaded.model
+    temperature = inputs.temperatures(temperature, model)
+    if of == "reconstructions" and sampler != "prior":
+        raise UsageError("--sampler is for --of samples: reconstructions decode the images' own latents")
+    chosen = samplers.load(sampler, loaded) if of == "samples" else samplers.Prior()
+    data = inputs.dataset(loaded, split, data_root)
+    if n > len(data):
+        raise UsageError(f"--n {n} is more than the {len(data)} images of the {split} split: use --n {len(data)} or fewer")
+    talk = not quiet and not as_json and output.stderr.is_terminal
+    extractor = sample_quality.extractor(features, model.device, inception_weights,
+                                         notice=(lambda text: output.stderr.print(f"note: {text}", markup=False,
+                                                                                  highlight=False)) if talk else None)
+    if model.draws_pixel_by_pixel and of == "samples" and not as_json and not quiet:
+        c, h, w = model.spec.image_shape
+        output.stderr.print(f"note: the autoregressive decoder draws pixel by pixel: {h * w} passes of the network per "
+                            f"batch of {batch_size}", markup=False, highlight=False, soft_wrap=True)
+    with output.Counter(f"eval-samples ({features})", 2 * n, enabled=not quiet and not as_json) as advance:
+        result = sample_quality.evaluate(model, chosen, data, loaded.dataset, split, n, of, extractor, temperature,
+                                         seed, batch_size, loaded.seed, on_batch=advance)
+    result.update({"ckpt": str(loaded.path), "dataset": loaded.dataset.name, "step": loaded.step})
+    runs.append_eval(loaded.run_dir, {"kind": "samples", **{k: result[k] for k in (
+        "fid", "kid", "kid_std", "precision", "recall", "n", "split", "of", "sampler", "temperature", "features",
+        "seed")}, "step": loaded.step})
+    what = f"{result['sampler']} samples" + (f" at T={temperature}" if temperature != 1.0 else "") \
+        if of == "samples" else "reconstructions"
+    rows = [("FID", f"{result['fid']:.3f}"),
+            ("KID", f"{result['kid']:.5f} ± {result['kid_std']:.5f} ({result['kid_subsets']} subsets of "
+                    f"{result['kid_subset_size']})"),
+            ("precision", f"{result['precision']:.3f} (samples inside the data's manifold, k={result['pr_neighbours']})"),
+            ("recall", f"{result['recall']:.3f} (data inside the samples' manifold)"),
+            ("features", f"{features} ({result['feature_dims']}-d)"),
+            ("time", f"{result['seconds']:.1f} s")]
+    output.emit(result, as_json, output.table(
+        f"eval-samples: {what} vs {n} {loaded.dataset.name} {split} images", rows))
