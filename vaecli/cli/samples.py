@@ -8,7 +8,7 @@ import typer
 
 from ..errors import UsageError
 from . import inputs, output
-from .app import Ckpt, DataRoot, Device, Json, Quiet, Threads, app, at_least, complete_overrides, one_of
+from .app import Ckpt, DataRoot, Device, Json, Quiet, Threads, app, at_least, one_of
 
 SamplerOption = Annotated[str, typer.Option(
     "--sampler", callback=one_of("prior", "gmm", "two_stage"),
@@ -19,7 +19,7 @@ SamplerOption = Annotated[str, typer.Option(
 @app.command("fit-sampler", context_settings={"help_option_names": ["--help", "-h"]})
 def fit_sampler(
     overrides: Optional[List[str]] = typer.Argument(
-        None, metavar="OVERRIDES", autocompletion=complete_overrides,
+        None, metavar="OVERRIDES",
         help="sampler=gmm|two_stage and sampler.* keys, e.g. sampler.components=20 (conf/sampler/)."),
     ckpt: Ckpt = None,
     data_root: DataRoot = None,
