@@ -6,7 +6,7 @@ that samples land where images were encoded instead of in the prior's holes:
 - `gmm`: a Gaussian mixture (Ghosh et al. 2020, "From variational to deterministic autoencoders",
   sec. 4: it is what makes a deterministic autoencoder generative), fitted by scikit-learn's EM;
 - `two_stage`: a second small VAE on z with a learned decoder variance (Dai & Wipf 2019,
-  "Diagnosing and enhancing VAE models"); u ~ N(0, I) is decoded to z, then to an image.
+  "Diagnosing and enhancing VAE models"); z ~ N(g(u), gamma I) with u ~ N(0, I), then an image.
 
 Every sampler answers `images(model, n, temperature, generator, y)`; a fitted one also `draw(n,
 temperature, generator)` -> z (n, latent_dim). A fitted sampler lives in the run folder as
@@ -136,8 +136,15 @@ class TwoStage(Fitted):
         return recon + kl + torch.log(self.scale).sum()  # in z's units: the standardization's Jacobian
 
     def draw(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        u = temperature * torch.randn((n, self.shift.shape[0]), generator=generator, device=self.shift.device)
-        return self.decoder(u) * self.scale + self.shift
+        """z ~ p(z|u) p(u): the decoder's mean g(u) plus its learned noise sqrt(gamma) * eps (both
+        scaled by the temperature). Where the latents fill their space the second stage can
+        collapse onto a Gaussian (gamma ~ 1, g constant), and this is then still a Gaussian fit of
+        q(z); drawing g(u) alone would give one image over and over."""
+        dim, device = self.shift.shape[0], self.shift.device
+        u = temperature * torch.randn((n, dim), generator=generator, device=device)
+        noise = torch.randn((n, dim), generator=generator, device=device)
+        x = self.decoder(u) + temperature * self.log_gamma.clamp(min=-12.0).mul(0.5).exp() * noise
+        return x * self.scale + self.shift
 
 
 # ---------------------------------------------------------------------------------------------
