@@ -104,6 +104,7 @@ def shapes_run(tmp_path_factory):
     return work, e
 
 
+@pytest.mark.slow  # several vae processes; the fast suite keeps its 5 minutes
 def test_eval_samples_with_pixel_features_writes_figures_and_caches_the_reference(shapes_run):
     work, e = shapes_run
     run = str(work / "run")

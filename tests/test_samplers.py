@@ -81,6 +81,7 @@ def two_runs(tmp_path_factory):
     return work
 
 
+@pytest.mark.slow  # several vae processes; the fast suite keeps its 5 minutes
 def test_fit_sampler_saves_a_sampler_that_reloads_bit_exactly_and_samples(two_runs, tmp_path):
     e = dict(os.environ)
     for name, extra in (("gmm", ["sampler.components=3"]), ("two_stage", ["sampler.epochs=2", "sampler.hidden=[16]"])):
