@@ -94,11 +94,9 @@ class Inception:
 
 
 def _file_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    from .samplers import fingerprint
+
+    return fingerprint(Path(path))[:16]
 
 
 def extractor(name: str, device: torch.device, weights: str | None = None,
