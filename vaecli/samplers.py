@@ -65,12 +65,10 @@ class Prior:
 
 
 class Fitted(nn.Module):
-    """A density over latents fitted after training; decoded by the model like prior draws."""
+    """A density over latents fitted after training; decoded by the model like prior draws.
+    Subclasses give `name` and `draw(n, temperature, generator)` -> z (n, latent_dim)."""
 
     name = ""
-
-    def draw(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
-        raise NotImplementedError
 
     @torch.no_grad()
     def images(self, model, n: int, temperature, generator: torch.Generator | None, y: Tensor | None) -> Tensor:
@@ -221,6 +219,16 @@ def fit_two_stage(z: Tensor, hidden: list[int], epochs: int, lr: float, batch_si
                 on_epoch(epoch + 1, loss)
     sampler.eval()
     return sampler, {"loss": loss, "gamma": float(sampler.log_gamma.detach().clamp(min=-12).exp())}
+
+
+def fit(model, data, cfg, generator: torch.Generator,
+        on_epoch: Callable[[int, float], None] | None = None) -> tuple[Fitted, dict]:
+    """The sampler that `cfg` (config.SamplerConfig) names, fitted to the latents of `data`."""
+    z = latents(model, data, cfg.fit_on, generator)
+    if cfg.name == "gmm":
+        return fit_gmm(z, cfg.components, cfg.covariance, cfg.max_iter, cfg.seed)
+    redraw = (lambda: latents(model, data, "sample", generator)) if cfg.fit_on == "sample" else None
+    return fit_two_stage(z, cfg.hidden, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, redraw, on_epoch)
 
 
 # ---------------------------------------------------------------------------------------------

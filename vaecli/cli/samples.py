@@ -49,33 +49,35 @@ def fit_sampler(
     data = inputs.dataset(loaded, "train", data_root).head(cfg.images)
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     started = time.perf_counter()
-    z = samplers.latents(model, data, cfg.fit_on, generator)
-    if cfg.name == "gmm":
-        fitted, stats = samplers.fit_gmm(z, cfg.components, cfg.covariance, cfg.max_iter, cfg.seed)
-        if not stats["converged"]:
-            output.warn(f"EM did not converge in sampler.max_iter={cfg.max_iter} iterations; the mixture is usable, "
-                        "but a larger sampler.max_iter fits it better")
-    else:
-        redraw = (lambda: samplers.latents(model, data, "sample", generator)) if cfg.fit_on == "sample" else None
-        with output.Counter("two-stage VAE", cfg.epochs, enabled=not quiet and not as_json, unit="epochs") as advance:
-            fitted, stats = samplers.fit_two_stage(z, cfg.hidden, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed,
-                                                   redraw, on_epoch=(lambda e, loss: advance(1)) if advance else None)
+    epochs = cfg.epochs if cfg.name == "two_stage" else 0
+    with output.Counter("two-stage VAE", epochs, enabled=bool(epochs) and not quiet and not as_json,
+                        unit="epochs") as advance:
+        fitted, stats = samplers.fit(model, data, cfg, generator,
+                                     on_epoch=(lambda e, loss: advance(1)) if advance else None)
+    if cfg.name == "gmm" and not stats["converged"]:
+        output.warn(f"EM did not converge in sampler.max_iter={cfg.max_iter} iterations; the mixture is usable, "
+                    "but a larger sampler.max_iter fits it better")
     spec = {**tree, "latent_dim": model.latent_dim}
     path = samplers.save(loaded.run_dir, fitted, spec, loaded.path, loaded.step, {**stats, "images": len(data)})
     seconds = time.perf_counter() - started
     result = {"sampler": cfg.name, "out": str(path), "images": len(data), "latent_dim": model.latent_dim,
               "fit_on": cfg.fit_on, "seconds": seconds, "ckpt": str(loaded.path), "config": tree, **stats}
+    output.emit(result, as_json, _fit_table(cfg, result, loaded.run_dir))
+
+
+def _fit_table(cfg, r: dict, run_dir):
     rows = [("sampler", cfg.name + (f", {cfg.components} components ({cfg.covariance})" if cfg.name == "gmm" else
                                     f", hidden {cfg.hidden}, {cfg.epochs} epochs")),
-            ("fitted on", f"{len(data)} training images' latents ({'posterior means' if cfg.fit_on == 'mean' else 'draws of q(z|x)'})")]
+            ("fitted on", f"{r['images']} training images' latents "
+                          f"({'posterior means' if cfg.fit_on == 'mean' else 'draws of q(z|x)'})")]
     if cfg.name == "gmm":
-        rows.append(("mean log q(z)", f"{stats['log_q_z']:.3f} nats per latent vector ({stats['iterations']} EM iterations"
-                                      + (")" if stats["converged"] else ", not converged)")))
+        rows.append(("mean log q(z)", f"{r['log_q_z']:.3f} nats per latent vector ({r['iterations']} EM iterations"
+                                      + (")" if r["converged"] else ", not converged)")))
     else:
-        rows += [("final loss", f"{stats['loss']:.3f} nats per latent vector"), ("gamma", f"{stats['gamma']:.3g}")]
-    rows += [("time", f"{seconds:.1f} s"), ("file", str(path)),
-             ("use it", f"vae sample --ckpt {loaded.run_dir} --sampler {cfg.name}")]
-    output.emit(result, as_json, output.table(f"vae fit-sampler: {loaded.run_dir}", rows))
+        rows += [("final loss", f"{r['loss']:.3f} nats per latent vector"), ("gamma", f"{r['gamma']:.3g}")]
+    rows += [("time", f"{r['seconds']:.1f} s"), ("file", r["out"]),
+             ("use it", f"vae sample --ckpt {run_dir} --sampler {cfg.name}")]
+    return output.table(f"vae fit-sampler: {run_dir}", rows)
 
 
 @app.command("eval-samples")
@@ -119,8 +121,7 @@ def eval_samples(
         raise UsageError("--sampler is for --of samples: reconstructions decode the images' own latents")
     chosen = samplers.load(sampler, loaded) if of == "samples" else samplers.Prior()
     data = inputs.dataset(loaded, split, data_root)
-    if n > len(data):
-        raise UsageError(f"--n {n} is more than the {len(data)} images of the {split} split: use --n {len(data)} or fewer")
+    sample_quality.reference_indices(len(data), n, split)  # refuses n > the split before any features are loaded
     talk = not quiet and not as_json and output.stderr.is_terminal
     extractor = sample_quality.extractor(features, model.device, inception_weights,
                                          notice=(lambda text: output.stderr.print(f"note: {text}", markup=False,
@@ -136,14 +137,16 @@ def eval_samples(
     runs.append_eval(loaded.run_dir, {"kind": "samples", **{k: result[k] for k in (
         "fid", "kid", "kid_std", "precision", "recall", "n", "split", "of", "sampler", "temperature", "features",
         "seed")}, "step": loaded.step})
-    what = f"{result['sampler']} samples" + (f" at T={temperature}" if temperature != 1.0 else "") \
-        if of == "samples" else "reconstructions"
-    rows = [("FID", f"{result['fid']:.3f}"),
-            ("KID", f"{result['kid']:.5f} ± {result['kid_std']:.5f} ({result['kid_subsets']} subsets of "
-                    f"{result['kid_subset_size']})"),
-            ("precision", f"{result['precision']:.3f} (samples inside the data's manifold, k={result['pr_neighbours']})"),
-            ("recall", f"{result['recall']:.3f} (data inside the samples' manifold)"),
-            ("features", f"{features} ({result['feature_dims']}-d)"),
-            ("time", f"{result['seconds']:.1f} s")]
-    output.emit(result, as_json, output.table(
-        f"eval-samples: {what} vs {n} {loaded.dataset.name} {split} images", rows))
+    output.emit(result, as_json, _samples_table(result, temperature, loaded.dataset.name))
+
+
+def _samples_table(r: dict, temperature, dataset: str):
+    what = (f"{r['sampler']} samples" + (f" at T={temperature}" if temperature != 1.0 else "")
+            if r["of"] == "samples" else "reconstructions")
+    rows = [("FID", f"{r['fid']:.3f}"),
+            ("KID", f"{r['kid']:.5f} ± {r['kid_std']:.5f} ({r['kid_subsets']} subsets of {r['kid_subset_size']})"),
+            ("precision", f"{r['precision']:.3f} (samples inside the data's manifold, k={r['pr_neighbours']})"),
+            ("recall", f"{r['recall']:.3f} (data inside the samples' manifold)"),
+            ("features", f"{r['features']} ({r['feature_dims']}-d)"),
+            ("time", f"{r['seconds']:.1f} s")]
+    return output.table(f"eval-samples: {what} vs {r['n']} {dataset} {r['split']} images", rows)
