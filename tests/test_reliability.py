@@ -70,6 +70,21 @@ def test_nan_batches_are_skipped_counted_and_never_reach_the_weights(tmp_path, m
     assert summary["test_elbo"] == summary["test_elbo"]
 
 
+def test_skips_inside_a_log_interval_are_left_out_of_its_means_and_runs_span_intervals(tmp_path, monkeypatch):
+    """Steps are recorded on the device and summed at log lines and every max_bad_steps steps:
+    a line averages only the applied steps, and a run of skips is counted across those folds."""
+    poison_batches(monkeypatch, {3, 4})
+    summary = train(tmp_path / "run", "trainer.epochs=1", "trainer.log_every=5")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == [5, 10, 13]
+    assert all(r["loss"] == r["loss"] for r in train_records) and summary["skipped_steps"] == 2
+    assert [r.get("skipped_steps") for r in train_records] == [2, 2, 2]
+    poison_batches(monkeypatch, {3, 4, 5})  # folded at step 3 (max_bad_steps), then at the step-5 line
+    with pytest.raises(VaeError, match=r"training diverged: 3 steps in a row \(to step 5\)"):
+        train(tmp_path / "run2", "trainer.epochs=1", "trainer.log_every=5", "trainer.max_bad_steps=3")
+
+
 def test_too_many_bad_steps_in_a_row_stop_with_the_causes_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
     poison_batches(monkeypatch, set(range(5, 100)))
     with pytest.raises(VaeError) as e:

@@ -131,6 +131,7 @@ def _rebuild(file: Path, spec_type, build_fn):
     if spec_type is VAESpec:  # likewise the data's levels, which decide what its likelihood measures,
         spec_fields.setdefault("levels", bounds.levels(data_fields.get("binarize")))
         spec_fields.setdefault("logistic_tanh_means", spec_fields.get("likelihood") == "logistic")  # old squashing
+        spec_fields.setdefault("norm", "none")  # resnet bodies before GroupNorm (blocks._norm)
     try:
         dataset = DatasetConfig(**data_fields)
         model = build_fn(spec_type(**spec_fields))

@@ -91,11 +91,11 @@ class CategoricalVAE(LatentModel):
         n, k = spec.latent_dim, spec.categories
         self.likelihood = likelihoods.build(spec)
         c = spec.num_classes or 0
-        self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation)
+        self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation, spec.norm)
         self.head = nn.Linear(features + c, n * k)
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
         self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, n * k + c, out_channels,
-                                      spec.activation)
+                                      spec.activation, spec.norm)
         self.register_buffer("passes", torch.zeros((), dtype=torch.long))  # training passes: the tau schedule
 
     exact_kl = True

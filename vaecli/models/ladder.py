@@ -97,7 +97,7 @@ class Ladder(LatentModel):
         c = spec.num_classes or 0
         scale = 1 / math.sqrt(2 * g)
         # bottom-up: stem, then one residual cell per group (e_1 .. e_G)
-        self.stem, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, act)
+        self.stem, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, act, spec.norm)
         self.stem_out = nn.Linear(features + c, width)
         self.up = nn.ModuleList(ResidualCell(width, act, scale) for _ in range(g))
         # top-down, index t = 0 (top) .. g-1 (bottom)
@@ -114,7 +114,7 @@ class Ladder(LatentModel):
         self.z_in = nn.ModuleList(nn.Linear(d, width) for _ in range(g))
         self.down = nn.ModuleList(ResidualCell(width, act, scale) for _ in range(g))
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
-        self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, width, out_channels, act)
+        self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, width, out_channels, act, spec.norm)
 
     # -- the two passes ---------------------------------------------------------------------
 

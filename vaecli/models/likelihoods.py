@@ -51,17 +51,36 @@ class _Density(nn.Module):
         self.log_levels = math.log(levels) if dequantize else 0.0
 
 
+class _BernoulliLogProb(torch.autograd.Function):
+    """sum_d x_d l_d - softplus(l_d) over the last dimension as one autograd node: the forward is
+    BCE's fused kernel, the backward (x - sigmoid(l)) * g, three operations where autograd's graph
+    of expand, BCE, sum and negation takes about twice as many (issue 21)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, value: Tensor) -> Tensor:
+        ctx.save_for_backward(logits, value)
+        return F.binary_cross_entropy_with_logits(logits, value.expand_as(logits), reduction="none").sum(-1).neg_()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        logits, value = ctx.saved_tensors
+        g = grad.unsqueeze(-1)
+        grad_logits = (value - torch.sigmoid(logits)).mul_(g) if ctx.needs_input_grad[0] else None
+        grad_value = (logits * g).sum_to_size(value.shape) if ctx.needs_input_grad[1] else None
+        return grad_logits, grad_value
+
+
 class _BernoulliImage(Independent):
     """Independent per-pixel Bernoulli over an image, log p(x|l) = sum_d x_d l_d - softplus(l_d).
     Without gradients (eval-iwae, where it is half of the time) this makes two passes over the
     logits instead of torch's ~six (broadcast copy, BCE temporaries, then the sum); with
-    gradients, BCE's fused backward is the faster one (bench/RESULTS.md)."""
+    gradients, one autograd node with BCE's fused forward (bench/RESULTS.md)."""
 
     def log_prob(self, value: Tensor) -> Tensor:
         logits = self.base_dist.logits.flatten(-3)
         value = value.flatten(-3).to(logits.dtype)
-        if torch.is_grad_enabled():  # training: BCE's fused backward is faster (measured)
-            return -F.binary_cross_entropy_with_logits(logits, value.expand_as(logits), reduction="none").sum(-1)
+        if torch.is_grad_enabled():
+            return _BernoulliLogProb.apply(logits, value)
         return torch.einsum("...d,...d->...", logits, value) - softplus_sum(logits)
 
 

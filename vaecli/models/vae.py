@@ -75,6 +75,7 @@ class VAESpec:
     temperature_min: float = 0.5  # ... annealed down to this
     anneal_rate: float = 0.0  # ... as tau_0 exp(-rate * training passes)
     logistic_tanh_means: bool = False  # logistic: checkpoints from before 2026-12-02 squashed the means by tanh
+    norm: str = "group"  # resnet: GroupNorm before each activation; "none" for checkpoints from before 2026-12-03
 
     def __post_init__(self):
         self.image_shape = tuple(int(s) for s in self.image_shape)
@@ -99,6 +100,32 @@ def _gaussian(params: Tensor, max_sigma: float | None = None) -> Distribution:
     # skips), not an exception; it also saves a check per call.
     sigma = torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) if max_sigma is None else max_sigma * torch.sigmoid(logvar)
     return Independent(Normal(mu, sigma, validate_args=False), 1, validate_args=False)
+
+
+class _SampleAndKL(torch.autograd.Function):
+    """z = mu + sigma * eps and KL(N(mu, sigma^2) || N(0, 1)) per dimension from the encoder head's
+    (mu, logvar), as one autograd node with its derivatives written out: the same values as
+    _gaussian(params).rsample() and StandardNormal.kl (logvar clamped to [-30, 20] alike), with
+    about a third of the operations of the distribution objects' graph in each training step
+    (bench/RESULTS.md, issue 21). dKL/dmu = mu, dKL/dlogvar = (sigma^2 - 1) / 2,
+    dz/dlogvar = eps * sigma / 2; no gradient where the clamp is active."""
+
+    @staticmethod
+    def forward(ctx, params: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = params.chunk(2, dim=-1)
+        lv = logvar.clamp(-30.0, 20.0)
+        sigma = torch.exp(0.5 * lv)
+        var = sigma * sigma
+        kl = (var + mu * mu - 1).mul_(0.5).sub_(0.5 * lv)  # (sigma^2 + mu^2 - 1) / 2 - log sigma
+        ctx.save_for_backward(mu, sigma, var, eps, lv == logvar)
+        return torch.addcmul(mu, sigma, eps), kl
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor, grad_kl: Tensor) -> tuple[Tensor, None]:
+        mu, sigma, var, eps, inside = ctx.saved_tensors
+        grad_mu = torch.addcmul(grad_z, grad_kl, mu)
+        grad_logvar = (grad_z * eps * sigma).addcmul_(grad_kl, var - 1).mul_(0.5 * inside)
+        return torch.cat([grad_mu, grad_logvar], dim=-1), None
 
 
 def committed_sigma(delta: float) -> float:
@@ -226,11 +253,11 @@ class VAE(LatentModel):
         self.likelihood = likelihoods.build(spec)
         self.flow = posteriors.build(spec)  # None: the diagonal Gaussian itself
         c = spec.num_classes or 0
-        self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation)
+        self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation, spec.norm)
         self.head = nn.Linear(features + c, self._head_outputs() + (self.flow.extra_outputs if self.flow else 0))
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
         self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, spec.latent_dim + c,
-                                      out_channels, spec.activation)
+                                      out_channels, spec.activation, spec.norm)
         self.prior_net = priors.build(spec.prior, self._prior_dim(), spec.image_shape, spec.prior_components)
 
     def _head_outputs(self) -> int:
@@ -278,6 +305,12 @@ class VAE(LatentModel):
         The KL is closed form for the standard-normal prior; otherwise the single-sample Monte
         Carlo estimate log q(z|x) - log p(z), which is unbiased but noisy (kl_exact False).
         """
+        if self.exact_kl and self.spec.delta == 0:  # the default model's hot path: one autograd node
+            params = self.head(self._condition(self.encoder(x), y)).float()
+            eps = torch.empty(params.shape[:-1] + (self.spec.latent_dim,), device=params.device).normal_()
+            z, kl_per_dim = _SampleAndKL.apply(params, eps)  # z = mu + sigma * eps, and the KL
+            return {"log_px": self.decode(z, y).log_prob(x), "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim,
+                    "kl_exact": True}
         posterior = self.encode(x, y)
         z = posterior.rsample()  # reparameterization: z = mu + sigma * eps
         log_px = self.decode(z, y).log_prob(x)

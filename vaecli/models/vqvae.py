@@ -36,12 +36,12 @@ class VQVAE(LatentModel):
         self.spec = spec
         self.likelihood = likelihoods.build(spec)
         self.encoder, self.grid = blocks.grid_encoder(spec.arch, spec.image_shape, spec.hidden, spec.code_dim,
-                                                      spec.activation)
+                                                      spec.activation, spec.norm)
         self.quantizer = VectorQuantizer(spec.codebook_size, spec.code_dim, spec.ema_decay, spec.dead_after,
                                          spec.kmeans_init)
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
         self.decoder = blocks.grid_decoder(spec.arch, spec.image_shape, spec.hidden,
-                                           spec.code_dim + (spec.num_classes or 0), out_channels, spec.activation)
+                                           spec.code_dim + (spec.num_classes or 0), out_channels, spec.activation, spec.norm)
         self.attach_prior(None, "this VQ-VAE has no prior over its code grid yet; train one with: vae train-prior")
 
     def attach_prior(self, prior, problem: str | None = None) -> None:
