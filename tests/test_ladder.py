@@ -70,6 +70,24 @@ def test_importance_weights_match_an_independent_computation():
     torch.testing.assert_close(log_px, expected_px.view(k, 5), rtol=1e-5, atol=1e-4)
 
 
+def test_the_top_group_is_computed_once_per_image_with_the_same_draws():
+    """eval-iwae's k samples of an image share the top group's prior and posterior: computed on
+    the B images, not the k * B rows, with the same random numbers and results as per row."""
+    model = tiny_ladder()
+    x = (torch.rand(5, 1, 4, 4) > 0.5).float()
+    k = 4
+    with torch.no_grad():
+        features = model.bottom_up(x, None)
+        torch.manual_seed(3)
+        h, record = model.top_down(features, None, (k, 5))
+        torch.manual_seed(3)  # features repeated per sample: the top group computed on every row
+        h_rows, rows = model.top_down([f.expand(k, *f.shape) for f in features], None, (k, 5))
+    assert record.q[0][0].shape == (5, 2) and rows.q[0][0].shape == (k, 5, 2)
+    torch.testing.assert_close(h, h_rows)
+    for z, z_rows in zip(record.z, rows.z):
+        torch.testing.assert_close(z, z_rows)
+
+
 def test_the_kl_of_each_group_is_closed_form_given_the_groups_above():
     model = tiny_ladder()
     x = (torch.rand(6, 1, 4, 4) > 0.5).float()

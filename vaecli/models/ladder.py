@@ -151,7 +151,10 @@ class Ladder(LatentModel):
         scale each group's prior sigma (generation only); `fixed` gives z_t for some groups.
         y (B,) when the model is conditional. Returns h (*shape, width) and the per-group record."""
         ref = features[0] if features is not None else self.h0
-        h = self._start(shape, y, ref.dtype)
+        # With features, the top group's prior and posterior depend on the image alone, not on
+        # which of its k samples this is: they are computed once per image (rows (B,), broadcast
+        # over k when z_1 is drawn), which spares eval-iwae k - 1 copies of that network.
+        h = self._start(shape[-1:] if features is not None else shape, y, ref.dtype)
         record = GroupPass()
         for t in range(self.spec.groups):
             p_loc, p_scale = self._prior(t, h)
@@ -167,9 +170,9 @@ class Ladder(LatentModel):
             if fixed is not None and t in fixed:
                 z = fixed[t].float()
             elif mode == "mean":
-                z = loc
+                z = loc.expand(*shape, loc.shape[-1])
             else:
-                eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+                eps = torch.randn((*shape, loc.shape[-1]), generator=generator, device=loc.device, dtype=loc.dtype)
                 z = loc + scale * eps
             record.z.append(z)
             h = self.down[t](h + self.z_in[t](z.to(h.dtype)))
