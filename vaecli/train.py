@@ -158,11 +158,10 @@ class Trainer:
         self._sums, self._count, self._tick, self._caught = None, None, 0.0, {}
         self._unscaled = False
         self._steps_since_log = 0  # steps taken since the last log line (applied or not)
-        # Each step's metrics and its skip flag are one row of `_rows` on the device (record); the
-        # rows are folded into the sums and the skip counters at log lines and every max_bad_steps
-        # steps (fold), with the only host read of the interval.
-        self._rows: torch.Tensor | None = None
-        self._filled = 0
+        # Each step's metric tensors and its skip flag are kept as they are (record: no op); they
+        # are stacked and folded into the sums and the skip counters at log lines and every
+        # max_bad_steps steps (fold: a few ops and the only host read of the interval).
+        self._rows: list[tuple[torch.Tensor, ...]] = []
         self._names: list[str] = []
         self._worst_run = 0  # the longest run of skipped steps since the last check_divergence
         self._capacity = max(1, min(t.max_bad_steps, t.log_every))
@@ -299,26 +298,23 @@ class Trainer:
         self.emit("on_step_end")
 
     def record(self, rejected: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
-        """Write a step's metrics and its skip flag (1: skipped) as one row on the device: one op
-        per step; `fold` sums the rows."""
+        """Keep a step's metric tensors and its skip flag (1: skipped) for `fold`: no op per step."""
         names = list(metrics)
-        if self._rows is None or names != self._names or self._filled == self._capacity:
+        if names != self._names or len(self._rows) == self._capacity:
             self.fold()  # full, or another set of metrics (a callback's): sums so far first
             if names != self._names:
                 self._sums, self._names = None, names
-                self._rows = torch.empty((self._capacity, len(names) + 1), dtype=torch.float32, device=rejected.device)
-        torch.stack([*metrics.values(), rejected], out=self._rows[self._filled])
-        self._filled += 1
+        self._rows.append((*metrics.values(), rejected))
         self._steps_since_log += 1
 
     def fold(self) -> None:
-        """Add the recorded rows to the metric sums of this log interval (applied steps only: a
+        """Add the recorded steps to the metric sums of this log interval (applied steps only: a
         skipped step's values may be NaN) and count skips and skips in a row: one host read."""
-        n = self._filled
+        n = len(self._rows)
         if n == 0:
             return
-        self._filled = 0
-        rows = self._rows[:n]
+        rows = torch.stack([v for row in self._rows for v in row]).float().view(n, -1)  # types promote
+        self._rows = []
         flags = rows[:, -1]
         applied = flags == 0
         sums = torch.where(applied[:, None], rows[:, :-1], 0.0).sum(0)

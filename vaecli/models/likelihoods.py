@@ -77,11 +77,16 @@ class _BernoulliImage(Independent):
     gradients, one autograd node with BCE's fused forward (bench/RESULTS.md)."""
 
     def log_prob(self, value: Tensor) -> Tensor:
-        logits = self.base_dist.logits.flatten(-3)
-        value = value.flatten(-3).to(logits.dtype)
-        if torch.is_grad_enabled():
-            return _BernoulliLogProb.apply(logits, value)
-        return torch.einsum("...d,...d->...", logits, value) - softplus_sum(logits)
+        return bernoulli_log_prob(self.base_dist.logits, value)
+
+
+def bernoulli_log_prob(logits: Tensor, value: Tensor) -> Tensor:
+    """log p(x|l) of images (..., C, H, W) under per-pixel Bernoulli(logits): (...)."""
+    logits = logits.flatten(-3)
+    value = value.flatten(-3).to(logits.dtype)
+    if torch.is_grad_enabled():
+        return _BernoulliLogProb.apply(logits, value)
+    return torch.einsum("...d,...d->...", logits, value) - softplus_sum(logits)
 
 
 def softplus_sum(logits: Tensor) -> Tensor:
@@ -105,6 +110,11 @@ class BernoulliLikelihood(nn.Module):
 
     def forward(self, params: Tensor) -> Distribution:
         return _BernoulliImage(Bernoulli(logits=params, validate_args=False), 3, validate_args=False)
+
+    @staticmethod
+    def log_prob_of(params: Tensor, x: Tensor) -> Tensor:
+        """forward(params).log_prob(x) without building the distribution (the training hot path)."""
+        return bernoulli_log_prob(params, x)
 
 
 class ContinuousBernoulliLikelihood(_Density):

@@ -288,10 +288,20 @@ class VAE(LatentModel):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x|z) for latents (..., latent_dim): batch (...), event (C, H, W)."""
+        return self.likelihood(self._likelihood_params(z, y))
+
+    def _likelihood_params(self, z: Tensor, y: Tensor | None) -> Tensor:
         lead = z.shape[:-1]
         h = self._condition(z, y)
         params = self.decoder(h.reshape(-1, h.shape[-1])).float()  # log p(x|z) in fp32 under autocast
-        return self.likelihood(params.reshape(*lead, *params.shape[1:]))
+        return params.reshape(*lead, *params.shape[1:])
+
+    def _log_px(self, z: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
+        """decode(z, y).log_prob(x), without the distribution object where the likelihood offers
+        `log_prob_of` (the Bernoulli: the training hot path)."""
+        direct = getattr(self.likelihood, "log_prob_of", None)
+        params = self._likelihood_params(z, y)
+        return direct(params, x) if direct is not None else self.likelihood(params).log_prob(x)
 
     def prior(self, temperature: float = 1.0) -> Distribution:
         """p(z), event (latent_dim,); temperature scales its sigma(s)."""
@@ -309,11 +319,11 @@ class VAE(LatentModel):
             params = self.head(self._condition(self.encoder(x), y)).float()
             eps = torch.empty(params.shape[:-1] + (self.spec.latent_dim,), device=params.device).normal_()
             z, kl_per_dim = _SampleAndKL.apply(params, eps)  # z = mu + sigma * eps, and the KL
-            return {"log_px": self.decode(z, y).log_prob(x), "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim,
+            return {"log_px": self._log_px(z, x, y), "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim,
                     "kl_exact": True}
         posterior = self.encode(x, y)
         z = posterior.rsample()  # reparameterization: z = mu + sigma * eps
-        log_px = self.decode(z, y).log_prob(x)
+        log_px = self._log_px(z, x, y)
         if self.exact_kl:
             kl_per_dim = self.prior_net.kl(posterior.base_dist)
             return {"log_px": log_px, "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim, "kl_exact": True}
@@ -327,7 +337,7 @@ class VAE(LatentModel):
         reparam=True keeps the gradient path through z (IWAE training)."""
         posterior = self.encode(x, y)
         z = posterior.rsample((k,)) if reparam else posterior.sample((k,))  # (k, B, latent_dim)
-        log_px = self.decode(z, y).log_prob(x)  # x broadcasts over the k samples
+        log_px = self._log_px(z, x, y)  # x broadcasts over the k samples
         return log_px + self.prior().log_prob(z) - posterior.log_prob(z), log_px
 
     def kl(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -380,7 +390,7 @@ class AE(VAE):
         return PointMass(self.head(self._condition(self.encoder(x), y)))
 
     def terms(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
-        log_px = self.decode(self.latent_mean(x, y), y).log_prob(x)
+        log_px = self._log_px(self.latent_mean(x, y), x, y)
         return {"log_px": log_px, "kl": torch.zeros_like(log_px), "kl_per_dim": None, "kl_exact": True}
 
     def log_weights(self, x, k, y=None, reparam=False):
@@ -418,7 +428,7 @@ class HVAE(VAE):
         return _gaussian(self.p_z1(z2))
 
     def _log_joint_minus_q(self, x, y, q1, z1, z2, q2) -> tuple[Tensor, Tensor]:
-        log_px = self.decode(z1, y).log_prob(x)
+        log_px = self._log_px(z1, x, y)
         log_pz = self.p1(z2).log_prob(z1) + self.prior().log_prob(z2)
         return log_px, log_pz - q1.log_prob(z1) - q2.log_prob(z2)
 
