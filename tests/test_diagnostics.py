@@ -187,10 +187,18 @@ def test_plot_metrics_and_its_errors(shapes_run, tmp_path, capsys):
 
 
 def test_eval_disentanglement_on_shapes_and_refused_elsewhere(shapes_run, capsys, trained_run, data_root, monkeypatch):
-    result = cli_json(capsys, "eval-disentanglement", "--ckpt", str(shapes_run))
+    result = cli_json(capsys, "eval-disentanglement", "--ckpt", str(shapes_run), "--points", "60")
     assert 0 <= result["mig"] <= 1 and [row["name"] for row in result["factors"]] == \
         ["shape", "scale", "rotation", "pos_x", "pos_y"]
     assert result["n"] == 3 * 4 * 2 * 4 * 4
+    assert 0 <= result["dci"]["disentanglement"] <= 1 and 0 <= result["sap"]["sap"] <= 1
+    assert 0 <= result["factor_vae"]["eval_accuracy"] <= 1 and 0 <= result["beta_vae"]["eval_accuracy"] <= 1
+    listed = cli_json(capsys, "runs", str(shapes_run.parent))["runs"][0]
+    assert listed["mig"] == result["mig"] and listed["factor_metrics"]["dci"] == result["dci"]["disentanglement"]
+    only = cli_json(capsys, "eval-disentanglement", "--ckpt", str(shapes_run), "--metrics", "sap", "--points", "60")
+    assert "mig" not in only and set(only) >= {"sap"} and "dci" not in only
+    assert run(["eval-disentanglement", "--ckpt", str(shapes_run), "--metrics", "mig,dcx"]) == 2
+    assert "--metrics takes a comma-separated list" in capsys.readouterr().err
     monkeypatch.setenv("VAECLI_DATA", str(data_root))
     assert run(["eval-disentanglement", "--ckpt", str(trained_run)]) == 2
     assert "dataset=shapes" in capsys.readouterr().err

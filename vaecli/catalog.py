@@ -34,6 +34,7 @@ class Row:
     latent_dim: int | None = None
     iwae: dict | None = None  # the last eval-iwae: {"bound", "se", "k", "n", "split"}
     mig: float | None = None  # the last eval-disentanglement
+    factor_metrics: dict | None = None  # its other metrics: dci, sap, factor_vae, beta_vae (headline figures)
     fid: dict | None = None  # the last eval-samples: fid, features, sampler, of, n
     wall_seconds: float | None = None  # wall-clock time of all training sessions
     train_seconds: float | None = None
@@ -249,6 +250,9 @@ def _fill_from_evals(row: Row, evals: list[dict]) -> None:
             row.iwae = {key: record.get(key) for key in ("bound", "se", "k", "n", "split")}
         elif record.get("kind") == "mig":
             row.mig = _number(record.get("mig"))
+        elif record.get("kind") == "factor_metrics":
+            row.factor_metrics = {key: _number(record.get(key)) for key in ("dci", "sap", "factor_vae", "beta_vae")
+                                  if _number(record.get(key)) is not None}
         elif record.get("kind") == "samples" and _number(record.get("fid")) is not None:
             row.fid = {key: record.get(key) for key in ("fid", "features", "sampler", "of", "n", "precision", "recall")}
 

@@ -80,6 +80,8 @@ def _evals(r) -> str:
         parts.append(f"IWAE {r.iwae['bound']:.2f}{_mark(r)} (k={r.iwae.get('k')}{f', n={n}' if n else ''})")
     if r.mig is not None:
         parts.append(f"MIG {r.mig:.3f}")
+    names = {"dci": "DCI", "sap": "SAP", "factor_vae": "FactorVAE", "beta_vae": "BetaVAE"}
+    parts += [f"{names[key]} {value:.3f}" for key, value in (r.factor_metrics or {}).items()]
     if r.fid:
         what = "recon" if r.fid.get("of") == "reconstructions" else r.fid.get("sampler")
         parts.append(f"FID {r.fid['fid']:.1f} ({what}, {r.fid.get('features')}, n={r.fid.get('n')})")
