@@ -110,6 +110,9 @@ class PriorConfig:
 class ObjectiveConfig:
     name: str = MISSING
     k: Optional[int] = None  # iwae: importance samples
+    alpha: Optional[float] = None  # btcvae: weight of the index-code mutual information
+    beta: Optional[float] = None  # btcvae: weight of the total correlation
+    gamma: Optional[float] = None  # btcvae: weight of the dimension-wise KL
 
 
 @dataclass
@@ -563,6 +566,16 @@ def _validate_model(cfg: Config, need) -> None:
     if o.name == "iwae":
         need(kl.schedule == "constant" and kl.free_bits == 0 and cfg.beta == 1.0,
              "objective=iwae trains the importance-weighted bound itself: drop beta, kl.schedule and kl.free_bits")
+    if o.name == "btcvae":
+        need(m.name in ("mlp", "conv", "resnet") and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
+             and p.name == "normal" and kl.delta == 0,
+             "objective=btcvae splits the KL of a diagonal Gaussian posterior to N(0, I): use model=mlp, conv or "
+             "resnet with posterior=gaussian and prior=normal")
+        need(cfg.beta == 1.0 and kl.free_bits == 0,
+             "objective=btcvae weights its KL terms by objective.alpha, objective.beta and objective.gamma: "
+             "leave beta at 1 and kl.free_bits at 0")
+        need(all(w is None or w >= 0 for w in (o.alpha, o.beta, o.gamma)),
+             "objective.alpha, objective.beta and objective.gamma must be >= 0")
     if p.name == "vamp":
         need(not m.conditional, "prior=vamp is not available for conditional models (its pseudo-inputs have no label)")
 
