@@ -117,6 +117,7 @@ def test_btcvae_with_unit_weights_is_the_elbo_and_its_terms_add_up_to_the_kl():
     assert "tc" in more and heavier.requires_grad
 
 
+@pytest.mark.slow  # a real training run through the CLI (the fast suite keeps the maths tests)
 def test_btcvae_trains_logs_its_terms_and_refuses_models_it_cannot_split(tmp_path, capsys):
     import json
 
