@@ -137,3 +137,35 @@ def test_btcvae_trains_logs_its_terms_and_refuses_models_it_cannot_split(tmp_pat
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+# -- kl.capacity -----------------------------------------------------------------------------------
+
+
+def test_annealed_capacity_holds_the_kl_to_a_rising_target():
+    """Burgess et al. 2018: loss = recon + gamma |KL - C(step)|, C rising linearly to kl.capacity."""
+    from vaecli import objectives
+    from vaecli.models import VAESpec, build
+
+    schedule = objectives.KLSchedule(capacity=20.0, capacity_steps=100, capacity_gamma=50.0)
+    assert [schedule.capacity_at(s) for s in (0, 50, 100, 500)] == [0.0, 10.0, 20.0, 20.0]
+    objective = objectives.Objective(schedule=schedule)
+    torch.manual_seed(0)
+    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    x = (torch.rand(16, 1, 4, 4) > 0.5).float()
+    torch.manual_seed(1)
+    loss, metrics = objective(model, x, None, 50)
+    assert metrics["capacity"].item() == 10.0
+    expected = 50.0 * abs(metrics["kl"].item() - 10.0) + metrics["recon"].item()
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert metrics["elbo"].item() == pytest.approx(-metrics["recon"].item() - metrics["kl"].item(), rel=1e-6)
+
+
+def test_capacity_is_refused_beside_beta_and_the_kl_schedules():
+    from vaecli.config import load_config
+    from vaecli.errors import UsageError
+
+    assert load_config(["kl.capacity=25"]).cfg.kl.capacity == 25
+    for bad in (["beta=4"], ["kl.schedule=linear"], ["objective=iwae"], ["kl.capacity_gamma=0"]):
+        with pytest.raises(UsageError, match="kl.capacity"):
+            load_config(["kl.capacity=25", *bad])

@@ -125,6 +125,9 @@ class KLConfig:
     ratio: float = MISSING
     free_bits: float = MISSING
     delta: float = MISSING
+    capacity: float = MISSING
+    capacity_steps: int = MISSING
+    capacity_gamma: float = MISSING
 
 
 @dataclass
@@ -566,6 +569,13 @@ def _validate_model(cfg: Config, need) -> None:
     if o.name == "iwae":
         need(kl.schedule == "constant" and kl.free_bits == 0 and cfg.beta == 1.0,
              "objective=iwae trains the importance-weighted bound itself: drop beta, kl.schedule and kl.free_bits")
+    if kl.capacity > 0:
+        need(o.name == "elbo" and cfg.beta == 1.0 and kl.free_bits == 0 and kl.schedule == "constant",
+             "kl.capacity replaces beta, kl.schedule and kl.free_bits (the loss is recon + kl.capacity_gamma |KL - C|): "
+             "use it with objective=elbo and leave those at their defaults")
+        need(kl.capacity_steps >= 1 and kl.capacity_gamma > 0,
+             f"kl.capacity_steps must be >= 1 and kl.capacity_gamma > 0 (got {kl.capacity_steps}, {kl.capacity_gamma})")
+    need(kl.capacity >= 0, f"kl.capacity must be >= 0 nats (got {kl.capacity})")
     if o.name == "btcvae":
         need(m.name in ("mlp", "conv", "resnet") and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
              and p.name == "normal" and kl.delta == 0,

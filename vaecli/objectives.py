@@ -29,6 +29,13 @@ class KLSchedule:
     cycles: int = 4
     ratio: float = 0.5
     total_steps: int = 1
+    capacity: float = 0.0  # annealed capacity (Burgess et al. 2018): C_max in nats, 0 = off
+    capacity_steps: int = 10_000
+    capacity_gamma: float = 1000.0
+
+    def capacity_at(self, step: int) -> float:
+        """C(step) = capacity * min(1, step / capacity_steps)."""
+        return self.capacity * min(1.0, step / max(self.capacity_steps, 1))
 
     def weight(self, step: int) -> float:
         if self.schedule == "linear":
@@ -41,7 +48,7 @@ class KLSchedule:
 
 
 def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
-         free_bits: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+         free_bits: float = 0.0, capacity: tuple[float, float] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """loss = -(E_q[log p(x|z)] - beta * KL), one reparameterized sample per image.
 
     free_bits = lambda > 0 (Kingma et al. 2016): the KL of each latent dimension enters the
@@ -50,6 +57,8 @@ def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
     times the group's size. `kl_clamped` is that term, `kl` the true KL. The reported `elbo` is always
     the true bound (beta = 1, no clamp). A model's `aux_loss` (not part of the bound) is added
     to the loss, and its `stats` (scalars such as codebook perplexity) join the metrics.
+    capacity = (C, gamma) (Burgess et al. 2018, "Understanding disentangling in beta-VAE"): the KL
+    term becomes gamma |KL - C|, the encoder held to C nats, which the schedule raises.
     """
     terms = model.terms(x, y)
     mean_log_px, mean_kl = terms["log_px"].mean(), terms["kl"].mean()  # each once: the loss reuses them
@@ -65,7 +74,12 @@ def elbo(model, x: Tensor, beta: float = 1.0, y: Tensor | None = None,
         metrics["kl_clamped"] = kl_term.detach()
     else:
         kl_term = mean_kl
-    loss = beta * kl_term - mean_log_px
+    if capacity is not None:
+        target, gamma = capacity
+        loss = gamma * (mean_kl - target).abs() - mean_log_px
+        metrics["capacity"] = torch.tensor(target, device=mean_kl.device)
+    else:
+        loss = beta * kl_term - mean_log_px
     if "aux_loss" in terms:  # a training loss outside the bound (VQ-VAE: commitment, codebook)
         loss = loss + terms["aux_loss"]
         metrics["aux_loss"] = terms["aux_loss"].detach()
@@ -151,7 +165,9 @@ class Objective:
         if self.name == "btcvae":
             loss, metrics = btcvae(model, x, y, *self.tc_weights, weight)
         else:
-            loss, metrics = elbo(model, x, weight, y, self.free_bits)
+            capacity = ((self.schedule.capacity_at(step), self.schedule.capacity_gamma) if self.schedule.capacity > 0
+                        else None)
+            loss, metrics = elbo(model, x, weight, y, self.free_bits, capacity)
         if self.schedule.schedule != "constant":
             metrics["kl_weight"] = torch.tensor(weight, device=loss.device)
         return loss, metrics
@@ -159,7 +175,8 @@ class Objective:
 
 def build(objective_cfg, kl_cfg, beta: float, total_steps: int) -> Objective:
     """From the config sections `objective` and `kl`, and the run length (cyclic schedule)."""
-    schedule = KLSchedule(kl_cfg.schedule, beta, kl_cfg.warmup_steps, kl_cfg.cycles, kl_cfg.ratio, total_steps)
+    schedule = KLSchedule(kl_cfg.schedule, beta, kl_cfg.warmup_steps, kl_cfg.cycles, kl_cfg.ratio, total_steps,
+                          kl_cfg.capacity, kl_cfg.capacity_steps, kl_cfg.capacity_gamma)
     weights = tuple(float(w) if w is not None else default
                     for w, default in zip((objective_cfg.alpha, objective_cfg.beta, objective_cfg.gamma), (1.0, 6.0, 1.0)))
     return Objective(objective_cfg.name, objective_cfg.k or 1, schedule, kl_cfg.free_bits, weights)
