@@ -43,7 +43,7 @@ def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones(
     assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae", "vqvae", "ladder"}
     assert set(group_options("likelihood")) == {"bernoulli", "cbernoulli", "gaussian", "gaussian_learned", "logistic"}
     assert set(group_options("prior")) == {"normal", "mog", "vamp"}
-    assert set(group_options("objective")) == {"elbo", "iwae", "btcvae"}
+    assert set(group_options("objective")) == {"elbo", "iwae", "btcvae", "dipvae"}
     assert set(group_options("experiment")) == {"burda_vae", "burda_iwae", "burda_hvae", "beta_vae_shapes", "bmnist_fast",
                                                 "bmnist_ladder", "bmnist_best", "burda_vae_omniglot"}
     cfg = load_config().cfg

@@ -169,3 +169,38 @@ def test_capacity_is_refused_beside_beta_and_the_kl_schedules():
     for bad in (["beta=4"], ["kl.schedule=linear"], ["objective=iwae"], ["kl.capacity_gamma=0"]):
         with pytest.raises(UsageError, match="kl.capacity"):
             load_config(["kl.capacity=25", *bad])
+
+
+# -- objective=dipvae ------------------------------------------------------------------------------
+
+
+def test_the_dip_penalty_against_a_covariance_worked_by_hand():
+    from vaecli.objectives import dip_regularizer
+
+    mu = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [2.0, 2.0], [-2.0, -2.0]])
+    sigma = torch.full_like(mu, 0.5)
+    # population covariance of the means: var = (1+1+1+1+4+4)/6 = 2 each, cov = (1+1-1-1+4+4)/6 = 4/3
+    expected_i = 3.0 * 2 * (4 / 3) ** 2 + 7.0 * 2 * (2 - 1) ** 2
+    assert dip_regularizer(mu, sigma, "i", 3.0, 7.0).item() == pytest.approx(expected_i)
+    expected_ii = 3.0 * 2 * (4 / 3) ** 2 + 7.0 * 2 * (2 + 0.25 - 1) ** 2  # + the mean posterior variance
+    assert dip_regularizer(mu, sigma, "ii", 3.0, 7.0).item() == pytest.approx(expected_ii)
+    white = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]) * math.sqrt(2)
+    assert dip_regularizer(white, torch.zeros_like(white), "i", 5.0, 5.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dipvae_adds_its_penalty_to_the_elbo_and_its_config_rules():
+    from vaecli import objectives
+    from vaecli.config import load_config
+    from vaecli.errors import UsageError
+    from vaecli.models import VAESpec, build
+
+    torch.manual_seed(0)
+    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    x = (torch.rand(16, 1, 4, 4) > 0.5).float()
+    loss, metrics = objectives.dipvae(model, x, None, "ii", 2.0, 3.0)
+    assert loss.item() == pytest.approx((-metrics["elbo"] + metrics["dip"]).item(), rel=1e-5)
+    built = objectives.build(load_config(["objective=dipvae"]).cfg.objective, load_config([]).cfg.kl, 1.0, 10)
+    assert built.dip == ("i", 10.0, 100.0)  # disentanglement_lib's lambda_d_factor 10 for DIP-VAE-I
+    for bad in (["objective.type=iii"], ["model=ladder"], ["kl.free_bits=0.5"]):
+        with pytest.raises(UsageError, match="objective"):
+            load_config(["objective=dipvae", *bad])

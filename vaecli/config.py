@@ -113,6 +113,9 @@ class ObjectiveConfig:
     alpha: Optional[float] = None  # btcvae: weight of the index-code mutual information
     beta: Optional[float] = None  # btcvae: weight of the total correlation
     gamma: Optional[float] = None  # btcvae: weight of the dimension-wise KL
+    type: Optional[str] = None  # dipvae: i (covariance of the posterior means) | ii (of the aggregate posterior)
+    lambda_od: Optional[float] = None  # dipvae: weight of the off-diagonal entries
+    lambda_d: Optional[float] = None  # dipvae: weight of the diagonal's distance to 1 (null: 10 x lambda_od for i, 1 x for ii)
 
 
 @dataclass
@@ -576,6 +579,14 @@ def _validate_model(cfg: Config, need) -> None:
         need(kl.capacity_steps >= 1 and kl.capacity_gamma > 0,
              f"kl.capacity_steps must be >= 1 and kl.capacity_gamma > 0 (got {kl.capacity_steps}, {kl.capacity_gamma})")
     need(kl.capacity >= 0, f"kl.capacity must be >= 0 nats (got {kl.capacity})")
+    if o.name == "dipvae":
+        need(m.name in ("mlp", "conv", "resnet") and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
+             and p.name == "normal" and kl.delta == 0 and kl.free_bits == 0,
+             "objective=dipvae regularizes the covariance of a diagonal Gaussian posterior against N(0, I): use "
+             "model=mlp, conv or resnet with posterior=gaussian, prior=normal and no kl.free_bits")
+        need(o.type in ("i", "ii"), f"objective.type must be i or ii (got {o.type!r})")
+        need(all(w is None or w >= 0 for w in (o.lambda_od, o.lambda_d)),
+             "objective.lambda_od and objective.lambda_d must be >= 0")
     if o.name == "btcvae":
         need(m.name in ("mlp", "conv", "resnet") and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
              and p.name == "normal" and kl.delta == 0,

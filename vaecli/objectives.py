@@ -149,14 +149,43 @@ def btcvae(model, x: Tensor, y: Tensor | None, alpha: float, beta: float, gamma:
     return loss, metrics
 
 
+def dip_regularizer(mu: Tensor, sigma: Tensor, kind: str, lambda_od: float, lambda_d: float) -> Tensor:
+    """DIP-VAE's penalty (Kumar et al. 2018) on a covariance C of the batch's codes:
+    lambda_od * sum of squared off-diagonal entries + lambda_d * sum of (diagonal - 1)^2. kind "i":
+    C = Cov[mu(x)] (the posterior means'; E[mu mu^T] - E[mu] E[mu]^T over the batch, as
+    disentanglement_lib); "ii": C = E[diag(sigma(x)^2)] + Cov[mu(x)], the aggregate posterior's."""
+    centred = mu - mu.mean(0)
+    cov = centred.T @ centred / mu.shape[0]
+    if kind == "ii":
+        cov = cov + torch.diag(sigma.square().mean(0))
+    diagonal = torch.diagonal(cov)
+    off = cov - torch.diag(diagonal)
+    return lambda_od * off.square().sum() + lambda_d * (diagonal - 1).square().sum()
+
+
+def dipvae(model, x: Tensor, y: Tensor | None, kind: str, lambda_od: float, lambda_d: float,
+           beta: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """DIP-VAE: the ELBO's loss (beta and the schedule on its KL) plus dip_regularizer; the
+    reported elbo is the bound itself."""
+    posterior = model.encode(x, y).base_dist
+    z = posterior.loc + posterior.scale * torch.randn_like(posterior.loc)  # reparameterized
+    mean_log_px = model.decode(z, y).log_prob(x).mean()
+    mean_kl = model.prior_net.kl(posterior).sum(-1).mean()
+    penalty = dip_regularizer(posterior.loc, posterior.scale, kind, lambda_od, lambda_d)
+    loss = beta * mean_kl - mean_log_px + penalty
+    return loss, {"elbo": (mean_log_px - mean_kl).detach(), "recon": -mean_log_px.detach(), "kl": mean_kl.detach(),
+                  "dip": penalty.detach(), "loss": loss.detach()}
+
+
 class Objective:
     """objective(model, x, y, step) -> (loss, metrics) for the trainer."""
 
     def __init__(self, name: str = "elbo", k: int = 1, schedule: KLSchedule | None = None,
-                 free_bits: float = 0.0, tc_weights: tuple[float, float, float] = (1.0, 6.0, 1.0)):
+                 free_bits: float = 0.0, tc_weights: tuple[float, float, float] = (1.0, 6.0, 1.0),
+                 dip: tuple[str, float, float] = ("i", 10.0, 100.0)):
         self.name, self.k, self.free_bits = name, k, free_bits
         self.schedule = schedule or KLSchedule()
-        self.tc_weights = tc_weights
+        self.tc_weights, self.dip = tc_weights, dip
 
     def __call__(self, model, x: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if self.name == "iwae":
@@ -164,6 +193,8 @@ class Objective:
         weight = self.schedule.weight(step)
         if self.name == "btcvae":
             loss, metrics = btcvae(model, x, y, *self.tc_weights, weight)
+        elif self.name == "dipvae":
+            loss, metrics = dipvae(model, x, y, *self.dip, weight)
         else:
             capacity = ((self.schedule.capacity_at(step), self.schedule.capacity_gamma) if self.schedule.capacity > 0
                         else None)
@@ -179,7 +210,12 @@ def build(objective_cfg, kl_cfg, beta: float, total_steps: int) -> Objective:
                           kl_cfg.capacity, kl_cfg.capacity_steps, kl_cfg.capacity_gamma)
     weights = tuple(float(w) if w is not None else default
                     for w, default in zip((objective_cfg.alpha, objective_cfg.beta, objective_cfg.gamma), (1.0, 6.0, 1.0)))
-    return Objective(objective_cfg.name, objective_cfg.k or 1, schedule, kl_cfg.free_bits, weights)
+    kind = objective_cfg.type or "i"
+    lambda_od = float(objective_cfg.lambda_od if objective_cfg.lambda_od is not None else 10.0)
+    lambda_d = (float(objective_cfg.lambda_d) if objective_cfg.lambda_d is not None  # disentanglement_lib's
+                else lambda_od * (10.0 if kind == "i" else 1.0))                      # lambda_d_factor
+    return Objective(objective_cfg.name, objective_cfg.k or 1, schedule, kl_cfg.free_bits, weights,
+                     (kind, lambda_od, lambda_d))
 
 
 @torch.no_grad()
