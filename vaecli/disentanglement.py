@@ -244,7 +244,18 @@ def factor_metrics(codes: torch.Tensor, factors: torch.Tensor, metrics: tuple[st
                    num_variance: int = NUM_VARIANCE) -> dict:
     """DCI, SAP, FactorVAE and BetaVAE scores (those named in `metrics`) of the codes of a full
     factor grid; each from its own generator seeded with `seed`."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
     grid = FactorGrid(factors, codes)
+    with warnings.catch_warnings():  # scikit-learn's defaults, as disentanglement_lib uses them, may stop
+        warnings.simplefilter("ignore", ConvergenceWarning)  # at max_iter: that is part of the definition
+        return _factor_metrics(grid, metrics, seed, num_train, num_test, batch, num_variance)
+
+
+def _factor_metrics(grid: FactorGrid, metrics: tuple[str, ...], seed: int, num_train: int, num_test: int, batch: int,
+                    num_variance: int) -> dict:
     out: dict = {}
     if "dci" in metrics or "sap" in metrics:
         generator = torch.Generator().manual_seed(seed)
