@@ -25,7 +25,10 @@ EXTRA = {"mog": ["prior.components=3"], "vamp": ["prior.components=3"], "iwae": 
 
 def sensible(model: str, prior: str, objective: str) -> bool:
     """The combinations config.validate accepts: an autoencoder has no posterior (so no IWAE)
-    and no KL (so no learned prior); the hierarchical model keeps N(0, I) on its top layer."""
+    and no KL (so no learned prior); the hierarchical model keeps N(0, I) on its top layer;
+    btcvae and dipvae split or shape the KL of one Gaussian posterior to N(0, I)."""
+    if objective in ("btcvae", "dipvae"):
+        return model in ("mlp", "conv", "resnet") and prior == "normal"
     if model == "ae":
         return prior == "normal" and objective == "elbo"
     if model in ("hvae", "ladder"):  # their top layer keeps N(0, I)

@@ -76,6 +76,7 @@ def test_a_flow_posterior_trains_and_its_bound_is_a_bound():
     assert result["active_units"] is not None and result["mutual_info"] is None and result["kl_per_dim"] is None
 
 
+@pytest.mark.slow  # real subprocess runs of every command (~20 s): the fast suite keeps the maths tests
 def test_flow_posteriors_through_every_command(env, tmp_path):
     run = tmp_path / "iaf"
     summary = one_json(vae("train", *TINY, "posterior=iaf", "posterior.flows=2", "posterior.hidden=16",

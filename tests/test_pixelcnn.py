@@ -83,8 +83,9 @@ def test_paths_through_latent_space_are_drawn_with_common_random_numbers():
     assert all(torch.equal(row[0], image) for image in row)
 
 
-@pytest.mark.parametrize("model", [[], pytest.param(["model=ladder", "model.groups=2", "model.hidden=[16]"],
-                                                       marks=pytest.mark.slow, id="ladder")])
+@pytest.mark.slow  # real subprocess runs of every command (~25 s each): the fast suite keeps the maths tests
+@pytest.mark.parametrize("model", [pytest.param([], id="mlp"),
+                                   pytest.param(["model=ladder", "model.groups=2", "model.hidden=[16]"], id="ladder")])
 def test_a_pixelcnn_decoder_through_every_command(env, tmp_path, model):
     run = tmp_path / "ar"
     ar = ["model.decoder=pixelcnn", "model.ar_layers=1", "model.ar_kernel=3", "model.ar_channels=4"]

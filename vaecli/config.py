@@ -583,15 +583,16 @@ def _validate_model(cfg: Config, need) -> None:
         need(m.name in ("mlp", "conv", "resnet") and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
              and p.name == "normal" and kl.delta == 0 and kl.free_bits == 0,
              "objective=dipvae regularizes the covariance of a diagonal Gaussian posterior against N(0, I): use "
-             "model=mlp, conv or resnet with posterior=gaussian, prior=normal and no kl.free_bits")
+             "model=mlp, conv or resnet with posterior=gaussian, prior=normal and no kl.free_bits "
+             f"(got model={m.name}, prior={p.name})")
         need(o.type in ("i", "ii"), f"objective.type must be i or ii (got {o.type!r})")
         need(all(w is None or w >= 0 for w in (o.lambda_od, o.lambda_d)),
              "objective.lambda_od and objective.lambda_d must be >= 0")
     if o.name == "btcvae":
         need(m.name in ("mlp", "conv", "resnet") and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
              and p.name == "normal" and kl.delta == 0,
-             "objective=btcvae splits the KL of a diagonal Gaussian posterior to N(0, I): use model=mlp, conv or "
-             "resnet with posterior=gaussian and prior=normal")
+             f"objective=btcvae splits the KL of a diagonal Gaussian posterior to N(0, I): use model=mlp, conv or "
+             f"resnet with posterior=gaussian and prior=normal (got model={m.name}, prior={p.name})")
         need(cfg.beta == 1.0 and kl.free_bits == 0,
              "objective=btcvae weights its KL terms by objective.alpha, objective.beta and objective.gamma: "
              "leave beta at 1 and kl.free_bits at 0")
