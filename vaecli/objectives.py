@@ -168,7 +168,7 @@ def dipvae(model, x: Tensor, y: Tensor | None, kind: str, lambda_od: float, lamb
     """DIP-VAE: the ELBO's loss (beta and the schedule on its KL) plus dip_regularizer; the
     reported elbo is the bound itself."""
     posterior = model.encode(x, y).base_dist
-    z = posterior.loc + posterior.scale * torch.randn_like(posterior.loc)  # reparameterized
+    z = posterior.rsample()
     mean_log_px = model.decode(z, y).log_prob(x).mean()
     mean_kl = model.prior_net.kl(posterior).sum(-1).mean()
     penalty = dip_regularizer(posterior.loc, posterior.scale, kind, lambda_od, lambda_d)

@@ -164,7 +164,7 @@ class Trainer:
         self._rows: list[tuple[torch.Tensor, ...]] = []
         self._names: list[str] = []
         self._worst_run = 0  # the longest run of skipped steps since the last check_divergence
-        self._capacity = max(1, min(t.max_bad_steps, t.log_every))
+        self._fold_every = max(1, min(t.max_bad_steps, t.log_every))
         self._hooks = [c for c in self.callbacks if hasattr(c, "on_gradients")]
 
     # -- resume --------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ class Trainer:
     def record(self, rejected: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
         """Keep a step's metric tensors and its skip flag (1: skipped) for `fold`: no op per step."""
         names = list(metrics)
-        if names != self._names or len(self._rows) == self._capacity:
+        if names != self._names or len(self._rows) == self._fold_every:
             self.fold()  # full, or another set of metrics (a callback's): sums so far first
             if names != self._names:
                 self._sums, self._names = None, names
