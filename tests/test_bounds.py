@@ -188,7 +188,7 @@ def test_evaluation_noise_is_fixed_per_image_whatever_the_batch():
     ("mnist", "bernoulli", False), ("shapes", "logistic", True), ("binarized_mnist", "bernoulli", True),
     ("omniglot", "bernoulli", True), ("fashion_mnist", "logistic", True), ("kmnist", "logistic", True),
     ("cifar10", "logistic", True), ("svhn", "logistic", True), ("celeba", "logistic", True),
-    ("folder", "logistic", True)])
+    ("folder", "logistic", True), ("dsprites", "bernoulli", True), ("shapes3d", "logistic", True)])
 def test_each_dataset_names_its_natural_likelihood(dataset, likelihood, bound):
     extra = ["dataset.path=/nowhere"] if dataset == "folder" else []
     cfg = load_config([f"dataset={dataset}", *extra]).cfg

@@ -69,6 +69,7 @@ def test_categorical_latents_resume_bit_exactly(tmp_path):
                                                 "model.categories=3", "model.anneal_rate=0.01"])
     assert int(whole["passes"]) > 0 and all(torch.equal(whole[k], split[k]) for k in whole)
 
+@pytest.mark.slow  # ~20 s of subprocess commands; the fast suite keeps the maths
 def test_categorical_latents_through_every_command(env, tmp_path):
     run = tmp_path / "cat"
     summary = one_json(vae("train", *TINY, "dataset=binarized_mnist", "model.latent=categorical", "model.latent_dim=6",

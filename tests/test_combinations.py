@@ -20,15 +20,18 @@ SIZES = {"mlp": ["model.hidden=[16]"], "conv": ["model.hidden=[4,8]"], "resnet":
          "vqvae": ["model.hidden=[4,8]", "model.code_dim=3", "model.codebook_size=8", "model.dead_after=2"],
          "ladder": ["model.hidden=[16]", "model.groups=2"]}
 EXTRA = {"mog": ["prior.components=3"], "vamp": ["prior.components=3"], "iwae": ["objective.k=3"],
-         "logistic": ["likelihood.mixtures=2"]}
+         "logistic": ["likelihood.mixtures=2"], "factorvae": ["objective.disc_width=16", "objective.disc_layers=2"]}
 
 
 def sensible(model: str, prior: str, objective: str) -> bool:
     """The combinations config.validate accepts: an autoencoder has no posterior (so no IWAE)
     and no KL (so no learned prior); the hierarchical model keeps N(0, I) on its top layer;
-    btcvae and dipvae split or shape the KL of one Gaussian posterior to N(0, I)."""
-    if objective in ("btcvae", "dipvae"):
+    btcvae, dipvae, factorvae and infovae split or shape the KL of one Gaussian posterior to N(0, I);
+    wae matches the codes of a Gaussian or deterministic (ae) encoder to N(0, I)."""
+    if objective in ("btcvae", "dipvae", "factorvae", "infovae"):
         return model in ("mlp", "conv", "resnet") and prior == "normal"
+    if objective == "wae":
+        return model in ("mlp", "conv", "resnet", "ae") and prior == "normal"
     if model == "ae":
         return prior == "normal" and objective == "elbo"
     if model in ("hvae", "ladder"):  # their top layer keeps N(0, I)

@@ -204,3 +204,156 @@ def test_dipvae_adds_its_penalty_to_the_elbo_and_its_config_rules():
     for bad in (["objective.type=iii"], ["model=ladder"], ["kl.free_bits=0.5"]):
         with pytest.raises(UsageError, match="objective"):
             load_config(["objective=dipvae", *bad])
+
+
+# -- objective=factorvae ---------------------------------------------------------------------------
+
+
+def _trainer_stub(applied=True):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device=torch.device("cpu"), dist=SimpleNamespace(world=1),
+                           state=SimpleNamespace(applied=torch.tensor(applied)))
+
+
+def test_permuting_each_dimension_keeps_the_marginals_and_breaks_the_dependence():
+    from vaecli.objectives import permute_dims
+
+    torch.manual_seed(0)
+    x = torch.randn(2000, 1)
+    z = torch.cat([x, x], dim=1)  # perfectly dependent coordinates
+    shuffled = permute_dims(z)
+    for d in range(2):
+        assert torch.equal(shuffled[:, d].sort().values, z[:, d].sort().values)
+    assert abs(torch.corrcoef(shuffled.T)[0, 1].item()) < 0.1
+
+
+def test_the_critic_estimates_a_gaussians_total_correlation():
+    """Trained on draws of a 2-d Gaussian with correlation 0.9 its logit difference approaches the
+    TC, -log(1 - 0.81) / 2 = 0.83 nats; on independent coordinates it stays near 0."""
+    from vaecli.objectives import TCDiscriminator
+
+    expected = -0.5 * math.log(1 - 0.81)
+    for correlation, low, high in ((0.9, 0.5, 1.2), (0.0, -0.15, 0.15)):
+        torch.manual_seed(0)
+        critic = TCDiscriminator(2, width=64, layers=2, lr=3e-3)
+        trainer = _trainer_stub()
+        critic.on_train_start(trainer)
+        chol = torch.linalg.cholesky(torch.tensor([[1.0, correlation], [correlation, 1.0]]))
+        estimates = []
+        for step in range(600):
+            z = torch.randn(256, 2) @ chol.T
+            tc, _ = critic.losses(z)
+            critic.on_step_end(trainer)
+            if step >= 500:
+                estimates.append(tc.item())
+        mean = sum(estimates) / len(estimates)
+        assert low < mean < high, (correlation, mean, expected)
+
+
+def test_factorvae_adds_gamma_tc_to_the_elbo_and_leaves_the_critic_to_its_own_step():
+    from vaecli import objectives
+    from vaecli.models import VAESpec, build
+
+    torch.manual_seed(0)
+    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    critic = objectives.TCDiscriminator(3, width=8, layers=2)
+    trainer = _trainer_stub()
+    critic.on_train_start(trainer)
+    x = (torch.rand(16, 1, 4, 4) > 0.5).float()
+    loss, metrics = objectives.factorvae(model, x, None, 7.0, critic)
+    assert loss.item() == pytest.approx((-metrics["elbo"] + 7.0 * metrics["tc"]).item(), rel=1e-5)
+    assert {"tc", "disc_loss", "disc_acc"} <= set(metrics)
+    loss.backward()  # the model's step: gradients for the model only
+    assert all(p.grad is None for p in critic.net.parameters())
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    before = [p.detach().clone() for p in critic.net.parameters()]
+    critic.on_step_end(_trainer_stub(applied=False))  # the model's step was rejected: so is the critic's
+    assert all(torch.equal(a, b) for a, b in zip(before, critic.net.parameters()))
+    objectives.factorvae(model, x, None, 7.0, critic)
+    critic.on_step_end(trainer)
+    assert not all(torch.equal(a, b) for a, b in zip(before, critic.net.parameters()))
+
+
+def test_factorvae_resumes_bit_exactly_with_its_critic(tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import whole_and_resumed
+
+    whole, split = whole_and_resumed(tmp_path, ["dataset.image_size=16", "model.latent_dim=3", "objective=factorvae",
+                                                "objective.disc_width=16", "objective.disc_layers=2"])
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    critic = {k: v for k, v in load_file(str(tmp_path / "whole/trainer.safetensors")).items()
+              if k.startswith("callback.discriminator.")}
+    resumed = load_file(str(tmp_path / "split/trainer.safetensors"))
+    assert any(".adam." in k for k in critic) and all(torch.equal(v, resumed[k]) for k, v in critic.items())
+
+
+# -- objective=infovae / wae -----------------------------------------------------------------------
+
+
+def test_the_mmd_estimate_against_a_sum_worked_term_by_term():
+    from vaecli.objectives import MMD_SCALES, mmd
+
+    a = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[1.0, 1.0], [-1.0, 0.0], [0.5, 0.5]])
+    for kernel in ("imq", "rbf"):
+        def k(u, v):
+            sq = float(((u - v) ** 2).sum())
+            if kernel == "imq":
+                return sum(4 * s / (4 * s + sq) for s in MMD_SCALES)  # C = 2 d scale = 4
+            return math.exp(-sq / 4)
+        within = sum(k(a[i], a[j]) + k(b[i], b[j]) for i in range(3) for j in range(3) if i != j) / 6
+        across = sum(k(a[i], b[j]) for i in range(3) for j in range(3)) / 9
+        assert mmd(a, b, kernel).item() == pytest.approx(within - 2 * across, rel=1e-5)
+    torch.manual_seed(0)
+    same = mmd(torch.randn(500, 4), torch.randn(500, 4)).item()
+    shifted = mmd(torch.randn(500, 4) + 1.0, torch.randn(500, 4)).item()
+    assert abs(same) < 0.02 and shifted > 0.3
+
+
+def test_infovae_and_wae_losses():
+    from vaecli import objectives
+    from vaecli.models import VAESpec, build
+
+    torch.manual_seed(0)
+    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    x = (torch.rand(16, 1, 4, 4) > 0.5).float()
+    loss, metrics = objectives.infovae(model, x, None, 0.0, 1.0, "imq", 1.0)  # alpha 0, lambda 1: the ELBO
+    assert loss.item() == pytest.approx(-metrics["elbo"].item(), rel=1e-5) and "mmd" in metrics
+    loss, metrics = objectives.infovae(model, x, None, 0.5, 10.0, "rbf", 1.0)
+    expected = 0.5 * metrics["kl"] + metrics["recon"] + 9.5 * metrics["mmd"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss, metrics = objectives.wae(model, x, None, 100.0, "imq", 1.0)
+    assert loss.item() == pytest.approx((metrics["recon"] + 100.0 * metrics["mmd"]).item(), rel=1e-5)
+    assert "elbo" in metrics  # a Gaussian encoder still has its (untrained) bound
+    ae = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8], kind="ae"))
+    _, metrics = objectives.wae(ae, x, None, 100.0, "imq", 1.0)
+    assert "elbo" not in metrics and "kl" not in metrics
+
+
+def test_new_objectives_train_report_their_terms_and_refuse_what_they_cannot_shape(tmp_path, capsys):
+    import json
+
+    from vaecli.cli import run
+
+    tiny = ["dataset=shapes", "dataset.image_size=16", "dataset.rotations=2", "dataset.positions=4",
+            "model.latent_dim=3", "model.hidden=[16]", "trainer.epochs=1", "trainer.log_every=5", "trainer.sample_every=0"]
+    for objective, extra, terms in (("factorvae", ["objective.disc_width=16", "objective.disc_layers=2"],
+                                     {"tc", "disc_loss", "disc_acc"}),
+                                    ("infovae", [], {"mmd"}), ("wae", ["model=ae"], {"mmd"})):
+        out = tmp_path / objective
+        assert run(["train", *tiny, f"objective={objective}", *extra, "--run-dir", str(out), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert set(summary["objective_terms"]) == terms
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(terms <= set(r) for r in records if r["split"] == "train")
+    for bad, needle in ((["objective=factorvae", "model=vqvae"], "model=vqvae"),
+                        (["objective=factorvae", "model.latent=categorical"], "model.latent=categorical"),
+                        (["objective=wae", "model=ladder"], "objective=wae"),
+                        (["objective=infovae", "objective.kernel=cosine"], "objective.kernel must be imq or rbf"),
+                        (["objective=factorvae", "objective.disc_lr=0"], "objective.disc_lr > 0")):
+        assert run(["train", *tiny, *bad, "--run-dir", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

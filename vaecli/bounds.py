@@ -44,7 +44,8 @@ class Measure:
 
 
 def levels(binarize) -> int:
-    """Levels of the data as stored: 2 for a binarized dataset (dataset.binarize set), else 256."""
+    """Levels of the data as stored: 2 for a binarized dataset (dataset.binarize set: dynamic or static
+    for the sets vaecli binarizes, stored for dSprites, binary in its file), else 256."""
     return 2 if binarize else 256
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .callbacks import Callback
+
 @dataclass
 class KLSchedule:
     """The weight of the KL term at a training step.
@@ -177,24 +179,202 @@ def dipvae(model, x: Tensor, y: Tensor | None, kind: str, lambda_od: float, lamb
                   "dip": penalty.detach(), "loss": loss.detach()}
 
 
+def permute_dims(z: Tensor) -> Tensor:
+    """Each latent dimension's values permuted across the batch on its own (Kim & Mnih 2018,
+    Algorithm 1): draws of the product of the marginals prod_d q(z_d) when z are draws of q(z)."""
+    order = torch.rand(z.shape, device=z.device).argsort(dim=0)
+    return z.gather(0, order)
+
+
+class TCDiscriminator(Callback):
+    """FactorVAE's density-ratio critic (Kim & Mnih 2018), a trainer feature the objective brings:
+    an MLP on codes, `layers` x `width` with leaky ReLU 0.2 and two logits (class 0: a draw of the
+    aggregate posterior q(z), class 1: of prod_d q(z_d), the batch's codes permuted per dimension);
+    disentanglement_lib's is 6 x 1000, trained by Adam (lr 1e-4, betas 0.5 / 0.9). The TC estimate
+    is E_q[logit_0 - logit_1] (= log q(z) / prod_d q(z_d) for the optimal critic).
+
+    losses(z) is called inside the objective: the TC with gradients to the encoder only, and the
+    critic's cross-entropy on the detached codes and their permutation (both at this step's critic
+    weights, as disentanglement_lib's simultaneous update). The critic's own step runs after the
+    model's (on_step_end), skipped with it (a rejected step) or when its own loss or gradients are not
+    finite, decided on the device; under torchrun its gradients are averaged over ranks. Its weights
+    and Adam state are kept in trainer.safetensors under "discriminator.", so a resumed run
+    continues bit for bit."""
+
+    name = "discriminator"
+
+    def __init__(self, latent_dim: int, width: int = 1000, layers: int = 6, lr: float = 1e-4):
+        dims = [latent_dim, *([width] * layers)]
+        stack: list[torch.nn.Module] = []
+        for a, b in zip(dims, dims[1:]):
+            stack += [torch.nn.Linear(a, b), torch.nn.LeakyReLU(0.2)]
+        self.net = torch.nn.Sequential(*stack, torch.nn.Linear(dims[-1], 2))
+        self.lr = lr
+        self.optimizer: torch.optim.Adam | None = None
+        self.pending: Tensor | None = None  # this step's critic loss, with its graph
+
+    def _ready(self, device: torch.device) -> None:
+        if self.optimizer is None:
+            self.net.to(device)
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.5, 0.9),
+                                              fused=device.type in ("cpu", "cuda"))
+
+    def losses(self, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The TC estimate (differentiable in z, not in the critic) and the critic's metrics."""
+        self.net.requires_grad_(False)
+        logits = self.net(z)
+        self.net.requires_grad_(True)
+        tc = (logits[:, 0] - logits[:, 1]).float().mean()
+        codes = z.detach()
+        both = self.net(torch.cat([codes, permute_dims(codes)])).float()
+        target = torch.cat([torch.zeros(len(codes), dtype=torch.long, device=z.device),
+                            torch.ones(len(codes), dtype=torch.long, device=z.device)])
+        self.pending = torch.nn.functional.cross_entropy(both, target)
+        accuracy = (both.argmax(1) == target).float().mean()
+        return tc, {"disc_loss": self.pending.detach(), "disc_acc": accuracy}
+
+    def on_train_start(self, trainer) -> None:
+        self._ready(trainer.device)
+
+    def on_step_end(self, trainer) -> None:
+        loss, self.pending = self.pending, None
+        if loss is None:
+            return
+        params = list(self.net.parameters())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in params]
+        if trainer.dist.world > 1:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            torch._foreach_copy_(grads, [g.view_as(p) / trainer.dist.world
+                                         for g, p in zip(flat.split([p.numel() for p in params]), params)])
+        total = torch.stack([g.sum() for g in grads] + [loss.detach()]).sum()
+        accepted = ((total - total) == 0) & torch.as_tensor(trainer.state.applied, device=total.device)
+        if self.optimizer.defaults["fused"]:
+            self.optimizer.found_inf = (~accepted).float()  # the fused Adam skips on the device
+            self.optimizer.step()
+        elif bool(accepted):
+            self.optimizer.step()
+
+    def state_dict(self, trainer) -> dict[str, Tensor]:
+        tensors = {f"net.{key}": value.detach().clone() for key, value in self.net.state_dict().items()}
+        for i, param in enumerate(self.net.parameters()):
+            for key, value in self.optimizer.state.get(param, {}).items():
+                tensors[f"adam.{i}.{key}"] = value.detach().clone()
+        return tensors
+
+    def load_state_dict(self, trainer, tensors: dict[str, Tensor]) -> None:
+        self._ready(trainer.device)
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        params = list(self.net.parameters())
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, what = key.split(".")
+                self.optimizer.state[params[int(index)]][what] = value.to(params[int(index)].device).clone()
+
+
+def factorvae(model, x: Tensor, y: Tensor | None, gamma: float, critic: TCDiscriminator,
+              beta: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """FactorVAE (Kim & Mnih 2018, Eq. 2): the ELBO's loss (beta and the schedule on its KL) plus
+    gamma times the critic's estimate of the total correlation of q(z); the reported elbo is the
+    bound itself, `tc` the estimate, `disc_loss` / `disc_acc` the critic's cross-entropy and
+    accuracy (0.69 / 0.5: it cannot tell q(z) from its factorized version)."""
+    posterior = model.encode(x, y).base_dist
+    z = posterior.rsample()
+    mean_log_px = model.decode(z, y).log_prob(x).mean()
+    mean_kl = model.prior_net.kl(posterior).sum(-1).mean()
+    tc, critic_metrics = critic.losses(z)
+    loss = beta * mean_kl - mean_log_px + gamma * tc
+    return loss, {"elbo": (mean_log_px - mean_kl).detach(), "recon": -mean_log_px.detach(), "kl": mean_kl.detach(),
+                  "tc": tc.detach(), **critic_metrics, "loss": loss.detach()}
+
+
+MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # the IMQ kernel's bandwidths (Tolstikhin et al.'s code)
+
+
+def mmd(a: Tensor, b: Tensor, kernel: str = "imq", scale: float = 1.0) -> Tensor:
+    """The unbiased estimate of MMD^2 between the distributions of the rows of a and of b (n each;
+    Gretton et al. 2012): the mean kernel within a and within b (i != j) minus twice the mean across.
+    kernel "imq" (WAE, Tolstikhin et al. 2018): k(u, v) = sum_s C_s / (C_s + |u - v|^2), C_s = 2 d
+    scale s for s in MMD_SCALES (d the dimension, scale the prior's variance: 1); "rbf" (InfoVAE,
+    Zhao et al. 2019): k(u, v) = exp(-|u - v|^2 / (2 d scale))."""
+    n, d = a.shape
+    both = torch.cat([a, b]).float()
+    norms = both.square().sum(1)
+    sq = (norms[:, None] + norms[None] - 2 * both @ both.T).clamp(min=0)
+    base = 2.0 * d * scale
+    k = sum(base * s / (base * s + sq) for s in MMD_SCALES) if kernel == "imq" else torch.exp(-sq / base)
+    off = 1.0 - torch.eye(n, device=k.device)
+    within = ((k[:n, :n] * off).sum() + (k[n:, n:] * off).sum()) / (n * (n - 1))
+    return within - 2 * k[:n, n:].mean()
+
+
+def infovae(model, x: Tensor, y: Tensor | None, alpha: float, lam: float, kernel: str, scale: float,
+            weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """InfoVAE (Zhao et al. 2019, Eq. 6 with the MMD divergence): loss = -E[log p(x|z)] +
+    (1 - alpha) KL + (alpha + lambda - 1) MMD(q(z), p(z)), MMD between the batch's codes and as many
+    N(0, I) draws; `weight` (the KL schedule) on the KL. alpha = 0, lambda = 1 is the ELBO."""
+    posterior = model.encode(x, y).base_dist
+    z = posterior.rsample()
+    mean_log_px = model.decode(z, y).log_prob(x).mean()
+    mean_kl = model.prior_net.kl(posterior).sum(-1).mean()
+    divergence = mmd(z, torch.randn_like(z), kernel, scale)
+    loss = (1 - alpha) * weight * mean_kl - mean_log_px + (alpha + lam - 1) * divergence
+    return loss, {"elbo": (mean_log_px - mean_kl).detach(), "recon": -mean_log_px.detach(), "kl": mean_kl.detach(),
+                  "mmd": divergence.detach(), "loss": loss.detach()}
+
+
+def wae(model, x: Tensor, y: Tensor | None, lam: float, kernel: str, scale: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """WAE-MMD (Tolstikhin et al. 2018): loss = -E[log p(x|z)] + lambda MMD(q(z), p(z)), no KL: the
+    aggregate posterior, not each q(z|x), is matched to the prior. With model=ae the encoder is
+    deterministic (the paper's choice); with a Gaussian encoder its ELBO is still reported (a bound
+    that is not trained)."""
+    posterior = model.encode(x, y)
+    z = posterior.rsample()
+    mean_log_px = model.decode(z, y).log_prob(x).mean()
+    divergence = mmd(z, torch.randn_like(z), kernel, scale)
+    loss = lam * divergence - mean_log_px
+    metrics = {"recon": -mean_log_px.detach(), "mmd": divergence.detach(), "loss": loss.detach()}
+    if model.has_bound:
+        mean_kl = model.prior_net.kl(posterior.base_dist).sum(-1).mean().detach()
+        metrics.update(elbo=mean_log_px.detach() - mean_kl, kl=mean_kl)
+    return loss, metrics
+
+
+TERMS = {"elbo": (), "iwae": ("iwae",), "btcvae": ("mi", "tc", "dim_kl"), "dipvae": ("dip",),
+         "factorvae": ("tc", "disc_loss", "disc_acc"), "infovae": ("mmd",), "wae": ("mmd",)}
+
+
 class Objective:
-    """objective(model, x, y, step) -> (loss, metrics) for the trainer."""
+    """objective(model, x, y, step) -> (loss, metrics) for the trainer. `callbacks`: the trainer
+    features the objective brings (FactorVAE's critic, trained beside the model); `terms`: the
+    names of its own metrics, which the training summary reports."""
 
     def __init__(self, name: str = "elbo", k: int = 1, schedule: KLSchedule | None = None,
                  free_bits: float = 0.0, tc_weights: tuple[float, float, float] = (1.0, 6.0, 1.0),
-                 dip: tuple[str, float, float] = ("i", 10.0, 100.0)):
+                 dip: tuple[str, float, float] = ("i", 10.0, 100.0), gamma: float = 10.0,
+                 critic: TCDiscriminator | None = None, mmd: tuple[float, float, str, float] = (0.0, 1000.0, "imq", 1.0)):
         self.name, self.k, self.free_bits = name, k, free_bits
         self.schedule = schedule or KLSchedule()
-        self.tc_weights, self.dip = tc_weights, dip
+        self.tc_weights, self.dip, self.gamma, self.critic, self.mmd = tc_weights, dip, gamma, critic, mmd
+        self.callbacks = (critic,) if critic is not None else ()
+        self.terms = TERMS[name] + (("capacity",) if self.schedule.capacity > 0 else ())
 
     def __call__(self, model, x: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if self.name == "iwae":
             return iwae(model, x, self.k, y)
+        if self.name == "wae":
+            return wae(model, x, y, *self.mmd[1:])
         weight = self.schedule.weight(step)
         if self.name == "btcvae":
             loss, metrics = btcvae(model, x, y, *self.tc_weights, weight)
         elif self.name == "dipvae":
             loss, metrics = dipvae(model, x, y, *self.dip, weight)
+        elif self.name == "factorvae":
+            loss, metrics = factorvae(model, x, y, self.gamma, self.critic, weight)
+        elif self.name == "infovae":
+            loss, metrics = infovae(model, x, y, *self.mmd, weight)
         else:
             capacity = ((self.schedule.capacity_at(step), self.schedule.capacity_gamma) if self.schedule.capacity > 0
                         else None)
@@ -204,18 +384,26 @@ class Objective:
         return loss, metrics
 
 
-def build(objective_cfg, kl_cfg, beta: float, total_steps: int) -> Objective:
-    """From the config sections `objective` and `kl`, and the run length (cyclic schedule)."""
+def _given(value, default: float) -> float:
+    return float(value) if value is not None else default
+
+
+def build(objective_cfg, kl_cfg, beta: float, total_steps: int, latent_dim: int = 0) -> Objective:
+    """From the config sections `objective` and `kl`, the run length (cyclic schedule) and the
+    model's latent size (FactorVAE's critic reads codes)."""
+    o = objective_cfg
     schedule = KLSchedule(kl_cfg.schedule, beta, kl_cfg.warmup_steps, kl_cfg.cycles, kl_cfg.ratio, total_steps,
                           kl_cfg.capacity, kl_cfg.capacity_steps, kl_cfg.capacity_gamma)
-    weights = tuple(float(w) if w is not None else default
-                    for w, default in zip((objective_cfg.alpha, objective_cfg.beta, objective_cfg.gamma), (1.0, 6.0, 1.0)))
-    kind = objective_cfg.type or "i"
-    lambda_od = float(objective_cfg.lambda_od if objective_cfg.lambda_od is not None else 10.0)
-    lambda_d = (float(objective_cfg.lambda_d) if objective_cfg.lambda_d is not None  # disentanglement_lib's
-                else lambda_od * (10.0 if kind == "i" else 1.0))                      # lambda_d_factor
-    return Objective(objective_cfg.name, objective_cfg.k or 1, schedule, kl_cfg.free_bits, weights,
-                     (kind, lambda_od, lambda_d))
+    weights = tuple(_given(w, default) for w, default in zip((o.alpha, o.beta, o.gamma), (1.0, 6.0, 1.0)))
+    kind = o.type or "i"
+    lambda_od = _given(o.lambda_od, 10.0)
+    lambda_d = _given(o.lambda_d, lambda_od * (10.0 if kind == "i" else 1.0))  # disentanglement_lib's lambda_d_factor
+    critic = (TCDiscriminator(latent_dim, int(o.disc_width or 1000), int(o.disc_layers or 6), _given(o.disc_lr, 1e-4))
+              if o.name == "factorvae" else None)
+    mmd_settings = (_given(o.alpha, 0.0), _given(o.lambda_mmd, 1000.0 if o.name == "infovae" else 100.0),
+                    o.kernel or "imq", _given(o.kernel_scale, 1.0))
+    return Objective(o.name, o.k or 1, schedule, kl_cfg.free_bits, weights, (kind, lambda_od, lambda_d),
+                     _given(o.gamma, 10.0), critic, mmd_settings)
 
 
 @torch.no_grad()

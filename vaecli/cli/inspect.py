@@ -148,8 +148,8 @@ def eval_disentanglement(
     threads: Threads = 0,
     as_json: Json = False,
 ) -> None:
-    """Disentanglement of the posterior means against the ground-truth factors of the shapes
-    dataset (all of its images): MIG (Chen et al. 2018) with the per-factor breakdown, DCI
+    """Disentanglement of the posterior means against the ground-truth factors of the run's
+    dataset (shapes, dsprites or shapes3d; all of its images): MIG (Chen et al. 2018) with the per-factor breakdown, DCI
     (Eastwood & Williams 2018, gradient boosted trees), SAP (Kumar et al. 2018), the FactorVAE
     score (Kim & Mnih 2018) and the BetaVAE score (Higgins et al. 2017), with disentanglement_lib's
     definitions and sample counts (--points 10,000 training and 5,000 test points; batches of 64; ~1 minute
@@ -166,7 +166,7 @@ def eval_disentanglement(
     parts = [inputs.dataset(loaded, split, data_root) for split in ("train", "test")]
     if parts[0].factors is None:
         raise UsageError(f"eval-disentanglement needs ground-truth factors; dataset={loaded.dataset.name} "
-                         "has none (train on dataset=shapes)")
+                         "has none (train on dataset=shapes, dsprites or shapes3d)")
     if loaded.model.latent_dim < 2:
         raise UsageError("the disentanglement metrics need a model with at least two latent dimensions")
     data = ImageSet.concat(parts)

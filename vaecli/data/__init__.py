@@ -141,6 +141,10 @@ def build(cfg: DatasetConfig, split: str = "train", seed: int = 0, num_workers: 
         from .folder import load
 
         data = load(cfg, split, seed, num_workers)
+    elif cfg.name in ("dsprites", "shapes3d"):
+        from . import factor_sets
+
+        data = (factor_sets.load_dsprites if cfg.name == "dsprites" else factor_sets.load_shapes3d)(cfg, split, seed)
     else:
         raise UsageError(f"unknown dataset {cfg.name!r}")
     data.name = cfg.name
