@@ -200,3 +200,56 @@ def whole_and_resumed(tmp_path: Path, overrides: list[str]) -> tuple[dict, dict]
     fit(resume_config(tmp_path / "split", ["trainer.epochs=2"]), tmp_path / "split", resume=True)
     return load_file(str(tmp_path / "whole/model.safetensors")), load_file(str(tmp_path / "split/model.safetensors"))
 
+
+
+def write_fake_dsprites(root: Path, size: int = 16) -> Path:
+    """DeepMind's dSprites .npz layout (imgs uint8 {0, 1} (N, H, W), latents_classes and
+    latents_values (N, 6), a pickled metadata dict) on a tiny complete factor grid: colour 1 x shape 3
+    x scale 2 x orientation 2 x x 2 x y 2; each sprite a square (shape 0), a bar (1) or a cross (2)."""
+    grids = np.meshgrid(*[np.arange(n) for n in (1, 3, 2, 2, 2, 2)], indexing="ij")
+    classes = np.stack([g.reshape(-1) for g in grids], axis=1).astype(np.int64)
+    imgs = np.zeros((len(classes), size, size), dtype=np.uint8)
+    for i, (_, shape, scale, orient, x, y) in enumerate(classes):
+        half = 2 + scale
+        cx, cy = 5 + 6 * x, 5 + 6 * y
+        box = np.zeros((size, size), dtype=bool)
+        box[cy - half:cy + half, cx - half:cx + half] = True
+        if shape == 1:
+            box[:, :cx - (1 if orient else half)] = False
+        if shape == 2:
+            box[cy - half + 1:cy + half - 1, cx - half + 1:cx + half - 1] = bool(orient)
+        imgs[i] = box
+    values = classes.astype(np.float64) * np.array([0, 1, 0.1, 0.3, 1 / 31, 1 / 31]) + np.array([1, 1, 0.5, 0, 0, 0])
+    metadata = np.array({"latents_names": ("color", "shape", "scale", "orientation", "posX", "posY")}, dtype=object)
+    folder = root / "dsprites"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz", imgs=imgs, latents_classes=classes,
+                        latents_values=values, metadata=metadata)
+    return root
+
+
+def write_fake_shapes3d(root: Path, size: int = 16) -> Path:
+    """DeepMind's 3dshapes.h5 layout (images uint8 (N, H, W, 3), labels float64 (N, 6): floor, wall,
+    object hue, scale, shape, orientation as values) on a tiny complete grid, 2 values each."""
+    import h5py
+
+    axes = [np.array([0.0, 0.1]), np.array([0.0, 0.1]), np.array([0.0, 0.1]), np.array([0.75, 0.75 + 0.5 / 7]),
+            np.array([0.0, 1.0]), np.array([-30.0, -30.0 + 60 / 14])]
+    grids = np.meshgrid(*[np.arange(2)] * 6, indexing="ij")
+    index = np.stack([g.reshape(-1) for g in grids], axis=1)
+    labels = np.stack([axes[k][index[:, k]] for k in range(6)], axis=1)
+    images = np.zeros((len(index), size, size, 3), dtype=np.uint8)
+    for i, (floor, wall, obj, scale, shape, orient) in enumerate(index):
+        images[i, size // 2:, :, 0] = 100 + 100 * floor
+        images[i, :size // 2, :, 1] = 100 + 100 * wall
+        half = 2 + scale
+        c = size // 2 + (1 if orient else -1)
+        images[i, c - half:c + half, c - half:c + half, 2] = 120 + 100 * obj
+        if shape:
+            images[i, c - half:c + half, c - half:c + half, 0] = 255
+    folder = root / "shapes3d"
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / "3dshapes.h5", "w") as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("labels", data=labels)
+    return root

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_fake_celeba, write_fake_omniglot, write_fake_svhn
+from conftest import write_fake_celeba, write_fake_dsprites, write_fake_omniglot, write_fake_shapes3d, write_fake_svhn
 from vaecli import data, models
 from vaecli.config import GROUPS, config_dir, group_options, load_config, resume_config
 from vaecli.errors import UsageError
@@ -39,13 +39,14 @@ def test_each_sampler_option_composes_and_validates(sampler):
 
 def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones():
     assert set(group_options("dataset")) == {"mnist", "binarized_mnist", "fashion_mnist", "kmnist", "cifar10", "svhn",
-                                             "omniglot", "celeba", "folder", "shapes"}
+                                             "omniglot", "celeba", "folder", "shapes", "dsprites", "shapes3d"}
     assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae", "vqvae", "ladder"}
     assert set(group_options("likelihood")) == {"bernoulli", "cbernoulli", "gaussian", "gaussian_learned", "logistic"}
     assert set(group_options("prior")) == {"normal", "mog", "vamp"}
-    assert set(group_options("objective")) == {"elbo", "iwae", "btcvae", "dipvae"}
+    assert set(group_options("objective")) == {"elbo", "iwae", "btcvae", "dipvae", "factorvae", "infovae", "wae"}
     assert set(group_options("experiment")) == {"burda_vae", "burda_iwae", "burda_hvae", "beta_vae_shapes", "bmnist_fast",
-                                                "bmnist_ladder", "bmnist_best", "burda_vae_omniglot"}
+                                                "bmnist_ladder", "bmnist_best", "burda_vae_omniglot", "btcvae_shapes",
+                                                "factorvae_shapes", "dipvae_shapes", "capacity_shapes"}
     cfg = load_config().cfg
     assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == ("mnist", "mlp", "bernoulli")
     assert (cfg.beta, cfg.seed, cfg.model.latent_dim, cfg.model.hidden) == (1.0, 0, 20, [400])
@@ -76,7 +77,7 @@ def write_image_folder(path, n=12):
 def test_each_dataset_and_model_composes_and_builds(dataset, model, data_root, tmp_path, fake_archives_pass_md5):
     overrides = [f"dataset={dataset}", f"model={model}", f"dataset.root={data_root}"]
     fakes = {"cifar10": write_fake_cifar, "svhn": write_fake_svhn, "omniglot": write_fake_omniglot,
-             "celeba": write_fake_celeba}
+             "celeba": write_fake_celeba, "dsprites": write_fake_dsprites, "shapes3d": write_fake_shapes3d}
     if dataset in fakes:
         fakes[dataset](tmp_path)
         overrides[-1] = f"dataset.root={tmp_path}"

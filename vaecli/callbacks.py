@@ -269,8 +269,9 @@ class TensorBoard(Callback):
             self.writer = None
 
 
-def from_config(t, total_steps: int) -> list[Callback]:
-    """The callbacks that the trainer section `t` of a run config asks for."""
+def from_config(t, total_steps: int, run_dir: Path | None = None) -> list[Callback]:
+    """The callbacks that the trainer section `t` of a run config asks for (the trackers need the
+    run folder: tracking.py)."""
     found: list[Callback] = []
     if t.lr_schedule != "constant" or t.warmup_steps:
         found.append(LRSchedule(t.lr_schedule, t.lr, total_steps, t.warmup_steps, t.lr_min))
@@ -278,6 +279,13 @@ def from_config(t, total_steps: int) -> list[Callback]:
         found.append(GradGuard(t.grad_clip, t.skip_threshold))
     if t.ema:
         found.append(EMA(t.ema))
-    if t.logger == "tensorboard":
+    from .config import loggers
+
+    chosen = loggers(t)
+    if "tensorboard" in chosen:
         found.append(TensorBoard())
+    if run_dir is not None and set(chosen) & {"mlflow", "wandb"}:
+        from . import tracking
+
+        found += tracking.build(chosen, run_dir)
     return found

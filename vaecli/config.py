@@ -31,7 +31,7 @@ CHANNELS_LAST = ("auto", "true", "false")
 NETWORKS = ("mlp", "conv", "resnet")
 ACTIVATIONS = ("relu", "tanh", "elu")
 LR_SCHEDULES = ("constant", "cosine", "burda")
-LOGGERS = ("none", "tensorboard")
+LOGGERS = ("none", "tensorboard", "mlflow", "wandb")
 KL_SCHEDULES = ("constant", "linear", "cyclic")
 LATENTS = ("gaussian", "categorical")
 DECODERS = ("factorized", "pixelcnn")
@@ -47,7 +47,7 @@ class DatasetConfig:
     name: str = MISSING
     root: Optional[str] = None  # None: $VAECLI_DATA, else the user cache dir
     limit: Optional[int] = None  # first N training images only
-    binarize: Optional[str] = None  # binarized_mnist, omniglot: dynamic | static
+    binarize: Optional[str] = None  # binarized_mnist, omniglot: dynamic | static; dsprites: stored (binary as stored)
     path: Optional[str] = None  # folder: directory of images
     image_size: Optional[int] = None  # folder, shapes, omniglot, celeba
     channels: Optional[int] = None  # folder: 1 or 3
@@ -110,12 +110,18 @@ class PriorConfig:
 class ObjectiveConfig:
     name: str = MISSING
     k: Optional[int] = None  # iwae: importance samples
-    alpha: Optional[float] = None  # btcvae: weight of the index-code mutual information
+    alpha: Optional[float] = None  # btcvae: weight of the index-code mutual information; infovae: its alpha
     beta: Optional[float] = None  # btcvae: weight of the total correlation
-    gamma: Optional[float] = None  # btcvae: weight of the dimension-wise KL
+    gamma: Optional[float] = None  # btcvae: weight of the dimension-wise KL; factorvae: weight of the TC
     type: Optional[str] = None  # dipvae: i (covariance of the posterior means) | ii (of the aggregate posterior)
     lambda_od: Optional[float] = None  # dipvae: weight of the off-diagonal entries
     lambda_d: Optional[float] = None  # dipvae: weight of the diagonal's distance to 1 (null: 10 x lambda_od for i, 1 x for ii)
+    disc_width: Optional[int] = None  # factorvae: the critic's hidden units per layer
+    disc_layers: Optional[int] = None  # factorvae: the critic's hidden layers
+    disc_lr: Optional[float] = None  # factorvae: the critic's Adam learning rate
+    lambda_mmd: Optional[float] = None  # infovae / wae: the MMD's weight
+    kernel: Optional[str] = None  # infovae / wae: imq | rbf
+    kernel_scale: Optional[float] = None  # infovae / wae: the kernel's bandwidth in prior variances
 
 
 @dataclass
@@ -169,7 +175,7 @@ class TrainerConfig:
     ema: float = MISSING
     grad_clip: float = MISSING
     skip_threshold: float = MISSING
-    logger: str = MISSING
+    logger: Any = MISSING  # none | tensorboard | mlflow | wandb, or a list of them
 
 
 @dataclass
@@ -478,6 +484,8 @@ def validate(cfg: Config) -> None:
     if d.name in ("binarized_mnist", "omniglot"):
         need(d.binarize in ("dynamic", "static"),
              f"dataset.binarize must be dynamic or static (got {d.binarize!r})")
+    if d.name == "dsprites":
+        need(d.binarize == "stored", f"dataset=dsprites is binary as stored: leave dataset.binarize=stored (got {d.binarize!r})")
     if d.name in ("omniglot", "celeba"):
         need(d.image_size is not None, f"dataset={d.name} needs dataset.image_size (e.g. 28 or 64)")
     if d.name == "folder":
@@ -517,13 +525,25 @@ def _validate_features(t: TrainerConfig, need) -> None:
     need(t.lr_schedule in LR_SCHEDULES,
          f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})")
     need(0 <= t.threads <= 1024, f"trainer.threads must be 0 (auto) or a count of threads (got {t.threads})")
-    need(t.logger in LOGGERS, f"trainer.logger must be one of {', '.join(LOGGERS)} (got {t.logger!r}); "
-         "tensorboard writes RUN/tensorboard/")
+    chosen = loggers(t)
+    need(all(name in LOGGERS[1:] for name in chosen) and (chosen or t.logger in ("none", [], None)),
+         f"trainer.logger must be one of {', '.join(LOGGERS)}, or a list of them like [tensorboard,mlflow] "
+         f"(got {t.logger!r}); tensorboard writes RUN/tensorboard/, mlflow and wandb log to their trackers")
     need(t.warmup_steps >= 0, f"trainer.warmup_steps must be >= 0 (got {t.warmup_steps})")
     need(0 <= t.lr_min <= t.lr, f"trainer.lr_min must be in [0, trainer.lr] (got {t.lr_min})")
     need(0 <= t.ema < 1, f"trainer.ema must be in [0, 1): the EMA decay, e.g. 0.999; 0 is off (got {t.ema})")
     need(t.grad_clip >= 0, f"trainer.grad_clip must be >= 0 (got {t.grad_clip}; 0 is off)")
     need(t.skip_threshold >= 0, f"trainer.skip_threshold must be >= 0 (got {t.skip_threshold}; 0 is off)")
+
+
+def loggers(t) -> list[str]:
+    """trainer.logger as a list of names: none -> [], a name -> [name], a list as given."""
+    value = t.logger
+    if value is None or value == "none":
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value if str(v) != "none"]
 
 
 def _validate_model(cfg: Config, need) -> None:
@@ -555,7 +575,8 @@ def _validate_model(cfg: Config, need) -> None:
              "posterior=gaussian and prior=normal")
     # Combinations without a meaning: refuse them rather than train something else silently.
     if m.name == "ae":
-        need(o.name == "elbo", "model=ae has no posterior to importance-sample; use objective=elbo")
+        need(o.name in ("elbo", "wae"), f"model=ae has no posterior to importance-sample or KL to shape; use "
+             f"objective=elbo or wae (got objective={o.name})")
         need(p.name == "normal", "model=ae has no KL term, so a prior is not trained; use prior=normal")
         need(kl.free_bits == 0, "model=ae has no KL term; drop kl.free_bits")
     if m.name == "hvae":
@@ -579,27 +600,51 @@ def _validate_model(cfg: Config, need) -> None:
         need(kl.capacity_steps >= 1 and kl.capacity_gamma > 0,
              f"kl.capacity_steps must be >= 1 and kl.capacity_gamma > 0 (got {kl.capacity_steps}, {kl.capacity_gamma})")
     need(kl.capacity >= 0, f"kl.capacity must be >= 0 nats (got {kl.capacity})")
+    _validate_objective(cfg, need)
+    if p.name == "vamp":
+        need(not m.conditional, "prior=vamp is not available for conditional models (its pseudo-inputs have no label)")
+
+
+# Objectives that shape the code of one diagonal Gaussian posterior against N(0, I): what each does to it.
+ON_ONE_GAUSSIAN = {"btcvae": "splits the KL of", "dipvae": "regularizes the covariance of",
+                   "factorvae": "estimates the total correlation of", "infovae": "matches the aggregate of"}
+
+
+def _validate_objective(cfg: Config, need) -> None:
+    """The disentangling and MMD objectives: which models they apply to, and their settings."""
+    m, p, o, kl = cfg.model, cfg.prior, cfg.objective, cfg.kl
+    if o.name in ON_ONE_GAUSSIAN or (o.name == "wae" and m.name != "ae"):
+        what = ON_ONE_GAUSSIAN.get(o.name, "matches the aggregate of")
+        need(m.name in NETWORKS and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
+             and p.name == "normal" and kl.delta == 0,
+             f"objective={o.name} {what} a diagonal Gaussian posterior against N(0, I): use model=mlp, conv or resnet"
+             f"{' (or model=ae)' if o.name == 'wae' else ''} with posterior=gaussian and prior=normal "
+             f"(got model={m.name}{', latent=' + m.latent if m.latent not in (None, 'gaussian') else ''}, prior={p.name})")
+    if o.name in ("btcvae", "dipvae", "factorvae", "infovae", "wae"):
+        need(kl.free_bits == 0, f"objective={o.name} shapes the code its own way; kl.free_bits is for "
+             "objective=elbo: drop it")
+    if o.name in ("btcvae", "infovae", "wae"):
+        weights = {"btcvae": "weights its KL terms by objective.alpha, objective.beta and objective.gamma",
+                   "infovae": "weights its KL by 1 - objective.alpha", "wae": "has no KL term"}[o.name]
+        need(cfg.beta == 1.0, f"objective={o.name} {weights}: leave beta at 1")
     if o.name == "dipvae":
-        need(m.name in ("mlp", "conv", "resnet") and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
-             and p.name == "normal" and kl.delta == 0 and kl.free_bits == 0,
-             "objective=dipvae regularizes the covariance of a diagonal Gaussian posterior against N(0, I): use "
-             "model=mlp, conv or resnet with posterior=gaussian, prior=normal and no kl.free_bits "
-             f"(got model={m.name}, prior={p.name})")
         need(o.type in ("i", "ii"), f"objective.type must be i or ii (got {o.type!r})")
         need(all(w is None or w >= 0 for w in (o.lambda_od, o.lambda_d)),
              "objective.lambda_od and objective.lambda_d must be >= 0")
     if o.name == "btcvae":
-        need(m.name in ("mlp", "conv", "resnet") and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
-             and p.name == "normal" and kl.delta == 0,
-             f"objective=btcvae splits the KL of a diagonal Gaussian posterior to N(0, I): use model=mlp, conv or "
-             f"resnet with posterior=gaussian and prior=normal (got model={m.name}, prior={p.name})")
-        need(cfg.beta == 1.0 and kl.free_bits == 0,
-             "objective=btcvae weights its KL terms by objective.alpha, objective.beta and objective.gamma: "
-             "leave beta at 1 and kl.free_bits at 0")
         need(all(w is None or w >= 0 for w in (o.alpha, o.beta, o.gamma)),
              "objective.alpha, objective.beta and objective.gamma must be >= 0")
-    if p.name == "vamp":
-        need(not m.conditional, "prior=vamp is not available for conditional models (its pseudo-inputs have no label)")
+    if o.name == "factorvae":
+        need(o.gamma is None or o.gamma >= 0, f"objective.gamma must be >= 0 (got {o.gamma})")
+        need((o.disc_width or 0) >= 1 and (o.disc_layers or 0) >= 1 and (o.disc_lr or 0) > 0,
+             "objective.disc_width and objective.disc_layers must be >= 1 and objective.disc_lr > 0 "
+             f"(got {o.disc_width}, {o.disc_layers}, {o.disc_lr})")
+    if o.name in ("infovae", "wae"):
+        need(o.kernel in ("imq", "rbf"), f"objective.kernel must be imq or rbf (got {o.kernel!r})")
+        need((o.kernel_scale or 0) > 0 and (o.lambda_mmd or 0) >= 0,
+             f"objective.kernel_scale must be > 0 and objective.lambda_mmd >= 0 (got {o.kernel_scale}, {o.lambda_mmd})")
+    if o.name == "wae":
+        need(kl.schedule == "constant", "objective=wae has no KL term to schedule: drop kl.schedule")
 
 
 def _validate_posterior(cfg: Config, need) -> None:
@@ -640,8 +685,8 @@ def _validate_categorical(cfg: Config, need) -> None:
     need(m.anneal_rate is not None and m.anneal_rate >= 0, f"model.anneal_rate must be >= 0 (got {m.anneal_rate})")
     need(cfg.posterior.name == "gaussian", "model.latent=categorical has its own posterior (categorical): drop posterior=")
     need(cfg.prior.name == "normal", "model.latent=categorical has a uniform prior over codes: use prior=normal (the default)")
-    need(cfg.objective.name == "elbo", "model.latent=categorical trains through the Gumbel-softmax relaxation, which "
-         "has no importance weights: use objective=elbo (eval-iwae still importance-samples hard codes)")
+    need(cfg.objective.name == "elbo", "model.latent=categorical trains through the Gumbel-softmax relaxation: use "
+         f"objective=elbo (got objective={cfg.objective.name}; eval-iwae still importance-samples hard codes)")
 
 
 def _validate_vqvae(cfg: Config, need) -> None:
@@ -653,7 +698,8 @@ def _validate_vqvae(cfg: Config, need) -> None:
     need(m.ema_decay is not None and 0 <= m.ema_decay < 1, f"model.ema_decay must be in [0, 1) (got {m.ema_decay})")
     need(m.dead_after is not None and m.dead_after >= 0, f"model.dead_after must be >= 0 (got {m.dead_after})")
     need(cfg.prior.name == "normal", "model=vqvae has its own prior over codes (uniform while training it); use prior=normal")
-    need(cfg.objective.name == "elbo", "model=vqvae has a point-mass posterior: importance sampling adds nothing; use objective=elbo")
+    need(cfg.objective.name == "elbo", f"model=vqvae has a point-mass posterior over codes: importance sampling and the KL-shaping objectives do "
+         f"not apply; use objective=elbo (got objective={cfg.objective.name})")
     need(cfg.kl.schedule == "constant" and cfg.kl.free_bits == 0 and cfg.beta == 1.0,
          "model=vqvae's KL to the uniform code prior is a constant: beta, kl.schedule and kl.free_bits change nothing; drop them")
 

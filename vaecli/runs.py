@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -260,6 +261,14 @@ def append_eval(run_dir: Path, record: dict) -> bool:
             f.write(json.dumps({"time": time.time(), **record}) + "\n")
     except OSError:
         return False
+    if (run_dir / "tracking.json").is_file():  # a run an experiment tracker follows (tracking.py)
+        try:
+            from . import tracking
+
+            tracking.log_eval(run_dir, record)
+        except Exception as e:  # the evaluation stands; the tracker missing it is a warning
+            sys.stderr.write(f"warning: the evaluation is in {run_dir / EVALS_FILE} but not in the tracker: "
+                             f"{(str(e).splitlines() or [type(e).__name__])[0]}\n")
     return True
 
 

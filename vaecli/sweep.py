@@ -142,48 +142,51 @@ class Outcome:
     error: str | None = None
 
 
-def run_jobs(sweep_dir: Path, jobs: list[Job], dist, callbacks_for: Callable[[Job], list],
-             notify: Callable[[str, Job, Outcome | None], None]) -> list[Outcome]:
-    """Train every job not yet finished. `notify("start" | "end", job, outcome)` reports progress;
-    `callbacks_for(job)` gives the trainer callbacks (the progress bar). An interrupt stops the
-    sweep (Interrupted propagates, its message saying how to resume the sweep); any other failure
-    is recorded and the next job starts, except under torchrun, where the ranks could not go on
-    together after one failed."""
+def run_job(sweep_dir: Path, job: Job, dist, callbacks: list) -> Outcome:
+    """One job of a sweep in its folder: skipped when finished, resumed from its checkpoint, else
+    started. An interrupt propagates (Interrupted, saying how to finish the sweep); any other
+    failure is recorded in the job's status.json and returned as a crashed Outcome (under torchrun
+    it propagates: the ranks could not go on together)."""
     from . import distributed
     from . import train as training
     from .config import load_config, resume_config
 
+    run_dir = Path(sweep_dir) / job.name
+    state = job_state(run_dir)
+    if state == "finished":
+        return Outcome(job, run_dir, "skipped", summary=runs.read_json(run_dir / runs.SUMMARY_FILE))
+    try:
+        composed = resume_config(run_dir, []) if state == "resumable" else load_config(job.overrides)
+        summary = training.fit(composed, run_dir, resume=state == "resumable", dist=dist, callbacks=callbacks)
+        return Outcome(job, run_dir, "finished", summary=summary.to_dict() if summary else None)
+    except (Interrupted, KeyboardInterrupt) as e:  # KeyboardInterrupt: Ctrl-C between two jobs' training
+        command = distributed.resume_command(Path(sweep_dir), dist.world)
+        saved = " (its checkpoint is saved)" if isinstance(e, Interrupted) else ""
+        raise Interrupted(f"sweep interrupted in job {job.name}{saved}; finish the sweep with: {command}",
+                          getattr(e, "signum", signal.SIGINT), getattr(e, "announce", dist.main)) from None
+    except Exception as e:
+        if dist.world > 1:
+            raise
+        error = (str(e).strip() or type(e).__name__).splitlines()[0]
+        if not isinstance(e, VaeError):  # a bug, not a user's mistake: keep the traceback for the report
+            error = f"{type(e).__name__}: {error} (traceback in {run_dir / 'traceback.txt'})"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        if (runs.read_json(run_dir / runs.STATUS_FILE) or {}).get("state") != "crashed":
+            runs.mark_crashed(run_dir, job.overrides, error)  # it failed before training began
+        return Outcome(job, run_dir, "crashed", error=error)
+
+
+def run_jobs(sweep_dir: Path, jobs: list[Job], dist, callbacks_for: Callable[[Job], list],
+             notify: Callable[[str, Job, Outcome | None], None]) -> list[Outcome]:
+    """Train every job not yet finished, one after the other in this process (run_job).
+    `notify("start" | "end", job, outcome)` reports progress; `callbacks_for(job)` gives the
+    trainer callbacks (the progress bar). An interrupt stops the sweep."""
     outcomes = []
     for job in jobs:
-        run_dir = Path(sweep_dir) / job.name
-        state = job_state(run_dir)
-        if state == "finished":
-            outcome = Outcome(job, run_dir, "skipped", summary=runs.read_json(run_dir / runs.SUMMARY_FILE))
-            outcomes.append(outcome)
-            notify("end", job, outcome)
-            continue
-        notify("start", job, None)
-        try:
-            composed = resume_config(run_dir, []) if state == "resumable" else load_config(job.overrides)
-            summary = training.fit(composed, run_dir, resume=state == "resumable", dist=dist,
-                                   callbacks=callbacks_for(job))
-            outcome = Outcome(job, run_dir, "finished", summary=summary.to_dict() if summary else None)
-        except (Interrupted, KeyboardInterrupt) as e:  # KeyboardInterrupt: Ctrl-C between two jobs' training
-            command = distributed.resume_command(Path(sweep_dir), dist.world)
-            saved = " (its checkpoint is saved)" if isinstance(e, Interrupted) else ""
-            raise Interrupted(f"sweep interrupted in job {job.name}{saved}; finish the sweep with: {command}",
-                              getattr(e, "signum", signal.SIGINT), getattr(e, "announce", dist.main)) from None
-        except Exception as e:
-            if dist.world > 1:
-                raise
-            error = (str(e).strip() or type(e).__name__).splitlines()[0]
-            if not isinstance(e, VaeError):  # a bug, not a user's mistake: keep the traceback for the report
-                error = f"{type(e).__name__}: {error} (traceback in {run_dir / 'traceback.txt'})"
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            if (runs.read_json(run_dir / runs.STATUS_FILE) or {}).get("state") != "crashed":
-                runs.mark_crashed(run_dir, job.overrides, error)  # it failed before training began
-            outcome = Outcome(job, run_dir, "crashed", error=error)
+        if job_state(Path(sweep_dir) / job.name) != "finished":
+            notify("start", job, None)
+        outcome = run_job(sweep_dir, job, dist, callbacks_for(job))
         outcomes.append(outcome)
         notify("end", job, outcome)
     return outcomes

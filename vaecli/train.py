@@ -74,6 +74,7 @@ class TrainSummary:
     codebook: dict | None = None  # VQ-VAE: test perplexity, dead codes, revived codes, size
     kl_per_group: list[float] | None = None  # model=ladder: test KL of each latent group, top first
     active_per_group: list[int] | None = None  # model=ladder: active units of each group
+    objective_terms: dict[str, float] | None = None  # the objective's own terms (TC, MMD, ...), last log line
 
 
     def to_dict(self) -> dict:
@@ -152,8 +153,11 @@ class Trainer:
         self.global_batch = t.batch_size * self.dist.world
         self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
         self.total_steps = t.epochs * self.steps_per_epoch
-        self.callbacks = [*callbacks, *features.from_config(t, self.total_steps)]  # lr schedule, EMA, grad guard
+        # lr schedule, EMA, grad guard; and what the objective trains beside the model (FactorVAE's critic)
+        self.callbacks = [*callbacks, *features.from_config(t, self.total_steps, self.run_dir),
+                          *getattr(objective, "callbacks", ())]
         self.last_test: dict | None = None
+        self.last_train: dict[str, float] = {}  # the last log line's means
         self.extra_metrics: dict[str, torch.Tensor] = {}  # set by callbacks during a step, logged with it
         self._sums, self._count, self._tick, self._caught = None, None, 0.0, {}
         self._unscaled = False
@@ -391,6 +395,7 @@ class Trainer:
         self._tick = now
         means["img_per_s"] = self.images_per_second() or 0.0
         self.emit("on_log", epoch, means)  # a callback may add values to the line (the learning rate)
+        self.last_train = means
         if self.dist.main:
             runs.append_metrics(self.run_dir, {"step": self.state.step, "epoch": epoch, "split": "train", **means},
                                 self.stage.metrics)
@@ -509,7 +514,14 @@ class Trainer:
             model=model.spec.arch if model.spec.kind == "vae" else f"{model.spec.kind} ({model.spec.arch})",
             checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR),
             codebook=codebook_health(test, model), kl_per_group=test.get("kl_per_group"),
-            active_per_group=test.get("active_per_group"))
+            active_per_group=test.get("active_per_group"), objective_terms=self.objective_terms())
+
+    def objective_terms(self) -> dict[str, float] | None:
+        """The objective's own terms (objective.terms: TC, MMD, the critic's loss...) as the last
+        log line averaged them; None when it has none or nothing was logged this session."""
+        names = getattr(self.objective, "terms", ())
+        terms = {name: self.last_train[name] for name in names if name in self.last_train}
+        return terms or None
 
 
 def codebook_health(test: dict, model) -> dict | None:
@@ -531,7 +543,7 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     test_set = data.build(cfg.dataset, "test", cfg.seed, t.num_workers)
     model = models.from_config(cfg, train_set.image_shape, train_set.num_classes).to(device)
     steps = t.epochs * math.ceil(len(train_set) / (t.batch_size * dist.world))
-    objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, steps)
+    objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, steps, model.latent_dim)
     return Trainer(cfg, model, objective, train_set, test_set, run_dir, device, dist, callbacks)
 
 

@@ -23,6 +23,10 @@ def train(
     multirun: bool = typer.Option(False, "--multirun", "-m",
                                   help="Sweep: one run per combination, e.g. -m beta=1,4,8 seed=range(3) "
                                        "(Hydra's basic sweeper: a,b,c  range()  choice()  glob())."),
+    optimize: str = typer.Option("test_elbo", "--optimize", metavar="KEY",
+                                 help="-m with hydra/sweeper=optuna (or any plugin sweep): the figure each job reports, "
+                                      "a number of the summary (test_elbo, test_kl, ...) or iwae@K, the test IWAE bound "
+                                      "with K samples after training."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the composed config and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (the summary) on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, notes or table."),
@@ -39,7 +43,7 @@ def train(
     if multirun or (resume is not None and sweep.is_sweep(resume)):
         if print_config:
             raise UsageError("--print-config shows one config; drop -m (or print a job's: vae train OVERRIDES --print-config)")
-        return _sweep(overrides or [], run_dir, resume, as_json, quiet)
+        return _sweep(overrides or [], run_dir, resume, as_json, quiet, optimize)
     composed = resume_config(resume, overrides or []) if resume is not None else load_config(overrides or [])
     if print_config:
         sys.stdout.write(composed.to_yaml())
@@ -64,15 +68,22 @@ def train(
         _report(summary, quiet, as_json)
 
 
-def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path], as_json: bool, quiet: bool) -> None:
-    """vae train -m ARGUMENTS, or --resume SWEEP_DIR: every job, one after the other, then the table."""
-    from .. import distributed, runs, sweep
+def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path], as_json: bool, quiet: bool,
+           optimize: str = "test_elbo") -> None:
+    """vae train -m ARGUMENTS, or --resume SWEEP_DIR: every job, then the table. With hydra/launcher=
+    or hydra/sweeper= (Hydra's plugins) the jobs go through them (launch.py); else one after the
+    other in this process."""
+    from .. import distributed, launch, runs, sweep
 
     if resume is not None:
         if arguments:
             raise UsageError("--resume SWEEP_DIR finishes the sweep as it was started; it takes no overrides")
         arguments, jobs = sweep.load(resume)
-    else:
+        optimize = (runs.read_json(resume / sweep.MANIFEST) or {}).get("optimize", optimize)
+    job_args, hydra_args = launch.split(arguments)
+    if hydra_args:
+        return _plugin_sweep(arguments, run_dir, resume, as_json, quiet, optimize)
+    if resume is None:
         jobs = sweep.expand(arguments)
     device = sweep.validate(jobs)[0].cfg.trainer.device  # every job composes before any starts
     with distributed.session(device) as dist:
@@ -95,9 +106,50 @@ def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path]
         _sweep_report(sweep_dir, arguments, outcomes, distributed.resume_command(sweep_dir, dist.world), as_json, quiet)
 
 
+def _plugin_sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path], as_json: bool, quiet: bool,
+                  optimize: str) -> None:
+    """A sweep through Hydra's launcher and sweeper plugins (launch.run); the same folders, table
+    and --resume as the basic sweep, plus the best trial of a search."""
+    import os
+
+    from .. import launch, runs, sweep
+    from ..errors import Interrupted
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("hydra/launcher= and hydra/sweeper= start their own processes: run vae train -m without torchrun")
+    job_args, hydra_args = launch.split(arguments)
+    chosen = launch.plugins(hydra_args)
+    launch.optimize_key(optimize)
+    jobs: list = []
+    if chosen["sweeper"] == "basic":
+        jobs = sweep.expand(job_args)
+        sweep.validate(jobs)
+    else:
+        launch.check_search_space(job_args)
+    sweep_dir = resume if resume is not None else (run_dir or runs.new_run_dir("sweep"))
+    if resume is None:
+        sweep.create(sweep_dir, arguments, jobs)
+        manifest = runs.read_json(sweep_dir / sweep.MANIFEST)
+        runs.write_json(sweep_dir / sweep.MANIFEST, {**manifest, "optimize": optimize, "plugins": chosen})
+    if not quiet and not as_json:
+        output.stderr.print(f"sweep {sweep_dir}: {chosen['sweeper']} sweeper, {chosen['launcher']} launcher",
+                            markup=False, highlight=False)
+    command = f"vae train --resume {sweep_dir}"
+    try:
+        launched = launch.run(sweep_dir, arguments, optimize, resuming=resume is not None)
+    except KeyboardInterrupt:
+        raise Interrupted(f"sweep interrupted; finish it with: {command}", 2) from None
+    outcomes = [sweep.Outcome(job, sweep_dir / job.name,
+                              "finished" if sweep.job_state(sweep_dir / job.name) == "finished" else "crashed")
+                for job in launched]
+    best = launch.best_trial(sweep_dir) if chosen["sweeper"] == "optuna" else None
+    _sweep_report(sweep_dir, arguments, outcomes, command, as_json, quiet, best=best, optimize=optimize)
+
+
 def _sweep_report(sweep_dir: Path, arguments: list[str], outcomes, resume_command: str, as_json: bool,
-                  quiet: bool) -> None:
-    """The sweep's table (or JSON object) on stdout; failed jobs make the exit status 1."""
+                  quiet: bool, best: dict | None = None, optimize: str | None = None) -> None:
+    """The sweep's table (or JSON object) on stdout, with a search's best trial; failed jobs make
+    the exit status 1."""
     from .. import catalog
     from ..errors import VaeError
     from .catalog import table
@@ -106,10 +158,16 @@ def _sweep_report(sweep_dir: Path, arguments: list[str], outcomes, resume_comman
     failed = [o for o in outcomes if o.state == "crashed"]
     result = {"sweep_dir": str(sweep_dir), "arguments": arguments, "jobs": n, "failed": len(failed),
               "runs": [r.to_dict() for r in rows]}
+    if best is not None:
+        result["best"] = {**best, "optimize": optimize}
     if quiet and not as_json:
         print(sweep_dir)
     else:
-        output.emit(result, as_json, table(f"sweep {sweep_dir}: {n} runs, {len(failed)} failed", rows))
+        title = f"sweep {sweep_dir}: {n} runs, {len(failed)} failed"
+        if best is not None:
+            params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+            title += f"; best {optimize} {best['value']:.4g}: trial {best['trial']} ({best['run']}: {params})"
+        output.emit(result, as_json, table(title, rows))
     if failed:
         raise VaeError(f"{len(failed)} of {n} runs failed (state column); retry them with: {resume_command}")
 
@@ -152,6 +210,9 @@ def _report(summary, quiet: bool, as_json: bool) -> None:
         c = s.codebook
         rows.append(("codebook", f"perplexity {c['perplexity']:.1f} of {c['size']} codes, {c['dead_codes']:.0f} unused "
                                  f"(test batches), {c['revived']} revived"))
+    if s.objective_terms:
+        rows.append(("objective terms", ", ".join(f"{k} {v:.3g}" for k, v in s.objective_terms.items())
+                     + " (train, last log line)"))
     rows.append(("steps", str(s.step)))
     if s.skipped_steps:
         rows.append(("skipped steps", f"{s.skipped_steps} (non-finite loss or gradient)"))
