@@ -51,6 +51,7 @@ def combinations():
         yield pytest.param(overrides, id=f"{model}-{lik}-{prior}-{obj}")
 
 
+@pytest.mark.slow  # ~16 s: composes every refused combination
 def test_the_combinations_left_out_are_refused_with_a_reason():
     for model, prior, obj in itertools.product(group_options("model"), group_options("prior"), group_options("objective")):
         if not sensible(model, prior, obj):

@@ -103,6 +103,7 @@ def test_an_optuna_search_reports_its_best_trial_and_resumes_its_study(tmp_path,
     (["beta=1,4", "hydra/launcher=ray"], 2, "hydra/launcher=ray needs the"),
     (["nokey=interval(0,1)", "hydra/sweeper=optuna"], 2, "the search space does not compose"),
     (["beta=1,4", "hydra/launcher=joblib", "--optimize", "loss_of_nerve"], 2, "--optimize takes"),
+    (["beta=1,4", "hydra/launcher=joblib", "hydra.launcher.n_jobz=2"], 2, "hydra.launcher.n_jobz"),
 ])
 def test_bad_plugin_sweeps_are_one_line_refusals_and_write_nothing(arguments, code, needle, tmp_path, env):
     if "hydra/launcher=ray" in arguments and __import__("importlib").util.find_spec("hydra_plugins.hydra_ray_launcher"):
@@ -112,3 +113,18 @@ def test_bad_plugin_sweeps_are_one_line_refusals_and_write_nothing(arguments, co
     result = vae("train", "-m", *TINY, *arguments, "--run-dir", str(tmp_path / "sweep"), env=env)
     assert_one_line_error(result, code, needle)
     assert not (tmp_path / "sweep").exists()
+
+
+@needs_joblib
+@pytest.mark.slow  # ~10 s
+def test_a_search_can_optimize_the_iwae_bound_measured_after_training(tmp_path, env):
+    sweep_dir = tmp_path / "search"
+    result = one_json(vae("train", "-m", *TINY, "beta=interval(0.5,2)", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+                          "hydra.sweeper.sampler.seed=0", "--optimize", "iwae@8", "--run-dir", str(sweep_dir), "--json",
+                          env=env))
+    measured = {r["name"]: json.loads((sweep_dir / r["name"] / "optimize_iwae8.json").read_text())["iwae"]
+                for r in result["runs"]}
+    best = max(measured, key=measured.get)
+    assert result["best"]["run"] == best and result["best"]["value"] == pytest.approx(measured[best])
+    for r in result["runs"]:  # the bound with 8 samples is at least the ELBO (up to noise)
+        assert measured[r["name"]] > r["test_elbo"] - 1.0

@@ -142,6 +142,11 @@ def test_wandb_offline_holds_every_step_once_after_a_kill_and_resume(tmp_path, e
     test = [step for step, key in history if key == "test/elbo"]
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # the killed session and the resumed one
     assert sorted(train) == _steps(run_dir, "train") and sorted(test) == _steps(run_dir, "test")
+    # an evaluation of the run lands in its W&B summary (the run reopened offline)
+    one_json(vae("eval-iwae", "--ckpt", str(run_dir), "--k", "5", "--n", "8", "--json", env=offline))
+    from vaecli.tracking import wandb_summaries
+
+    assert "eval/iwae/bound" in wandb_summaries(run_dir)
 
 
 def test_logger_lists_compose_and_unknown_loggers_are_refused():

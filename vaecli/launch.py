@@ -259,6 +259,28 @@ def launched_jobs(sweep_dir: Path) -> list[sweep.Job]:
     return sorted(jobs, key=lambda j: j.index)
 
 
+def check_hydra(arguments: list[str]) -> None:
+    """Compose the sweep's Hydra config (its hydra/... and hydra.* overrides) before anything is
+    written: a key the launcher or sweeper does not have is a one-line UsageError."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from .config import config_dir
+
+    GlobalHydra.instance().clear()
+    try:
+        hydra = Hydra.create_main_hydra2("vae", create_config_search_path(str(config_dir())))
+        hydra.compose_config("config", overrides=list(arguments), run_mode=RunMode.MULTIRUN,
+                             with_log_configuration=False)
+    except Exception as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise UsageError(f"the sweep's hydra settings do not compose: {lines[0] if lines else type(e).__name__}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def run(sweep_dir: Path, arguments: list[str], optimize: str, resuming: bool) -> list[sweep.Job]:
     """Run the sweep `arguments` (jobs' overrides and hydra ones) in sweep_dir through Hydra's
     sweeper and launcher; returns the jobs launched (also written to sweep.json)."""

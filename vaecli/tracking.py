@@ -297,14 +297,12 @@ class WandB(Tracker):
         self.run = None
 
 
-def wandb_history(run_dir: Path) -> list[tuple[int, str]]:
-    """(step, key) of every train/loss and test/elbo entry in the run's W&B transaction logs
-    (RUN/wandb/*run-*/run-ID.wandb, written in online and offline mode): a 7-byte header, then
-    LevelDB-style 32 KiB blocks of records (crc, length, type: full / first / middle / last) holding
-    wandb's protobuf Records. A record cut short by a kill ends the file's reading."""
+def _records(run_dir: Path):
+    """wandb's protobuf Records in the run's transaction logs (RUN/wandb/*run-*/run-ID.wandb): a
+    7-byte header, then LevelDB-style 32 KiB blocks of records (crc, length, type: full / first /
+    middle / last). A record cut short by a kill ends that file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    found = []
     for path in sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb")):
         blob, pos, pending = path.read_bytes(), 7, b""
         while pos + 7 <= len(blob):
@@ -325,11 +323,35 @@ def wandb_history(run_dir: Path) -> list[tuple[int, str]]:
             except Exception:  # a torn record
                 break
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
-                if "_step" in items:
-                    found += [(int(items["_step"]), key) for key in ("train/loss", "test/elbo") if key in items]
+            yield record
+
+
+def wandb_history(run_dir: Path) -> list[tuple[int, str]]:
+    """(step, key) of every train/loss and test/elbo entry W&B holds for the run (its transaction
+    logs, written in online and offline mode)."""
+    found = []
+    for record in _records(run_dir):
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): i.value_json for i in record.history.item}
+            if "_step" in items:
+                found += [(int(items["_step"]), key) for key in ("train/loss", "test/elbo") if key in items]
     return found
+
+
+def wandb_summaries(run_dir: Path) -> dict[str, float]:
+    """The summary values W&B holds for the run (its transaction logs), the last of each key."""
+    import json
+
+    values = {}
+    for record in _records(run_dir):
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                try:
+                    values[key] = json.loads(item.value_json)
+                except ValueError:
+                    continue
+    return values
 
 
 def build(names: list[str], run_dir: Path) -> list[Callback]:
@@ -343,22 +365,36 @@ def build(names: list[str], run_dir: Path) -> list[Callback]:
 
 
 def log_eval(run_dir: Path, record: dict) -> None:
-    """An evaluation of a tracked run (runs.append_eval) in its MLflow run: eval/<kind>/<figure> at
-    the model's step. W&B runs are closed by then (their figures stay in evals.jsonl)."""
-    saved = _saved(run_dir).get("mlflow")
-    if not saved:
-        return
-    try:
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        return
+    """An evaluation of a tracked run (runs.append_eval) in its tracked runs as eval/<kind>/<figure>:
+    MLflow metrics at the model's step; in W&B the run's summary (the run is reopened: W&B's
+    history only grows, and training has logged past this step)."""
+    saved = _saved(run_dir)
     kind = record.get("kind", "eval")
-    step = int(record.get("step") or 0)
     figures = {k: v for k, v in _numbers(record, f"eval/{kind}").items()
                if not k.endswith(("/step", "/time", "/seed", "/n"))}
+    if not figures:
+        return
+    if saved.get("mlflow"):
+        _mlflow_eval(saved["mlflow"], figures, int(record.get("step") or 0))
+    if saved.get("wandb"):
+        _wandb_eval(Path(run_dir), saved["wandb"]["id"], figures)
+
+
+def _mlflow_eval(saved: dict, figures: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
     now = int(time.time() * 1000)
     with _beside_store(saved["uri"]):
         client = MlflowClient(tracking_uri=saved["uri"])
         client.search_experiments(max_results=1)
     client.log_batch(saved["run_id"], metrics=[Metric(k, v, now, step) for k, v in figures.items()])
+
+
+def _wandb_eval(run_dir: Path, run_id: str, figures: dict[str, float]) -> None:
+    tracker = WandB(run_dir)
+    settings = tracker.wandb.Settings(silent=True, console="off", x_disable_stats=True)
+    run = tracker.wandb.init(project=os.environ.get("WANDB_PROJECT", "vaecli"), id=run_id, resume="allow",
+                             dir=str(run_dir), mode=tracker._mode(), settings=settings)
+    run.summary.update(figures)
+    run.finish()

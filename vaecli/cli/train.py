@@ -120,6 +120,7 @@ def _plugin_sweep(arguments: list[str], run_dir: Optional[Path], resume: Optiona
     job_args, hydra_args = launch.split(arguments)
     chosen = launch.plugins(hydra_args)
     launch.optimize_key(optimize)
+    launch.check_hydra(arguments)
     jobs: list = []
     if chosen["sweeper"] == "basic":
         jobs = sweep.expand(job_args)
