@@ -82,7 +82,8 @@ def plugins(hydra_args: list[str]) -> dict[str, str]:
             found = module is None
         if not found:
             install = (f"pip install 'vaecli[{extra}]'" if extra else
-                       "pip install hydra-ray-launcher (not one of vaecli's extras: its ray pin may not suit this Python)")
+                       "pip install hydra-ray-launcher (not supported by vaecli: it pins cloudpickle 2.2.1, which "
+                       "the joblib launcher cannot use)")
             raise UsageError(f"hydra/{group}={name} needs the {module.split('.')[-1].replace('_', '-')} plugin: {install}")
     return chosen
 
