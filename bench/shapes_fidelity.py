@@ -82,11 +82,26 @@ def kept(reader: Reader, images: torch.Tensor, factors: torch.Tensor) -> dict:
     return result
 
 
-def shown(reader: Reader, images: torch.Tensor) -> dict:
+def shown(reader: Reader, images: torch.Tensor, asked: torch.Tensor | None = None) -> dict:
+    """The share of samples confidently read as each kind, and unclear. For a conditional model's
+    samples (`asked`: the kind each was drawn for), also the share read as the kind asked for."""
     kind, confidence, _ = read(reader, images)
     whole = confidence >= CONFIDENT
-    return {**{name: round(((kind == k) & whole).float().mean().item(), 3) for k, name in enumerate(KINDS)},
-            "unclear": round((~whole).float().mean().item(), 3)}
+    result = {**{name: round(((kind == k) & whole).float().mean().item(), 3) for k, name in enumerate(KINDS)},
+              "unclear": round((~whole).float().mean().item(), 3)}
+    if asked is not None:
+        right = (kind == asked) & whole
+        result["as_asked"] = {name: round(right[asked == k].float().mean().item(), 3) for k, name in enumerate(KINDS)}
+    return result
+
+
+def draws(sampler, model, n: int, seed: int):
+    """n samples (an equal share of each kind for a conditional model) and the kinds asked for."""
+    generator = torch.Generator().manual_seed(seed)
+    if not model.conditional:
+        return sampler.images(model, n, 1.0, generator, None), None
+    asked = torch.arange(len(KINDS)).repeat_interleave(n // len(KINDS))
+    return sampler.images(model, len(asked), 1.0, generator, asked), asked
 
 
 def main() -> None:
@@ -107,18 +122,18 @@ def main() -> None:
     for run in args.runs:
         loaded = load_model(run)
         model = loaded.model
+        labels = test.labels if model.conditional else None
         with torch.no_grad():
-            recon = torch.cat([model.reconstruct(originals[i:i + 256]) for i in range(0, len(originals), 256)])
+            recon = torch.cat([model.reconstruct(originals[i:i + 256], None if labels is None else labels[i:i + 256])
+                               for i in range(0, len(originals), 256)])
         result = {"run": run, "reconstructions": kept(reader, recon, test.factors)}
-        generator = torch.Generator().manual_seed(args.seed)
-        result["prior_samples"] = shown(reader, model.sample(args.n, generator=generator))
+        result["prior_samples"] = shown(reader, *draws(samplers.Prior(), model, args.n, args.seed))
         for name in ("gmm", "two_stage"):
             try:
                 sampler = samplers.load(name, loaded)
             except UsageError:  # none fitted to this run
                 continue
-            generator = torch.Generator().manual_seed(args.seed)
-            result[f"{name}_samples"] = shown(reader, sampler.images(model, args.n, 1.0, generator, None))
+            result[f"{name}_samples"] = shown(reader, *draws(sampler, model, args.n, args.seed))
         print(json.dumps(result))
 
 

@@ -228,3 +228,22 @@ def test_sigterm_to_a_torchrun_job_stops_every_rank_at_one_step_with_one_message
     refused = vae("train", "--resume", str(run_dir), "--json", env=env, cwd=tmp_path)
     assert_one_line_error(refused, 2, "trained by 2 process(es)", "torchrun --nproc-per-node 2")
     assert checkpoint.load_model(run_dir).step == step  # untouched by the refusal
+
+
+@pytest.mark.slow
+def test_factorvae_under_torchrun_trains_its_critic_on_every_rank(tmp_path, env):
+    """The critic lives outside DDP: its gradients are averaged over the ranks by hand, and rank 0
+    saves it with the model; a resume under torchrun continues it."""
+    from safetensors.torch import load_file
+
+    args = ["dataset=mnist", "model.hidden=[32]", "model.latent_dim=4", "trainer.log_every=2", "trainer.sample_every=0",
+            "objective=factorvae", "objective.disc_width=16", "objective.disc_layers=2", "trainer.batch_size=16"]
+    run_dir = tmp_path / "ddp"
+    result = torchrun("train", *args, "trainer.epochs=1", "--run-dir", str(run_dir), "--json", env=env, cwd=tmp_path)
+    summary = one_json(result)
+    assert summary["processes"] == 2 and set(summary["objective_terms"]) == {"tc", "disc_loss", "disc_acc"}
+    critic = {k: v for k, v in load_file(str(run_dir / "trainer.safetensors")).items() if "discriminator" in k}
+    steps = [v for k, v in critic.items() if k.endswith(".step")]
+    assert steps and all(int(s) == summary["step"] for s in steps)  # one critic step per training step
+    result = torchrun("train", "--resume", str(run_dir), "trainer.epochs=2", "--json", env=env, cwd=tmp_path)
+    assert one_json(result)["step"] == 2 * summary["step"]
