@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,8 @@ class JobTask:
     optimize: str = "test_elbo"
     offset: int = 0  # job numbers already used (a resumed optuna study)
     gpus: int = 0  # CUDA devices on the launching machine: job n trains on device n mod gpus
+    total: int = 0  # the sweep's job count (0 for a search) and whether to say when each starts and ends
+    talk: bool = False
 
     def __call__(self, cfg) -> float:
         from hydra.core.hydra_config import HydraConfig
@@ -131,11 +134,21 @@ class JobTask:
         if self.gpus > 1 and not any(o.startswith("trainer.device=") for o in overrides):
             overrides.append(f"trainer.device=cuda:{index % self.gpus}")  # one GPU per job
         job = sweep.Job(index, sweep.job_name(index, swept), overrides, swept)
+        sweep_dir = Path(self.sweep_dir)
+        if self.talk and sweep.job_state(sweep_dir / job.name) != "finished":
+            self.say(sweep.describe("start", job, self.total, None, sweep_dir))
         with _vaecli_hydra():
-            outcome = sweep.run_job(Path(self.sweep_dir), job, Dist(), [])
+            outcome = sweep.run_job(sweep_dir, job, Dist(), [])
+            if self.talk:
+                self.say(sweep.describe("end", job, self.total, outcome, sweep_dir))
             if outcome.summary is None:
                 return math.nan
             return self.figure(outcome)
+
+    @staticmethod
+    def say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
     def figure(self, outcome) -> float:
         key, k = optimize_key(self.optimize)
@@ -282,7 +295,8 @@ def check_hydra(arguments: list[str]) -> None:
         GlobalHydra.instance().clear()
 
 
-def run(sweep_dir: Path, arguments: list[str], optimize: str, resuming: bool) -> list[sweep.Job]:
+def run(sweep_dir: Path, arguments: list[str], optimize: str, resuming: bool, total: int = 0,
+        talk: bool = False) -> list[sweep.Job]:
     """Run the sweep `arguments` (jobs' overrides and hydra ones) in sweep_dir through Hydra's
     sweeper and launcher; returns the jobs launched (also written to sweep.json)."""
     from hydra._internal.hydra import Hydra
@@ -313,7 +327,7 @@ def run(sweep_dir: Path, arguments: list[str], optimize: str, resuming: bool) ->
             offset = study_trials(sweep_dir)
             wanted = next((int(a.split("=", 1)[1]) for a in hydra_args if a.startswith("hydra.sweeper.n_trials=")), 20)
             settings.append(f"hydra.sweeper.n_trials={max(wanted - offset, 0)}")
-    task = JobTask(str(Path(sweep_dir).resolve()), keys, optimize, offset, _gpus(chosen["launcher"]))
+    task = JobTask(str(Path(sweep_dir).resolve()), keys, optimize, offset, _gpus(chosen["launcher"]), total, talk)
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2("vae", create_config_search_path(str(config_dir())))
     try:

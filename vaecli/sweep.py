@@ -142,6 +142,21 @@ class Outcome:
     error: str | None = None
 
 
+def describe(event: str, job: Job, n: int, outcome: Outcome | None, sweep_dir: Path) -> str:
+    """The line a sweep prints when a job starts ("start") or ends: its folder, or how it went.
+    n: the sweep's job count (0: not known ahead, as in a search)."""
+    head = f"sweep [{job.index + 1}/{n}] " if n else f"sweep [{job.index + 1}] "
+    head += ",".join(job.swept) or job.name
+    if event == "start":
+        return f"{head} -> {Path(sweep_dir) / job.name}"
+    if outcome.state == "skipped":
+        return f"{head}: finished before, skipped"
+    if outcome.state == "crashed":
+        return f"{head}: failed: {outcome.error}"
+    s = outcome.summary or {}
+    return f"{head}: test ELBO {s.get('test_elbo', float('nan')):.2f} nats in {s.get('train_seconds', 0.0):.1f} s"
+
+
 def run_job(sweep_dir: Path, job: Job, dist, callbacks: list) -> Outcome:
     """One job of a sweep in its folder: skipped when finished, resumed from its checkpoint, else
     started. An interrupt propagates (Interrupted, saying how to finish the sweep); any other

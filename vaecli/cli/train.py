@@ -98,7 +98,7 @@ def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path]
 
         def notify(event, job, outcome):
             if talk:
-                output.stderr.print(_sweep_line(event, job, n, outcome, sweep_dir), markup=False, highlight=False,
+                output.stderr.print(sweep.describe(event, job, n, outcome, sweep_dir), markup=False, highlight=False,
                                     soft_wrap=True)
 
         outcomes = sweep.run_jobs(sweep_dir, jobs, dist, callbacks_for, notify)
@@ -137,7 +137,8 @@ def _plugin_sweep(arguments: list[str], run_dir: Optional[Path], resume: Optiona
                             markup=False, highlight=False)
     command = f"vae train --resume {sweep_dir}"
     try:
-        launched = launch.run(sweep_dir, arguments, optimize, resuming=resume is not None)
+        launched = launch.run(sweep_dir, arguments, optimize, resuming=resume is not None,
+                              total=len(jobs), talk=not quiet and not as_json)
     except KeyboardInterrupt:
         raise Interrupted(f"sweep interrupted; finish it with: {command}", 2) from None
     outcomes = [sweep.Outcome(job, sweep_dir / job.name,
@@ -171,18 +172,6 @@ def _sweep_report(sweep_dir: Path, arguments: list[str], outcomes, resume_comman
         output.emit(result, as_json, table(title, rows))
     if failed:
         raise VaeError(f"{len(failed)} of {n} runs failed (state column); retry them with: {resume_command}")
-
-
-def _sweep_line(event: str, job, n: int, outcome, sweep_dir: Path) -> str:
-    head = f"sweep [{job.index + 1}/{n}] {','.join(job.swept) or job.name}"
-    if event == "start":
-        return f"{head} -> {sweep_dir / job.name}"
-    if outcome.state == "skipped":
-        return f"{head}: finished before, skipped"
-    if outcome.state == "crashed":
-        return f"{head}: failed: {outcome.error}"
-    s = outcome.summary or {}
-    return f"{head}: test ELBO {s.get('test_elbo', float('nan')):.2f} nats in {s.get('train_seconds', 0.0):.1f} s"
 
 
 def _report(summary, quiet: bool, as_json: bool) -> None:
