@@ -205,6 +205,7 @@ def _scalars(folder: Path) -> dict:
     return events
 
 
+@pytest.mark.slow  # ~8 s: a killed subprocess run and its resume
 def test_tensorboard_logs_the_metrics_and_a_killed_run_resumes_without_duplicate_steps(tmp_path, env):
     pytest.importorskip("tensorboard")
     run_dir = tmp_path / "tb"

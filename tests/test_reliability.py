@@ -217,6 +217,7 @@ def _file_size_limit(nbytes):
     return limit
 
 
+@pytest.mark.slow  # ~9 s: subprocess runs under a file-size limit
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, env):
     run_dir = tmp_path / "run"
     one_json(vae("train", *SMALL, "trainer.epochs=1", "--run-dir", str(run_dir), "--json", env=env, cwd=tmp_path))
