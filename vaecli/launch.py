@@ -55,11 +55,18 @@ def split(arguments: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in arguments if not is_hydra(a)], [a for a in arguments if is_hydra(a)]
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # not even the hydra_plugins namespace
+        return False
+
+
 def plugins(hydra_args: list[str]) -> dict[str, str]:
     """{"launcher": name, "sweeper": name} as chosen by hydra/launcher=... and hydra/sweeper=...;
     an unknown group or option, or a plugin that is not installed, is a one-line UsageError."""
-    import importlib.util
-
     chosen = {"launcher": "basic", "sweeper": "basic"}
     for argument in hydra_args:
         key, _, value = argument.partition("=")
@@ -74,14 +81,7 @@ def plugins(hydra_args: list[str]) -> dict[str, str]:
         chosen[group] = value
     for group, name in chosen.items():
         module, extra = PLUGINS.get((group, name), (None, None))
-        if module is not None and importlib.util.find_spec(module.split(".")[0]) is not None:
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except ModuleNotFoundError:
-                found = False
-        else:
-            found = module is None
-        if not found:
+        if module is not None and not _installed(module):
             install = (f"pip install 'vaecli[{extra}]'" if extra else
                        "pip install hydra-ray-launcher (not supported by vaecli: it pins cloudpickle 2.2.1, which "
                        "the joblib launcher cannot use)")
@@ -313,7 +313,7 @@ def run(sweep_dir: Path, arguments: list[str], optimize: str, resuming: bool, to
     # the jobs' run folders are JobTask's
     settings = [f"hydra.sweep.dir={Path(sweep_dir).resolve() / HYDRA_DIR}", "hydra.sweep.subdir=${hydra.job.num}",
                 "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
-    offset = 0
+    offset, trials_left = 0, None
     if chosen["sweeper"] == "optuna":
         import optuna
 
@@ -326,12 +326,13 @@ def run(sweep_dir: Path, arguments: list[str], optimize: str, resuming: bool, to
         if resuming:
             offset = study_trials(sweep_dir)
             wanted = next((int(a.split("=", 1)[1]) for a in hydra_args if a.startswith("hydra.sweeper.n_trials=")), 20)
-            settings.append(f"hydra.sweeper.n_trials={max(wanted - offset, 0)}")
+            trials_left = max(wanted - offset, 0)
+            settings.append(f"hydra.sweeper.n_trials={trials_left}")
     task = JobTask(str(Path(sweep_dir).resolve()), keys, optimize, offset, _gpus(chosen["launcher"]), total, talk)
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2("vae", create_config_search_path(str(config_dir())))
     try:
-        if chosen["sweeper"] != "optuna" or not resuming or "hydra.sweeper.n_trials=0" not in settings:
+        if trials_left != 0:  # a resumed search with every trial done has nothing to launch
             hydra.multirun("config", task, [*job_args, *hydra_args, *settings], with_log_configuration=False)
     except (UsageError, VaeError, KeyboardInterrupt):
         raise

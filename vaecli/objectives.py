@@ -151,6 +151,20 @@ def btcvae(model, x: Tensor, y: Tensor | None, alpha: float, beta: float, gamma:
     return loss, metrics
 
 
+def _one_sample(model, x: Tensor, y: Tensor | None):
+    """The diagonal Gaussian posterior, one reparameterized z and the batch means of log p(x|z)
+    and of the closed-form KL: what the objectives that add a term to the ELBO share."""
+    posterior = model.encode(x, y).base_dist
+    z = posterior.rsample()
+    mean_log_px = model.decode(z, y).log_prob(x).mean()
+    mean_kl = model.prior_net.kl(posterior).sum(-1).mean()
+    return posterior, z, mean_log_px, mean_kl
+
+
+def _elbo_metrics(mean_log_px: Tensor, mean_kl: Tensor) -> dict[str, Tensor]:
+    return {"elbo": (mean_log_px - mean_kl).detach(), "recon": -mean_log_px.detach(), "kl": mean_kl.detach()}
+
+
 def dip_regularizer(mu: Tensor, sigma: Tensor, kind: str, lambda_od: float, lambda_d: float) -> Tensor:
     """DIP-VAE's penalty (Kumar et al. 2018) on a covariance C of the batch's codes:
     lambda_od * sum of squared off-diagonal entries + lambda_d * sum of (diagonal - 1)^2. kind "i":
@@ -169,14 +183,10 @@ def dipvae(model, x: Tensor, y: Tensor | None, kind: str, lambda_od: float, lamb
            beta: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
     """DIP-VAE: the ELBO's loss (beta and the schedule on its KL) plus dip_regularizer; the
     reported elbo is the bound itself."""
-    posterior = model.encode(x, y).base_dist
-    z = posterior.rsample()
-    mean_log_px = model.decode(z, y).log_prob(x).mean()
-    mean_kl = model.prior_net.kl(posterior).sum(-1).mean()
+    posterior, _, mean_log_px, mean_kl = _one_sample(model, x, y)
     penalty = dip_regularizer(posterior.loc, posterior.scale, kind, lambda_od, lambda_d)
     loss = beta * mean_kl - mean_log_px + penalty
-    return loss, {"elbo": (mean_log_px - mean_kl).detach(), "recon": -mean_log_px.detach(), "kl": mean_kl.detach(),
-                  "dip": penalty.detach(), "loss": loss.detach()}
+    return loss, {**_elbo_metrics(mean_log_px, mean_kl), "dip": penalty.detach(), "loss": loss.detach()}
 
 
 def permute_dims(z: Tensor) -> Tensor:
@@ -280,14 +290,10 @@ def factorvae(model, x: Tensor, y: Tensor | None, gamma: float, critic: TCDiscri
     gamma times the critic's estimate of the total correlation of q(z); the reported elbo is the
     bound itself, `tc` the estimate, `disc_loss` / `disc_acc` the critic's cross-entropy and
     accuracy (0.69 / 0.5: it cannot tell q(z) from its factorized version)."""
-    posterior = model.encode(x, y).base_dist
-    z = posterior.rsample()
-    mean_log_px = model.decode(z, y).log_prob(x).mean()
-    mean_kl = model.prior_net.kl(posterior).sum(-1).mean()
+    _, z, mean_log_px, mean_kl = _one_sample(model, x, y)
     tc, critic_metrics = critic.losses(z)
     loss = beta * mean_kl - mean_log_px + gamma * tc
-    return loss, {"elbo": (mean_log_px - mean_kl).detach(), "recon": -mean_log_px.detach(), "kl": mean_kl.detach(),
-                  "tc": tc.detach(), **critic_metrics, "loss": loss.detach()}
+    return loss, {**_elbo_metrics(mean_log_px, mean_kl), "tc": tc.detach(), **critic_metrics, "loss": loss.detach()}
 
 
 MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # the IMQ kernel's bandwidths (Tolstikhin et al.'s code)
@@ -315,14 +321,10 @@ def infovae(model, x: Tensor, y: Tensor | None, alpha: float, lam: float, kernel
     """InfoVAE (Zhao et al. 2019, Eq. 6 with the MMD divergence): loss = -E[log p(x|z)] +
     (1 - alpha) KL + (alpha + lambda - 1) MMD(q(z), p(z)), MMD between the batch's codes and as many
     N(0, I) draws; `weight` (the KL schedule) on the KL. alpha = 0, lambda = 1 is the ELBO."""
-    posterior = model.encode(x, y).base_dist
-    z = posterior.rsample()
-    mean_log_px = model.decode(z, y).log_prob(x).mean()
-    mean_kl = model.prior_net.kl(posterior).sum(-1).mean()
+    _, z, mean_log_px, mean_kl = _one_sample(model, x, y)
     divergence = mmd(z, torch.randn_like(z), kernel, scale)
     loss = (1 - alpha) * weight * mean_kl - mean_log_px + (alpha + lam - 1) * divergence
-    return loss, {"elbo": (mean_log_px - mean_kl).detach(), "recon": -mean_log_px.detach(), "kl": mean_kl.detach(),
-                  "mmd": divergence.detach(), "loss": loss.detach()}
+    return loss, {**_elbo_metrics(mean_log_px, mean_kl), "mmd": divergence.detach(), "loss": loss.detach()}
 
 
 def wae(model, x: Tensor, y: Tensor | None, lam: float, kernel: str, scale: float) -> tuple[Tensor, dict[str, Tensor]]:

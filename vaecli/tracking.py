@@ -280,10 +280,6 @@ class WandB(Tracker):
     def send(self, figures: dict[str, float], step: int) -> None:
         self.run.log(figures, step=step)
 
-    def on_train_start(self, trainer) -> None:
-        self.run_dir = Path(trainer.run_dir)
-        super().on_train_start(trainer)
-
     def attach(self, trainer, finished: bool) -> None:
         run_dir = Path(trainer.run_dir)
         grids = sorted((run_dir / runs.SAMPLES_DIR).glob("*.png"))
