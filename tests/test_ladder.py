@@ -199,6 +199,7 @@ def test_a_conditional_ladder_samples_one_row_per_class(tmp_path, capsys):
     assert grid["n"] == 2 * checkpoint.load_model(ckpt).model.num_classes
 
 
+@pytest.mark.slow  # ~6 s of subprocess commands; the combinations test trains the ladder in-process
 def test_the_ladder_through_the_real_cli(tmp_path, env):
     ckpt = str(tmp_path / "run")
     summary = one_json(vae("train", *TINY, "trainer.epochs=1", "--run-dir", ckpt, "--json", env=env))
