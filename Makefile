@@ -39,7 +39,7 @@ test-all: install
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/vae train dataset=shapes model=conv model.latent_dim=16 beta=0.5 trainer.lr=0.003 trainer.lr_schedule=cosine trainer.batch_size=64 trainer.epochs=40 --run-dir $(DEMO)
-	$(BIN)/vae fit-sampler --ckpt $(DEMO) sampler=gmm
+	$(BIN)/vae fit-sampler --ckpt $(DEMO) sampler=gmm sampler.components=auto
 	$(BIN)/vae sample --ckpt $(DEMO) --n 64 --out $(DEMO)/samples_prior.png
 	$(BIN)/vae sample --ckpt $(DEMO) --n 64 --sampler gmm --out $(DEMO)/samples_gmm.png
 	$(BIN)/vae reconstruct --ckpt $(DEMO) --n 16 --out $(DEMO)/reconstructions.png

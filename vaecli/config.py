@@ -201,7 +201,7 @@ class SamplerConfig:
     fit_on: str = MISSING  # mean | sample
     images: Optional[int] = None  # the first N training images (None: all)
     seed: int = MISSING
-    components: Optional[int] = None  # gmm
+    components: Any = None  # gmm: a number, or auto (chosen by held-out likelihood: samplers.GMM_CANDIDATES)
     covariance: Optional[str] = None
     max_iter: Optional[int] = None
     hidden: Optional[List[int]] = None  # two_stage
@@ -400,7 +400,9 @@ def validate_sampler(s: SamplerConfig) -> None:
     need(s.fit_on in FIT_ON, f"sampler.fit_on must be one of {', '.join(FIT_ON)} (got {s.fit_on!r})")
     need(s.images is None or s.images >= 1, f"sampler.images must be >= 1 or null (got {s.images})")
     if s.name == "gmm":
-        need(s.components >= 1, f"sampler.components must be >= 1 (got {s.components})")
+        need(s.components == "auto" or (isinstance(s.components, int) and not isinstance(s.components, bool)
+                                         and s.components >= 1),
+             f"sampler.components must be a number >= 1 or auto (got {s.components!r})")
         need(s.covariance in COVARIANCES, f"sampler.covariance must be one of {', '.join(COVARIANCES)} (got {s.covariance!r})")
         need(s.max_iter >= 1, f"sampler.max_iter must be >= 1 (got {s.max_iter})")
     if s.name == "two_stage":

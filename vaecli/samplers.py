@@ -161,10 +161,8 @@ def latents(model, data, fit_on: str, generator: torch.Generator, batch_size: in
     return torch.cat(out)
 
 
-def fit_gmm(z: Tensor, components: int, covariance: str, max_iter: int, seed: int) -> tuple[GMM, dict]:
-    """EM (scikit-learn's GaussianMixture, k-means initialised) on z (N, D)."""
-    if components > len(z):
-        raise UsageError(f"sampler.components={components} is more than the {len(z)} latent vectors to fit it on")
+def _em(z: Tensor, components: int, covariance: str, max_iter: int, seed: int):
+    """scikit-learn's GaussianMixture (k-means initialised) fitted to z (N, D), and whether EM converged."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -174,15 +172,57 @@ def fit_gmm(z: Tensor, components: int, covariance: str, max_iter: int, seed: in
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         gm.fit(z.double().numpy())
-    converged = bool(gm.converged_) and not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return gm, bool(gm.converged_) and not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+GMM_CANDIDATES = (1, 2, 5, 10, 20, 50, 100, 200, 500)  # sampler.components=auto tries these, in order
+HELD_OUT = 0.1  # the share of the latents auto keeps out of the fit to score each candidate
+MIN_PER_COMPONENT = 20  # auto tries no K with fewer fitted latents than this per component
+PATIENCE = 2  # auto stops after this many candidates in a row that do not beat the best held-out score
+
+
+def choose_components(z: Tensor, covariance: str, max_iter: int, seed: int) -> tuple[int, dict[int, float]]:
+    """sampler.components=auto: the K of GMM_CANDIDATES whose mixture, fitted to 90% of the latents
+    (a seeded random split), gives the held-out 10% the highest mean log-likelihood; candidates
+    are tried from small to large and the search stops after PATIENCE that do not improve on the
+    best (more components then only overfit). Returns K and every tried K's held-out score."""
+    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
+    held = max(1, int(round(HELD_OUT * len(z))))
+    fit_z, held_z = z[order[held:]], z[order[:held]].double().numpy()
+    scores: dict[int, float] = {}
+    best, worse = None, 0
+    for k in GMM_CANDIDATES:
+        if k > 1 and k * MIN_PER_COMPONENT > len(fit_z):
+            break
+        scores[k] = float(_em(fit_z, k, covariance, max_iter, seed)[0].score(held_z))
+        if best is None or scores[k] > scores[best]:
+            best, worse = k, 0
+        else:
+            worse += 1
+            if worse >= PATIENCE:
+                break
+    return best, scores
+
+
+def fit_gmm(z: Tensor, components: int | str, covariance: str, max_iter: int, seed: int) -> tuple[GMM, dict]:
+    """EM (scikit-learn's GaussianMixture, k-means initialised) on z (N, D); components="auto"
+    chooses K by held-out likelihood first (choose_components)."""
+    chosen_from = None
+    if components == "auto":
+        if len(z) < 2:
+            raise UsageError("sampler.components=auto needs at least 2 latent vectors (one to fit, one held out)")
+        components, chosen_from = choose_components(z, covariance, max_iter, seed)
+    if components > len(z):
+        raise UsageError(f"sampler.components={components} is more than the {len(z)} latent vectors to fit it on")
+    gm, converged = _em(z, components, covariance, max_iter, seed)
     sampler = GMM(components, z.shape[1])
     cov = torch.as_tensor(gm.covariances_, dtype=torch.float64)
     tril = torch.linalg.cholesky(cov) if covariance == "full" else torch.diag_embed(cov.sqrt())
     sampler.weights.copy_(torch.as_tensor(gm.weights_))
     sampler.means.copy_(torch.as_tensor(gm.means_))
     sampler.scale_tril.copy_(tril)
-    return sampler, {"log_q_z": float(gm.score(z.double().numpy())), "iterations": int(gm.n_iter_),
-                     "converged": converged}
+    return sampler, {"components": components, "log_q_z": float(gm.score(z.double().numpy())),
+                     "iterations": int(gm.n_iter_), "converged": converged, "held_out_log_q_z": chosen_from}
 
 
 def fit_two_stage(z: Tensor, hidden: list[int], epochs: int, lr: float, batch_size: int, seed: int,

@@ -58,6 +58,8 @@ def fit_sampler(
         output.warn(f"EM did not converge in sampler.max_iter={cfg.max_iter} iterations; the mixture is usable, "
                     "but a larger sampler.max_iter fits it better")
     spec = {**tree, "latent_dim": model.latent_dim}
+    if "components" in stats:  # the number fitted, also where sampler.components=auto chose it
+        spec["components"] = stats["components"]
     path = samplers.save(loaded.run_dir, fitted, spec, loaded.path, loaded.step, {**stats, "images": len(data)})
     seconds = time.perf_counter() - started
     result = {"sampler": cfg.name, "out": str(path), "images": len(data), "latent_dim": model.latent_dim,
@@ -66,11 +68,15 @@ def fit_sampler(
 
 
 def _fit_table(cfg, r: dict, run_dir):
-    rows = [("sampler", cfg.name + (f", {cfg.components} components ({cfg.covariance})" if cfg.name == "gmm" else
+    rows = [("sampler", cfg.name + (f", {r.get('components')} components ({cfg.covariance})" if cfg.name == "gmm" else
                                     f", hidden {cfg.hidden}, {cfg.epochs} epochs")),
             ("fitted on", f"{r['images']} training images' latents "
                           f"({'posterior means' if cfg.fit_on == 'mean' else 'draws of q(z|x)'})")]
     if cfg.name == "gmm":
+        if r.get("held_out_log_q_z"):
+            scores = r["held_out_log_q_z"]
+            rows.append(("chosen by", "held-out mean log q(z) (10% of the latents kept out): "
+                         + ", ".join(f"K={k}: {v:.2f}" for k, v in scores.items())))
         rows.append(("mean log q(z)", f"{r['log_q_z']:.3f} nats per latent vector ({r['iterations']} EM iterations"
                                       + (")" if r["converged"] else ", not converged)")))
     else:
