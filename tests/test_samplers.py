@@ -57,6 +57,16 @@ def test_auto_components_are_chosen_by_held_out_likelihood():
         samplers.fit_gmm(z[:1], components="auto", covariance="full", max_iter=10, seed=0)
 
 
+def test_auto_components_are_chosen_on_a_subset_of_many_latents_and_report_each_candidate(monkeypatch):
+    monkeypatch.setattr(samplers, "SELECT_ON", 200)  # 180 fitted, 20 held out: K <= 180 / 20 = 9
+    z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(0))
+    seen = []
+    gmm, stats = samplers.fit_gmm(z, components="auto", covariance="full", max_iter=50, seed=0,
+                                  on_candidate=lambda k, score: seen.append((k, score)))
+    assert list(stats["held_out_log_q_z"]) == [k for k, _ in seen] and max(k for k, _ in seen) <= 5
+    assert dict(seen) == stats["held_out_log_q_z"] and gmm.means.shape[0] == stats["components"]
+
+
 def test_auto_components_tries_one_component_on_too_few_latents():
     z = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))
     _, stats = samplers.fit_gmm(z, components="auto", covariance="diag", max_iter=50, seed=0)

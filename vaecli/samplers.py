@@ -177,17 +177,20 @@ def _em(z: Tensor, components: int, covariance: str, max_iter: int, seed: int):
 
 GMM_CANDIDATES = (1, 2, 5, 10, 20, 50, 100, 200, 500)  # sampler.components=auto tries these, in order
 HELD_OUT = 0.1  # the share of the latents auto keeps out of the fit to score each candidate
+SELECT_ON = 10_000  # auto chooses K on at most this many latents (a seeded random subset), then fits all
 MIN_PER_COMPONENT = 20  # auto tries no K with fewer fitted latents than this per component
 PATIENCE = 2  # auto stops after this many candidates in a row that do not beat the best held-out score
 
 
-def choose_components(z: Tensor, covariance: str, max_iter: int, seed: int) -> tuple[int, dict[int, float]]:
+def choose_components(z: Tensor, covariance: str, max_iter: int, seed: int,
+                      on_candidate: Callable[[int, float], None] | None = None) -> tuple[int, dict[int, float]]:
     """sampler.components=auto: the K of GMM_CANDIDATES whose mixture, fitted to 90% of the latents
-    (a seeded random split), gives the held-out 10% the highest mean log-likelihood; candidates
-    are tried from small to large and the search stops after PATIENCE that do not improve on the
-    best (more components then only overfit). Returns K and every tried K's held-out score."""
-    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
-    held = max(1, int(round(HELD_OUT * len(z))))
+    (a seeded random split of at most SELECT_ON of them), gives the held-out 10% the highest mean
+    log-likelihood; candidates are tried from small to large and the search stops after PATIENCE
+    that do not improve on the best (more components then only overfit). Returns K and every
+    tried K's held-out score; `on_candidate(K, score)` after each."""
+    order = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:SELECT_ON]
+    held = max(1, int(round(HELD_OUT * len(order))))
     fit_z, held_z = z[order[held:]], z[order[:held]].double().numpy()
     scores: dict[int, float] = {}
     best, worse = None, 0
@@ -195,6 +198,8 @@ def choose_components(z: Tensor, covariance: str, max_iter: int, seed: int) -> t
         if k > 1 and k * MIN_PER_COMPONENT > len(fit_z):
             break
         scores[k] = float(_em(fit_z, k, covariance, max_iter, seed)[0].score(held_z))
+        if on_candidate is not None:
+            on_candidate(k, scores[k])
         if best is None or scores[k] > scores[best]:
             best, worse = k, 0
         else:
@@ -204,14 +209,15 @@ def choose_components(z: Tensor, covariance: str, max_iter: int, seed: int) -> t
     return best, scores
 
 
-def fit_gmm(z: Tensor, components: int | str, covariance: str, max_iter: int, seed: int) -> tuple[GMM, dict]:
+def fit_gmm(z: Tensor, components: int | str, covariance: str, max_iter: int, seed: int,
+            on_candidate: Callable[[int, float], None] | None = None) -> tuple[GMM, dict]:
     """EM (scikit-learn's GaussianMixture, k-means initialised) on z (N, D); components="auto"
     chooses K by held-out likelihood first (choose_components)."""
     chosen_from = None
     if components == "auto":
         if len(z) < 2:
             raise UsageError("sampler.components=auto needs at least 2 latent vectors (one to fit, one held out)")
-        components, chosen_from = choose_components(z, covariance, max_iter, seed)
+        components, chosen_from = choose_components(z, covariance, max_iter, seed, on_candidate)
     if components > len(z):
         raise UsageError(f"sampler.components={components} is more than the {len(z)} latent vectors to fit it on")
     gm, converged = _em(z, components, covariance, max_iter, seed)
@@ -262,13 +268,23 @@ def fit_two_stage(z: Tensor, hidden: list[int], epochs: int, lr: float, batch_si
 
 
 def fit(model, data, cfg, generator: torch.Generator,
-        on_epoch: Callable[[int, float], None] | None = None) -> tuple[Fitted, dict]:
-    """The sampler that `cfg` (config.SamplerConfig) names, fitted to the latents of `data`."""
+        on_step: Callable[[int, float], None] | None = None) -> tuple[Fitted, dict]:
+    """The sampler that `cfg` (config.SamplerConfig) names, fitted to the latents of `data`;
+    `on_step` after each of progress_steps(cfg) steps (an epoch, a candidate mixture size)."""
     z = latents(model, data, cfg.fit_on, generator)
     if cfg.name == "gmm":
-        return fit_gmm(z, cfg.components, cfg.covariance, cfg.max_iter, cfg.seed)
+        return fit_gmm(z, cfg.components, cfg.covariance, cfg.max_iter, cfg.seed, on_step)
     redraw = (lambda: latents(model, data, "sample", generator)) if cfg.fit_on == "sample" else None
-    return fit_two_stage(z, cfg.hidden, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, redraw, on_epoch)
+    return fit_two_stage(z, cfg.hidden, cfg.epochs, cfg.lr, cfg.batch_size, cfg.seed, redraw, on_step)
+
+
+def progress_steps(cfg) -> tuple[str, int, str]:
+    """What fit reports progress on: a label, how many steps at most (0: none worth a bar), the unit."""
+    if cfg.name == "two_stage":
+        return "two-stage VAE", cfg.epochs, "epochs"
+    if cfg.components == "auto":
+        return "mixture sizes", len(GMM_CANDIDATES), "tried"
+    return "", 0, ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ SamplerOption = Annotated[str, typer.Option(
 def fit_sampler(
     overrides: Optional[List[str]] = typer.Argument(
         None, metavar="OVERRIDES",
-        help="sampler=gmm|two_stage and sampler.* keys, e.g. sampler.components=20 (conf/sampler/)."),
+        help="sampler=gmm|two_stage and sampler.* keys, e.g. sampler.components=20 or sampler.components=auto (conf/sampler/)."),
     ckpt: Ckpt = None,
     data_root: DataRoot = None,
     device: Device = "auto",
@@ -49,11 +49,10 @@ def fit_sampler(
     data = inputs.dataset(loaded, "train", data_root).head(cfg.images)
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     started = time.perf_counter()
-    epochs = cfg.epochs if cfg.name == "two_stage" else 0
-    with output.Counter("two-stage VAE", epochs, enabled=bool(epochs) and not quiet and not as_json,
-                        unit="epochs") as advance:
+    label, steps, unit = samplers.progress_steps(cfg)
+    with output.Counter(label, steps, enabled=bool(steps) and not quiet and not as_json, unit=unit) as advance:
         fitted, stats = samplers.fit(model, data, cfg, generator,
-                                     on_epoch=(lambda e, loss: advance(1)) if advance else None)
+                                     on_step=(lambda e, value: advance(1)) if advance else None)
     if cfg.name == "gmm" and not stats["converged"]:
         output.warn(f"EM did not converge in sampler.max_iter={cfg.max_iter} iterations; the mixture is usable, "
                     "but a larger sampler.max_iter fits it better")
@@ -68,6 +67,8 @@ def fit_sampler(
 
 
 def _fit_table(cfg, r: dict, run_dir):
+    from .. import samplers
+
     rows = [("sampler", cfg.name + (f", {r.get('components')} components ({cfg.covariance})" if cfg.name == "gmm" else
                                     f", hidden {cfg.hidden}, {cfg.epochs} epochs")),
             ("fitted on", f"{r['images']} training images' latents "
@@ -75,7 +76,7 @@ def _fit_table(cfg, r: dict, run_dir):
     if cfg.name == "gmm":
         if r.get("held_out_log_q_z"):
             scores = r["held_out_log_q_z"]
-            rows.append(("chosen by", "held-out mean log q(z) (10% of the latents kept out): "
+            rows.append(("chosen by", f"held-out mean log q(z) (of up to {samplers.SELECT_ON:,} latents, a tenth kept out): "
                          + ", ".join(f"K={k}: {v:.2f}" for k, v in scores.items())))
         rows.append(("mean log q(z)", f"{r['log_q_z']:.3f} nats per latent vector ({r['iterations']} EM iterations"
                                       + (")" if r["converged"] else ", not converged)")))
