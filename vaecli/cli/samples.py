@@ -151,7 +151,9 @@ def _samples_table(r: dict, temperature, dataset: str):
     what = (f"{r['sampler']} samples" + (f" at T={temperature}" if temperature != 1.0 else "")
             if r["of"] == "samples" else "reconstructions")
     rows = [("FID", f"{r['fid']:.3f}"),
-            ("KID", f"{r['kid']:.5f} ± {r['kid_std']:.5f} ({r['kid_subsets']} subsets of {r['kid_subset_size']})"),
+            ("KID", f"{r['kid']:.5f} ± {r['kid_std']:.5f} ({r['kid_subsets']} subsets of {r['kid_subset_size']})"
+                    if r["kid_subset_size"] < r["n"] else  # every subset is the whole set: no spread to show
+                    f"{r['kid']:.5f} (one subset: all {r['n']} images of each set, so no spread over subsets)"),
             ("precision", f"{r['precision']:.3f} (samples inside the data's manifold, k={r['pr_neighbours']})"),
             ("recall", f"{r['recall']:.3f} (data inside the samples' manifold)"),
             ("features", f"{r['features']} ({r['feature_dims']}-d)"),
