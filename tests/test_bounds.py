@@ -129,7 +129,7 @@ def test_bits_per_dim_are_never_negative_on_8bit_data(likelihood):
     images = (torch.rand(8, 1, 16, 16) * 256).floor().to(torch.uint8)
     data = ImageSet(images, levels=256, dequantize=cfg.dataset.dequantize)
     model = build(VAESpec("mlp", (1, 16, 16), latent_dim=3, hidden=[64], likelihood=likelihood,
-                          sigma=cfg.likelihood.sigma, mixtures=cfg.likelihood.mixtures or 1,
+                          sigma=getattr(cfg.likelihood, "sigma", None), mixtures=getattr(cfg.likelihood, "mixtures", 1),
                           dequantize=cfg.dataset.dequantize))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(400):

@@ -33,7 +33,10 @@ def test_each_sampler_option_composes_and_validates(sampler):
 
     cfg, tree = load_sampler_config([f"sampler={sampler}"])
     assert cfg.name == sampler == tree["name"] and cfg.fit_on in ("mean", "sample") and cfg.seed == 0
-    assert (cfg.components, cfg.covariance) == ((10, "full") if sampler == "gmm" else (None, None))
+    # each sampler's card holds its own keys only (samplers_config.py)
+    assert (getattr(cfg, "components", None), getattr(cfg, "covariance", None)) == \
+        ((10, "full") if sampler == "gmm" else (None, None))
+    assert hasattr(cfg, "epochs") is (sampler == "two_stage")
     assert set(group_options("sampler")) == {"gmm", "two_stage"}
 
 

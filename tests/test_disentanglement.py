@@ -357,3 +357,74 @@ def test_new_objectives_train_report_their_terms_and_refuse_what_they_cannot_sha
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_dci_and_sap_score_the_varying_factors_when_one_never_varies():
+    """dataset=shapes dataset.scales=1 has a factor with one value: disentanglement_lib exposes only
+    the varying factors, and scikit-learn refuses a classifier of one class."""
+    import itertools
+
+    factors = torch.tensor(list(itertools.product(range(3), range(1), range(4))))
+    codes = torch.cat([factors[:, [0, 2]].double(), torch.randn(len(factors), 1, dtype=torch.float64)], dim=1)
+    out = factor_metrics(codes, factors, ("dci", "sap"), num_train=200, num_test=100)
+    assert out["dci"]["disentanglement"] > 0.5 and len(out["dci"]["importance"][0]) == 2
+    noise = factor_metrics(torch.randn_like(codes), factors, ("sap",), num_train=200, num_test=100)
+    assert out["sap"]["sap"] > 0.2 > 0.1 > noise["sap"]["sap"]
+
+
+def test_mig_is_computed_on_points_drawn_from_the_factor_grid():
+    """As disentanglement_lib's mig.num_train: `points` observations of uniformly drawn factors."""
+    import itertools
+
+    from vaecli.disentanglement import evaluate
+
+    factors = torch.tensor(list(itertools.product(range(4), range(5))))
+    codes = factors.double() + 0.01 * torch.randn(len(factors), 2, dtype=torch.float64)
+    out = evaluate(codes, factors, ["a", "b"], ("mig",), seed=0, points=300)
+    assert out["mig_points"] == 300 and out["mig"] > 0.8
+    partial = evaluate(codes[:7], factors[:7], ["a", "b"], ("mig",))  # not a full grid: MIG on every image
+    assert partial["mig_points"] == 7
+    with pytest.raises(ValueError, match="every combination"):
+        evaluate(codes[:7], factors[:7], ["a", "b"], ("mig", "dci"))
+
+
+SHAPES_16 = ["dataset=shapes", "dataset.image_size=16", "dataset.rotations=2", "dataset.positions=4",
+             "model.latent_dim=3", "model.hidden=[16]", "trainer.epochs=1", "trainer.log_every=5",
+             "trainer.sample_every=0"]
+
+
+def test_eval_disentanglement_of_a_run_trained_on_a_limit_scores_the_whole_grid(tmp_path, capsys):
+    """dataset.limit trains on a subset; shapes renders its whole factor grid, so every metric (and
+    --metrics mig, which was refused with the message that recommended it) works; scales=1 leaves
+    a factor that never varies, which DCI and SAP now leave out."""
+    import json
+
+    from vaecli.cli import run
+
+    assert run(["train", *SHAPES_16, "dataset.scales=1", "dataset.limit=40", "--run-dir", str(tmp_path / "sh")]) == 0
+    capsys.readouterr()
+    assert run(["eval-disentanglement", "--ckpt", str(tmp_path / "sh"), "--metrics", "mig", "--points", "60",
+                "--json"]) == 0
+    only_mig = json.loads(capsys.readouterr().out)
+    assert only_mig["n"] == 3 * 1 * 2 * 4 * 4 and only_mig["mig_points"] == 60 and 0 <= only_mig["mig"] <= 1
+    assert run(["eval-disentanglement", "--ckpt", str(tmp_path / "sh"), "--points", "60", "--json"]) == 0
+    every = json.loads(capsys.readouterr().out)
+    assert 0 <= every["dci"]["disentanglement"] <= 1 and 0 <= every["sap"]["sap"] <= 1
+    assert len(every["dci"]["importance"][0]) == 4  # shape, rotation, pos_x, pos_y: scale never varies
+
+
+@pytest.mark.parametrize("objective, extra", [("wae", ["model=ae"]), ("infovae", []), ("btcvae", [])])
+def test_objectives_with_a_batch_statistic_never_train_on_a_short_last_batch(tmp_path, capsys, objective, extra):
+    """33 images in batches of 32: the last batch would hold one image, whose MMD divides by
+    n (n - 1) = 0 (a NaN, a skipped step every epoch) and whose minibatch TC estimate is degenerate.
+    These objectives train on whole batches only (objectives.BATCH_STATISTIC)."""
+    import json
+
+    from vaecli.cli import run
+    from vaecli.train import steps_per_epoch
+
+    assert (steps_per_epoch(33, 32, False), steps_per_epoch(33, 32, True), steps_per_epoch(20, 32, True)) == (2, 1, 1)
+    assert run(["train", *SHAPES_16, "dataset.limit=33", "trainer.batch_size=32", "trainer.epochs=2",
+                f"objective={objective}", *extra, "--run-dir", str(tmp_path / "r"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 2 and summary["skipped_steps"] == 0

@@ -103,6 +103,9 @@ def test_flow_posteriors_resume_bit_exactly(tmp_path):
     (["posterior=planar", "model=ladder"], "posterior=planar is for the flat VAEs"),
     (["posterior=iaf", "posterior.flows=0"], "posterior.flows must be >= 1"),
     (["posterior=planar", "kl.free_bits=0.5"], "posterior=gaussian"),
+    # the VampPrior evaluates q at its pseudo-inputs' codes: a flow's density is known at its own samples only
+    (["posterior=iaf", "prior=vamp"], "prior=vamp evaluates the posteriors of its pseudo-inputs at any z"),
+    (["posterior=planar", "prior=vamp"], "posterior=planar has a density only at its own samples"),
 ])
 def test_flows_where_they_make_no_sense_are_refused_in_one_line(env, tmp_path, overrides, needle):
     assert_one_line_error(vae("train", *TINY, *overrides, "--run-dir", str(tmp_path / "r"), env=env), 2, needle)

@@ -15,6 +15,17 @@ from vaecli.models import VAESpec, build
 from vaecli.models.autoregressive import PixelCNN
 
 
+def test_one_gated_3x3_layer_sees_six_pixels_above_and_one_to_the_left():
+    """The receptive field docs/RESULTS.md describes for the weak decoder (model.ar_layers=1,
+    model.ar_kernel=3): the two rows above, three columns each, and the pixel to the left."""
+    torch.manual_seed(0)
+    net = PixelCNN(1, 4, 2, 1, 3, 8)
+    x = torch.rand(1, 1, 7, 7, requires_grad=True)
+    (grad,) = torch.autograd.grad(net(x, torch.randn(1, 4, 7, 7))[0, :, 4, 3].sum(), x)
+    seen = {(int(i), int(j)) for i, j in (grad[0, 0].abs() > 0).nonzero()}
+    assert seen == {(2, 2), (2, 3), (2, 4), (3, 2), (3, 3), (3, 4), (4, 2)}
+
+
 @pytest.mark.parametrize("layers, kernel, channels", [(1, 3, 1), (3, 3, 1), (2, 5, 3)])
 def test_no_output_depends_on_its_own_pixel_or_a_later_one(layers, kernel, channels):
     torch.manual_seed(0)

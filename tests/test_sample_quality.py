@@ -163,3 +163,39 @@ def test_eval_samples_with_a_random_inception_network(shapes_run):
     out = one_json(vae("eval-samples", "--ckpt", str(work / "run"), "--n", "24", "--inception-weights", str(weights),
                        "--batch-size", "12", "--json", cwd=work, env=e))
     assert out["features"] == "inception" and out["feature_dims"] == 2048 and np.isfinite(out["fid"]) and out["fid"] > 0
+
+
+class _Recording(sq.Pixels):
+    """Pixel features that keep the uint8 images they were given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, images):
+        self.seen.append(images.clone())
+        return super().__call__(images)
+
+
+@pytest.mark.parametrize("levels, draw, binary", [(2, None, True), (2, False, False), (256, None, False),
+                                                  (256, True, True)])
+def test_eval_samples_draws_binary_images_where_the_data_are_binary(tmp_path, levels, draw, binary):
+    """Binarized data are compared with draws x ~ p(x|z) by default, not with grey Bernoulli means
+    (which no binary image is near: recall ~ 0); --mean / --draw choose either way."""
+    from vaecli import samplers
+    from vaecli.config import DatasetConfig
+    from vaecli.data import ImageSet
+    from vaecli.models import VAESpec, build
+
+    torch.manual_seed(0)
+    images = (torch.rand(40, 1, 8, 8) > 0.5).to(torch.uint8) * 255
+    data = ImageSet(images, levels=levels)
+    model = build(VAESpec("mlp", (1, 8, 8), latent_dim=2, hidden=[8])).eval()
+    features = _Recording()
+    cfg = DatasetConfig(name="shapes", root=str(tmp_path))
+    result = sq.evaluate(model, samplers.Prior(), data, cfg, "test", 20, "samples", features, draw=draw)
+    model_images = features.seen[-1]  # the reference images come first
+    assert result["images"] == ("draws" if binary else "means")
+    assert bool(((model_images == 0) | (model_images == 255)).all()) is binary
+    again = _Recording()
+    sq.evaluate(model, samplers.Prior(), data, cfg, "test", 20, "samples", again, draw=draw)
+    assert torch.equal(again.seen[-1], model_images)  # seeded: the draws repeat

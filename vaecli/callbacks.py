@@ -1,7 +1,7 @@
 """Trainer features that attach to the loop as callbacks (train.Trainer calls the hooks; it
 knows none of these classes): the learning-rate schedule, EMA weights, the gradient-norm
-guard and the TensorBoard logger. `from_config(trainer_cfg, total_steps)` gives the ones a run
-config asks for.
+guard and the TensorBoard logger. `train.trainer_features(trainer_cfg, total_steps)` gives the ones a
+run config asks for.
 
 A callback overrides the hooks it needs. Beyond the loop's events there are three more:
   on_gradients(trainer) -> bool   after backward, before the update; False skips the update
@@ -267,25 +267,3 @@ class TensorBoard(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def from_config(t, total_steps: int, run_dir: Path | None = None) -> list[Callback]:
-    """The callbacks that the trainer section `t` of a run config asks for (the trackers need the
-    run folder: tracking.py)."""
-    found: list[Callback] = []
-    if t.lr_schedule != "constant" or t.warmup_steps:
-        found.append(LRSchedule(t.lr_schedule, t.lr, total_steps, t.warmup_steps, t.lr_min))
-    if t.grad_clip or t.skip_threshold:
-        found.append(GradGuard(t.grad_clip, t.skip_threshold))
-    if t.ema:
-        found.append(EMA(t.ema))
-    from .config import loggers
-
-    chosen = loggers(t)
-    if "tensorboard" in chosen:
-        found.append(TensorBoard())
-    if run_dir is not None and set(chosen) & {"mlflow", "wandb"}:
-        from . import tracking
-
-        found += tracking.build(chosen, run_dir)
-    return found

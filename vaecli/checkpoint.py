@@ -278,6 +278,20 @@ def load_trainer_for(run_dir: Path, step: int, promote: bool = True, stage: Stag
                    f"{', '.join(found) or 'missing'}; the run folder is inconsistent (start a new run)")
 
 
+def saved_metadata(run_dir: Path, stage: Stage = MODEL) -> dict[str, str]:
+    """The metadata of the run's model file ({} when there is none, or it cannot be read)."""
+    path = Path(run_dir) / stage.model
+    if not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
+
+
 def saved_step(run_dir: Path, stage: Stage = MODEL) -> int | None:
     """The step of the run's model file, or None when there is none (yet)."""
     path = Path(run_dir) / stage.model

@@ -10,15 +10,19 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from . import config, runs, sweep
+from . import config, registry, runs, sweep
 
 
-def _sections() -> dict[str, type | None]:
-    """Top-level config keys: a section's dataclass, or None for a plain value (beta, seed)."""
-    out = {}
+def _sections() -> dict[str, list[str] | None]:
+    """Top-level config keys: a section's keys (a family's: those of all its members' cards), or
+    None for a plain value (beta, seed)."""
+    out: dict[str, list[str] | None] = {}
     for f in dataclasses.fields(config.Config):
         hint = typing.get_type_hints(config.Config)[f.name]
-        out[f.name] = hint if dataclasses.is_dataclass(hint) else None
+        if f.name in registry.FAMILIES:
+            out[f.name] = sorted({k for card in registry.members(f.name).values() for k in card.keys()})
+        else:
+            out[f.name] = [g.name for g in dataclasses.fields(hint)] if dataclasses.is_dataclass(hint) else None
     return out
 
 
@@ -48,14 +52,14 @@ def overrides(incomplete: str) -> list[tuple[str, str]]:
     sections = _sections()
     if "." in incomplete:
         section = incomplete.split(".", 1)[0]
-        schema = sections.get(section)
-        if schema is not None:
-            found = [(f"{section}.{f.name}=", "") for f in dataclasses.fields(schema) if f.name != "name"]
+        keys = sections.get(section)
+        if keys is not None:
+            found = [(f"{section}.{key}=", "") for key in keys if key != "name"]
     else:
         for name in config.GROUPS + config.SELECT_ONLY:
             found.append((f"{name}=", f"one of: {', '.join(config.group_options(name))}"))
-        for name, schema in sections.items():
-            if schema is not None:
+        for name, keys in sections.items():
+            if keys is not None:
                 found.append((f"{name}.", f"{name} settings"))
             elif name not in config.GROUPS:
                 found.append((f"{name}=", ""))

@@ -20,24 +20,23 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from . import registry
 from .bounds import DENSITIES
 from .errors import UsageError
+from .models.autoregressive_config import DECODERS  # noqa: F401  (re-exported: completion, docs)
+from .models.categorical_config import LATENTS  # noqa: F401
+from .models.vae_config import ACTIVATIONS, NETWORKS  # noqa: F401
+from .registry import FAMILIES
+from .samplers_config import COVARIANCES, FIT_ON  # noqa: F401
 
 GROUPS = ("dataset", "model", "posterior", "likelihood", "prior", "objective", "trainer")
 SELECT_ONLY = ("experiment",)  # groups that only preset other keys (`# @package _global_`)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 CHANNELS_LAST = ("auto", "true", "false")
-NETWORKS = ("mlp", "conv", "resnet")
-ACTIVATIONS = ("relu", "tanh", "elu")
 LR_SCHEDULES = ("constant", "cosine", "burda")
 LOGGERS = ("none", "tensorboard", "mlflow", "wandb")
 KL_SCHEDULES = ("constant", "linear", "cyclic")
-LATENTS = ("gaussian", "categorical")
-DECODERS = ("factorized", "pixelcnn")
-SAMPLERS = ("gmm", "two_stage")  # conf/sampler/: ex-post samplers (vae fit-sampler)
-COVARIANCES = ("full", "diag")
-FIT_ON = ("mean", "sample")
 
 
 @dataclass
@@ -55,73 +54,6 @@ class DatasetConfig:
     rotations: Optional[int] = None
     positions: Optional[int] = None
     dequantize: Optional[bool] = None  # None: on for the density likelihoods (resolved by load_config)
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING  # mlp | conv | resnet | ae | hvae | vqvae | ladder
-    latent_dim: int = MISSING
-    hidden: List[int] = MISSING
-    activation: str = MISSING
-    conditional: bool = MISSING
-    network: Optional[str] = None  # ae, hvae: mlp | conv | resnet
-    latent_dim2: Optional[int] = None  # hvae: z2
-    hidden2: Optional[List[int]] = None  # hvae: z1 <-> z2 MLPs
-    codebook_size: Optional[int] = None  # vqvae: K codes
-    code_dim: Optional[int] = None  # vqvae: size of each code vector
-    commitment: Optional[float] = None  # vqvae: commitment loss weight
-    ema_decay: Optional[float] = None  # vqvae: codebook EMA decay (0: codebook loss)
-    dead_after: Optional[int] = None  # vqvae: steps unused before a code is revived (0: never)
-    kmeans_init: Optional[bool] = None  # vqvae: k-means initialisation of the codebook
-    groups: Optional[int] = None  # ladder: latent groups (of latent_dim units each)
-    decoder: Optional[str] = None  # mlp, conv, resnet, ladder: factorized | pixelcnn
-    ar_layers: Optional[int] = None  # pixelcnn: gated layers
-    ar_kernel: Optional[int] = None  # pixelcnn: mask size (odd, >= 3)
-    ar_channels: Optional[int] = None  # pixelcnn: channels per layer
-    latent: Optional[str] = None  # mlp, conv, resnet: gaussian | categorical
-    categories: Optional[int] = None  # categorical: K classes per variable
-    temperature: Optional[float] = None  # categorical: Gumbel-softmax temperature at the start
-    temperature_min: Optional[float] = None  # categorical: its floor
-    anneal_rate: Optional[float] = None  # categorical: tau = max(min, tau_0 exp(-rate * passes))
-
-
-@dataclass
-class PosteriorConfig:
-    name: str = MISSING  # gaussian | iaf | planar
-    flows: Optional[int] = None  # iaf, planar: steps
-    hidden: Optional[int] = None  # iaf: MADE and context width
-
-
-@dataclass
-class LikelihoodConfig:
-    name: str = MISSING
-    sigma: Optional[float] = None  # gaussian: fixed sigma; gaussian_learned: initial sigma
-    per_pixel: Optional[bool] = None  # gaussian_learned
-    mixtures: Optional[int] = None  # logistic
-
-
-@dataclass
-class PriorConfig:
-    name: str = MISSING
-    components: Optional[int] = None  # mog, vamp
-
-
-@dataclass
-class ObjectiveConfig:
-    name: str = MISSING
-    k: Optional[int] = None  # iwae: importance samples
-    alpha: Optional[float] = None  # btcvae: weight of the index-code mutual information; infovae: its alpha
-    beta: Optional[float] = None  # btcvae: weight of the total correlation
-    gamma: Optional[float] = None  # btcvae: weight of the dimension-wise KL; factorvae: weight of the TC
-    type: Optional[str] = None  # dipvae: i (covariance of the posterior means) | ii (of the aggregate posterior)
-    lambda_od: Optional[float] = None  # dipvae: weight of the off-diagonal entries
-    lambda_d: Optional[float] = None  # dipvae: weight of the diagonal's distance to 1 (null: 10 x lambda_od for i, 1 x for ii)
-    disc_width: Optional[int] = None  # factorvae: the critic's hidden units per layer
-    disc_layers: Optional[int] = None  # factorvae: the critic's hidden layers
-    disc_lr: Optional[float] = None  # factorvae: the critic's Adam learning rate
-    lambda_mmd: Optional[float] = None  # infovae / wae: the MMD's weight
-    kernel: Optional[str] = None  # infovae / wae: imq | rbf
-    kernel_scale: Optional[float] = None  # infovae / wae: the kernel's bandwidth in prior variances
 
 
 @dataclass
@@ -180,12 +112,15 @@ class TrainerConfig:
 
 @dataclass
 class Config:
+    """The run config. model, posterior, likelihood, prior and objective are the chosen members'
+    cards (registry.py): `schema` makes the class whose fields have those types."""
+
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
-    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
-    prior: PriorConfig = field(default_factory=PriorConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    model: Any = None
+    posterior: Any = None
+    likelihood: Any = None
+    prior: Any = None
+    objective: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     code_prior: CodePriorConfig = field(default_factory=CodePriorConfig)
@@ -193,26 +128,25 @@ class Config:
     seed: int = MISSING
 
 
-@dataclass
-class SamplerConfig:
-    """vae fit-sampler: conf/sampler/*.yaml (each sets the keys that apply to it)."""
+def schema(raw: dict, families: tuple[str, ...] = FAMILIES, base: type = None) -> type:
+    """The typed config class for a composed tree: `base` (Config) with each family's field typed
+    by the chosen member's card."""
+    from dataclasses import make_dataclass
 
-    name: str = MISSING  # gmm | two_stage
-    fit_on: str = MISSING  # mean | sample
-    images: Optional[int] = None  # the first N training images (None: all)
-    seed: int = MISSING
-    components: Any = None  # gmm: a number, or auto (chosen by held-out likelihood: samplers.GMM_CANDIDATES)
-    covariance: Optional[str] = None
-    max_iter: Optional[int] = None
-    hidden: Optional[List[int]] = None  # two_stage
-    epochs: Optional[int] = None
-    lr: Optional[float] = None
-    batch_size: Optional[int] = None
+    chosen = []
+    for family in families:
+        name = (raw.get(family) or {}).get("name") if isinstance(raw.get(family), dict) else None
+        cls = registry.card(family, name)
+        if cls is None:
+            options = ", ".join(registry.members(family)) or "(none)"
+            raise UsageError(f"unknown {family} {name!r}; choose one of: {options}")
+        chosen.append((family, cls, field(default_factory=cls)))
+    return make_dataclass((base or Config).__name__, chosen, bases=(base or Config,))
 
 
 @dataclass
 class SamplerRoot:
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    sampler: Any = None  # the chosen sampler's card (samplers_config.py)
 
 
 def config_dir() -> Path:
@@ -263,6 +197,8 @@ def _check_keys(reference: dict, parsed: list[tuple[str, Any]], groups: tuple[st
             continue
         node: Any = reference
         parts = key.split(".")
+        if _under_open_node(reference, parts):
+            continue
         for depth, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
                 where = ".".join(parts[:depth])
@@ -276,12 +212,31 @@ def _check_keys(reference: dict, parsed: list[tuple[str, Any]], groups: tuple[st
             raise UsageError(f"'{key}' is a section; set one of its keys: {', '.join(sorted(node))}")
 
 
+def _open_keys(family: str, name: Any) -> tuple[str, ...]:
+    card = registry.card(family, name) if family in FAMILIES else None
+    return getattr(card, "OPEN_KEYS", ()) if card is not None else ()
+
+
+def _under_open_node(reference: dict, parts: list[str]) -> bool:
+    """A key inside a node whose keys are the user's (a `_target_` node: model.encoder_net.*)."""
+    if len(parts) < 3 or not isinstance(reference.get(parts[0]), dict):
+        return False
+    return parts[1] in _open_keys(parts[0], reference[parts[0]].get("name"))
+
+
+def _hydra_override(text: str, reference: dict) -> str:
+    """The override as Hydra takes it: a key inside an open node may be new there (`++`)."""
+    key = text.split("=", 1)[0]
+    return f"++{text}" if _under_open_node(reference, key.split(".")) else text
+
+
 def _typed(raw: dict, schema: type = None) -> "Any":
-    """Merge a plain dict onto the schema; a wrong type becomes a UsageError naming the key."""
+    """Merge a plain dict onto the schema (by default the run config's, with the chosen members'
+    cards); a wrong type becomes a UsageError naming the key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    schema = schema or Config
+    schema = schema or globals()["schema"](raw)
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), raw)
     except OmegaConfBaseException as e:
@@ -352,16 +307,17 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> Composed:
         defaults = OmegaConf.to_container(compose("config", overrides=selections), resolve=True)
         _check_keys(defaults, parsed)
         try:
-            composed = compose("config", overrides=list(overrides))
+            composed = compose("config", overrides=[_hydra_override(o, defaults) for o in overrides])
         except Exception as e:  # composition errors are usage errors; keep their first line
             raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
     raw = _resolve(composed)
     return _finish(raw, reference=raw, overrides=overrides)
 
 
-def load_sampler_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[SamplerConfig, dict]:
+def load_sampler_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Any, dict]:
     """Compose conf/fit_sampler.yaml (sampler=gmm|two_stage and its keys) with `overrides`:
-    the validated SamplerConfig and its plain tree (stored beside the fitted sampler)."""
+    the validated sampler card (samplers_config.py) and its plain tree (stored beside the fitted
+    sampler)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
@@ -383,34 +339,23 @@ def load_sampler_config(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Sa
         except Exception as e:
             raise UsageError(f"bad override: {str(e).splitlines()[0]}") from None
     raw = _resolve(composed)
-    typed = _typed(raw, SamplerRoot)
+    typed = _typed(raw, schema(raw, ("sampler",), SamplerRoot))
     try:
-        cfg: SamplerConfig = OmegaConf.to_object(typed).sampler
+        cfg = OmegaConf.to_object(typed).sampler
     except MissingMandatoryValue as e:
         raise UsageError(f"config key {getattr(e, 'full_key', None) or '?'} has no value; set it") from None
     validate_sampler(cfg)
     return cfg, _prune(OmegaConf.to_container(typed), raw)["sampler"]
 
 
-def validate_sampler(s: SamplerConfig) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UsageError(message)
+def validate_sampler(s) -> None:
+    """The sampler card's own checks."""
+    s.check(None, _need)
 
-    need(s.fit_on in FIT_ON, f"sampler.fit_on must be one of {', '.join(FIT_ON)} (got {s.fit_on!r})")
-    need(s.images is None or s.images >= 1, f"sampler.images must be >= 1 or null (got {s.images})")
-    if s.name == "gmm":
-        need(s.components == "auto" or (isinstance(s.components, int) and not isinstance(s.components, bool)
-                                         and s.components >= 1),
-             f"sampler.components must be a number >= 1 or auto (got {s.components!r})")
-        need(s.covariance in COVARIANCES, f"sampler.covariance must be one of {', '.join(COVARIANCES)} (got {s.covariance!r})")
-        need(s.max_iter >= 1, f"sampler.max_iter must be >= 1 (got {s.max_iter})")
-    if s.name == "two_stage":
-        need(len(s.hidden) >= 1 and all(h >= 1 for h in s.hidden),
-             f"sampler.hidden must list positive widths, e.g. [512,512] (got {s.hidden})")
-        need(s.epochs >= 1, f"sampler.epochs must be >= 1 (got {s.epochs})")
-        need(s.lr > 0, f"sampler.lr must be > 0 (got {s.lr})")
-        need(s.batch_size >= 1, f"sampler.batch_size must be >= 1 (got {s.batch_size})")
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
 
 
 def _resolve(conf) -> dict:
@@ -445,7 +390,8 @@ def _finish(raw: dict, reference: dict, overrides=()) -> Composed:
 
     typed = _typed(raw)
     if typed.dataset.dequantize is None:  # recorded as resolved, so config.yaml says what ran
-        typed.dataset.dequantize = typed.likelihood.name in DENSITIES
+        likelihood = registry.card("likelihood", typed.likelihood.name)
+        typed.dataset.dequantize = "density" in likelihood(name=typed.likelihood.name).provides(None)
     try:
         cfg: Config = OmegaConf.to_object(typed)
     except MissingMandatoryValue as e:
@@ -464,15 +410,9 @@ def check_device(name: str, key: str = "device") -> None:
 def validate(cfg: Config) -> None:
     """Range checks that types cannot express; each failure names the key and a valid value."""
 
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise UsageError(message)
-
-    d, m, t, lik = cfg.dataset, cfg.model, cfg.trainer, cfg.likelihood
+    need = _need
+    d, t = cfg.dataset, cfg.trainer
     need(cfg.beta >= 0, f"beta must be >= 0 (got {cfg.beta})")
-    need(m.latent_dim >= 1, f"model.latent_dim must be >= 1 (got {m.latent_dim})")
-    need(len(m.hidden) >= 1 and all(h >= 1 for h in m.hidden),
-         f"model.hidden must list positive widths, e.g. [400] (got {m.hidden})")
     need(t.epochs >= 1, f"trainer.epochs must be >= 1 (got {t.epochs})")
     need(t.batch_size >= 1, f"trainer.batch_size must be >= 1 (got {t.batch_size})")
     need(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1 (got {t.eval_batch_size})")
@@ -498,14 +438,7 @@ def validate(cfg: Config) -> None:
     for key in ("scales", "rotations", "positions"):
         value = getattr(d, key)
         need(value is None or value >= 1, f"dataset.{key} must be >= 1 (got {value})")
-    if d.dequantize:
-        need(lik.name in DENSITIES, f"dataset.dequantize=true is for the density likelihoods ({', '.join(DENSITIES)}); "
-             f"likelihood={lik.name} is a probability of the stored values already: drop dataset.dequantize")
-    if lik.name in ("gaussian", "gaussian_learned"):
-        need(lik.sigma is not None and lik.sigma > 0, f"likelihood.sigma must be > 0 (got {lik.sigma})")
-    if lik.name == "logistic":
-        need(lik.mixtures is not None and lik.mixtures >= 1, f"likelihood.mixtures must be >= 1 (got {lik.mixtures})")
-    _validate_model(cfg, need)
+    _validate_members(cfg, need)
     cp = cfg.code_prior
     need(cp.width >= 1 and cp.layers >= 1 and cp.heads >= 1,
          f"code_prior.width, .layers and .heads must be >= 1 (got {cp.width}, {cp.layers}, {cp.heads})")
@@ -548,162 +481,50 @@ def loggers(t) -> list[str]:
     return [str(v) for v in value if str(v) != "none"]
 
 
-def _validate_model(cfg: Config, need) -> None:
-    """Model, prior, objective and KL settings, and the combinations that make no sense."""
-    m, p, o, kl = cfg.model, cfg.prior, cfg.objective, cfg.kl
-    need(m.activation in ACTIVATIONS, f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {m.activation!r})")
-    if m.name in ("ae", "hvae", "vqvae", "ladder"):
-        need(m.network in NETWORKS, f"model.network must be one of {', '.join(NETWORKS)} (got {m.network!r})")
-    if m.name == "hvae":
-        need((m.latent_dim2 or 0) >= 1, f"model.latent_dim2 must be >= 1 (got {m.latent_dim2})")
-        need(bool(m.hidden2) and all(h >= 1 for h in m.hidden2),
-             f"model.hidden2 must list positive widths, e.g. [50,50] (got {m.hidden2})")
-    if m.name == "ladder":
-        need((m.groups or 0) >= 1, f"model.groups must be >= 1 (got {m.groups})")
-        need(p.name == "normal", "model=ladder has its own hierarchical prior (N(0, I) on the top group); use prior=normal")
-    if p.name in ("mog", "vamp"):
-        need((p.components or 0) >= 1, f"prior.components must be >= 1 (got {p.components})")
-    if o.name == "iwae":
-        need((o.k or 0) >= 1, f"objective.k must be >= 1 (got {o.k})")
+def _validate_members(cfg: Config, need) -> None:
+    """Each chosen member's own checks, the KL settings, then what the members need of each other
+    (registry.check_requirements: capabilities, never names)."""
+    chosen = [getattr(cfg, family) for family in FAMILIES]
+    for member in chosen:
+        member.check(cfg, need)
+    kl = cfg.kl
     need(kl.schedule in KL_SCHEDULES, f"kl.schedule must be one of {', '.join(KL_SCHEDULES)} (got {kl.schedule!r})")
     need(kl.warmup_steps >= 1, f"kl.warmup_steps must be >= 1 (got {kl.warmup_steps})")
     need(kl.cycles >= 1, f"kl.cycles must be >= 1 (got {kl.cycles})")
     need(0 < kl.ratio <= 1, f"kl.ratio must be in (0, 1] (got {kl.ratio})")
     need(kl.free_bits >= 0, f"kl.free_bits must be >= 0 (got {kl.free_bits})")
     need(kl.delta >= 0, f"kl.delta must be >= 0 nats per dimension (got {kl.delta})")
-    if kl.delta > 0:
-        need(m.name in NETWORKS and m.latent == "gaussian" and cfg.posterior.name == "gaussian" and p.name == "normal",
-             "kl.delta commits the rate of a Gaussian posterior against N(0, I): model=mlp, conv or resnet with "
-             "posterior=gaussian and prior=normal")
-    # Combinations without a meaning: refuse them rather than train something else silently.
-    if m.name == "ae":
-        need(o.name in ("elbo", "wae"), f"model=ae has no posterior to importance-sample or KL to shape; use "
-             f"objective=elbo or wae (got objective={o.name})")
-        need(p.name == "normal", "model=ae has no KL term, so a prior is not trained; use prior=normal")
-        need(kl.free_bits == 0, "model=ae has no KL term; drop kl.free_bits")
-    if m.name == "hvae":
-        need(p.name == "normal", "model=hvae uses a N(0, I) prior on its top layer z2; use prior=normal")
-    if m.name == "vqvae":
-        _validate_vqvae(cfg, need)
-    _validate_posterior(cfg, need)
-    _validate_categorical(cfg, need)
-    _validate_decoder(cfg, need)
-    if kl.free_bits > 0:
-        need(p.name == "normal" and m.name != "hvae" and cfg.posterior.name == "gaussian",
-             "kl.free_bits needs a KL per latent dimension or group: prior=normal and posterior=gaussian with "
-             "model=mlp, conv, resnet or ladder")
-    if o.name == "iwae":
-        need(kl.schedule == "constant" and kl.free_bits == 0 and cfg.beta == 1.0,
-             "objective=iwae trains the importance-weighted bound itself: drop beta, kl.schedule and kl.free_bits")
+    need(kl.capacity >= 0, f"kl.capacity must be >= 0 nats (got {kl.capacity})")
     if kl.capacity > 0:
-        need(o.name == "elbo" and cfg.beta == 1.0 and kl.free_bits == 0 and kl.schedule == "constant",
-             "kl.capacity replaces beta, kl.schedule and kl.free_bits (the loss is recon + kl.capacity_gamma |KL - C|): "
-             "use it with objective=elbo and leave those at their defaults")
+        need(cfg.beta == 1.0 and kl.free_bits == 0 and kl.schedule == "constant",
+             CAPACITY_ALONE)
         need(kl.capacity_steps >= 1 and kl.capacity_gamma > 0,
              f"kl.capacity_steps must be >= 1 and kl.capacity_gamma > 0 (got {kl.capacity_steps}, {kl.capacity_gamma})")
-    need(kl.capacity >= 0, f"kl.capacity must be >= 0 nats (got {kl.capacity})")
-    _validate_objective(cfg, need)
-    if p.name == "vamp":
-        need(not m.conditional, "prior=vamp is not available for conditional models (its pseudo-inputs have no label)")
+    registry.check_requirements(chosen, cfg, need, _kl_requirements(cfg))
 
 
-# Objectives that shape the code of one diagonal Gaussian posterior against N(0, I): what each does to it.
-ON_ONE_GAUSSIAN = {"btcvae": "splits the KL of", "dipvae": "regularizes the covariance of",
-                   "factorvae": "estimates the total correlation of", "infovae": "matches the aggregate of"}
+CAPACITY_ALONE = ("kl.capacity replaces beta, kl.schedule and kl.free_bits (the loss is recon + kl.capacity_gamma "
+                  "|KL - C|): use it with objective=elbo and leave those at their defaults")
 
 
-def _validate_objective(cfg: Config, need) -> None:
-    """The disentangling and MMD objectives: which models they apply to, and their settings."""
-    m, p, o, kl = cfg.model, cfg.prior, cfg.objective, cfg.kl
-    if o.name in ON_ONE_GAUSSIAN or (o.name == "wae" and m.name != "ae"):
-        what = ON_ONE_GAUSSIAN.get(o.name, "matches the aggregate of")
-        need(m.name in NETWORKS and m.latent == "gaussian" and cfg.posterior.name == "gaussian"
-             and p.name == "normal" and kl.delta == 0,
-             f"objective={o.name} {what} a diagonal Gaussian posterior against N(0, I): use model=mlp, conv or resnet"
-             f"{' (or model=ae)' if o.name == 'wae' else ''} with posterior=gaussian and prior=normal "
-             f"(got model={m.name}{', latent=' + m.latent if m.latent not in (None, 'gaussian') else ''}, prior={p.name})")
-    if o.name in ("btcvae", "dipvae", "factorvae", "infovae", "wae"):
-        need(kl.free_bits == 0, f"objective={o.name} shapes the code its own way; kl.free_bits is for "
-             "objective=elbo: drop it")
-    if o.name in ("btcvae", "infovae", "wae"):
-        weights = {"btcvae": "weights its KL terms by objective.alpha, objective.beta and objective.gamma",
-                   "infovae": "weights its KL by 1 - objective.alpha", "wae": "has no KL term"}[o.name]
-        need(cfg.beta == 1.0, f"objective={o.name} {weights}: leave beta at 1")
-    if o.name == "dipvae":
-        need(o.type in ("i", "ii"), f"objective.type must be i or ii (got {o.type!r})")
-        need(all(w is None or w >= 0 for w in (o.lambda_od, o.lambda_d)),
-             "objective.lambda_od and objective.lambda_d must be >= 0")
-    if o.name == "btcvae":
-        need(all(w is None or w >= 0 for w in (o.alpha, o.beta, o.gamma)),
-             "objective.alpha, objective.beta and objective.gamma must be >= 0")
-    if o.name == "factorvae":
-        need(o.gamma is None or o.gamma >= 0, f"objective.gamma must be >= 0 (got {o.gamma})")
-        need((o.disc_width or 0) >= 1 and (o.disc_layers or 0) >= 1 and (o.disc_lr or 0) > 0,
-             "objective.disc_width and objective.disc_layers must be >= 1 and objective.disc_lr > 0 "
-             f"(got {o.disc_width}, {o.disc_layers}, {o.disc_lr})")
-    if o.name in ("infovae", "wae"):
-        need(o.kernel in ("imq", "rbf"), f"objective.kernel must be imq or rbf (got {o.kernel!r})")
-        need((o.kernel_scale or 0) > 0 and (o.lambda_mmd or 0) >= 0,
-             f"objective.kernel_scale must be > 0 and objective.lambda_mmd >= 0 (got {o.kernel_scale}, {o.lambda_mmd})")
-    if o.name == "wae":
-        need(kl.schedule == "constant", "objective=wae has no KL term to schedule: drop kl.schedule")
-
-
-def _validate_posterior(cfg: Config, need) -> None:
-    q, m = cfg.posterior, cfg.model
-    if q.name == "gaussian":
-        return
-    need(m.name in NETWORKS, f"posterior={q.name} is for the flat VAEs (model=mlp, conv or resnet); model={m.name} "
-         "has a posterior of its own: use posterior=gaussian")
-    need((q.flows or 0) >= 1, f"posterior.flows must be >= 1 (got {q.flows})")
-    if q.name == "iaf":
-        need((q.hidden or 0) >= 1, f"posterior.hidden must be >= 1 (got {q.hidden})")
-
-
-def _validate_decoder(cfg: Config, need) -> None:
-    m = cfg.model
-    if m.name not in (*NETWORKS, "ladder"):
-        return
-    need(m.decoder in DECODERS, f"model.decoder must be one of {', '.join(DECODERS)} (got {m.decoder!r})")
-    if m.decoder != "pixelcnn":
-        return
-    need((m.ar_layers or 0) >= 1, f"model.ar_layers must be >= 1 (got {m.ar_layers})")
-    need(m.ar_kernel is not None and m.ar_kernel >= 3 and m.ar_kernel % 2 == 1,
-         f"model.ar_kernel must be odd and >= 3 (got {m.ar_kernel})")
-    need((m.ar_channels or 0) >= 1, f"model.ar_channels must be >= 1 (got {m.ar_channels})")
-
-
-def _validate_categorical(cfg: Config, need) -> None:
-    m = cfg.model
-    if m.name not in NETWORKS:
-        return
-    need(m.latent in LATENTS, f"model.latent must be one of {', '.join(LATENTS)} (got {m.latent!r})")
-    if m.latent != "categorical":
-        return
-    need((m.categories or 0) >= 2, f"model.categories must be >= 2 classes per variable (got {m.categories})")
-    need(m.temperature is not None and m.temperature > 0, f"model.temperature must be > 0 (got {m.temperature})")
-    need(m.temperature_min is not None and 0 < m.temperature_min <= m.temperature,
-         f"model.temperature_min must be in (0, model.temperature] (got {m.temperature_min})")
-    need(m.anneal_rate is not None and m.anneal_rate >= 0, f"model.anneal_rate must be >= 0 (got {m.anneal_rate})")
-    need(cfg.posterior.name == "gaussian", "model.latent=categorical has its own posterior (categorical): drop posterior=")
-    need(cfg.prior.name == "normal", "model.latent=categorical has a uniform prior over codes: use prior=normal (the default)")
-    need(cfg.objective.name == "elbo", "model.latent=categorical trains through the Gumbel-softmax relaxation: use "
-         f"objective=elbo (got objective={cfg.objective.name}; eval-iwae still importance-samples hard codes)")
-
-
-def _validate_vqvae(cfg: Config, need) -> None:
-    m = cfg.model
-    need(m.network in ("conv", "resnet"), f"model=vqvae needs a code grid: model.network=conv or resnet (got {m.network!r})")
-    need((m.codebook_size or 0) >= 2, f"model.codebook_size must be >= 2 (got {m.codebook_size})")
-    need((m.code_dim or 0) >= 1, f"model.code_dim must be >= 1 (got {m.code_dim})")
-    need(m.commitment is not None and m.commitment >= 0, f"model.commitment must be >= 0 (got {m.commitment})")
-    need(m.ema_decay is not None and 0 <= m.ema_decay < 1, f"model.ema_decay must be in [0, 1) (got {m.ema_decay})")
-    need(m.dead_after is not None and m.dead_after >= 0, f"model.dead_after must be >= 0 (got {m.dead_after})")
-    need(cfg.prior.name == "normal", "model=vqvae has its own prior over codes (uniform while training it); use prior=normal")
-    need(cfg.objective.name == "elbo", f"model=vqvae has a point-mass posterior over codes: importance sampling and the KL-shaping objectives do "
-         f"not apply; use objective=elbo (got objective={cfg.objective.name})")
-    need(cfg.kl.schedule == "constant" and cfg.kl.free_bits == 0 and cfg.beta == 1.0,
-         "model=vqvae's KL to the uniform code prior is a constant: beta, kl.schedule and kl.free_bits change nothing; drop them")
+def _kl_requirements(cfg: Config) -> list[registry.Requirement]:
+    """What the run-wide KL settings and the data need of the chosen members."""
+    kl, found = cfg.kl, []
+    if kl.delta > 0:
+        found.append(registry.needs("gaussian_code", "closed_form", "standard_normal", explain=False, message=(
+            "kl.delta commits the rate of a Gaussian posterior against N(0, I): model=mlp, conv or resnet with "
+            "posterior=gaussian and prior=normal")))
+    if kl.free_bits > 0:
+        found.append(registry.needs("kl_per_dim", "closed_form", "standard_normal", explain=False, message=(
+            "kl.free_bits needs a KL per latent dimension or group: prior=normal and posterior=gaussian with "
+            "model=mlp, conv, resnet or ladder")))
+    if kl.capacity > 0:
+        found.append(registry.needs("elbo_loss", message=CAPACITY_ALONE, explain=False))
+    if cfg.dataset.dequantize:
+        found.append(registry.needs("density", explain=False, message=(
+            f"dataset.dequantize=true is for the density likelihoods ({', '.join(DENSITIES)}); likelihood={cfg.likelihood.name} is a probability of the stored values "
+            "already: drop dataset.dequantize")))
+    return found
 
 
 def data_root(cfg: DatasetConfig) -> Path:

@@ -257,9 +257,14 @@ def factor_metrics(codes: torch.Tensor, factors: torch.Tensor, metrics: tuple[st
 def _factor_metrics(grid: FactorGrid, metrics: tuple[str, ...], seed: int, num_train: int, num_test: int, batch: int,
                     num_variance: int) -> dict:
     out: dict = {}
+    if not grid.varying:
+        raise ValueError("no factor of this data varies")
     if "dci" in metrics or "sap" in metrics:
         generator = torch.Generator().manual_seed(seed)
+        # Varying factors only, as disentanglement_lib exposes them (its latent_factor_indices): a
+        # factor with one value has nothing to predict (scikit-learn refuses a single class).
         train, test = grid.sample(num_train, generator), grid.sample(num_test, generator)
+        train, test = (train[0], train[1][:, grid.varying]), (test[0], test[1][:, grid.varying])
         if "dci" in metrics:
             out["dci"] = dci(*train, *test)
         if "sap" in metrics:
@@ -269,4 +274,31 @@ def _factor_metrics(grid: FactorGrid, metrics: tuple[str, ...], seed: int, num_t
                                              num_variance)
     if "beta_vae" in metrics:
         out["beta_vae"] = beta_vae_score(grid, torch.Generator().manual_seed(seed), batch, num_train, num_test)
+    return out
+
+
+def evaluate(codes: torch.Tensor, factors: torch.Tensor, names: list[str], metrics: tuple[str, ...], seed: int = 0,
+             points: int = NUM_TRAIN) -> dict:
+    """The metrics named in `metrics` of the codes (N, D) of a dataset with ground-truth factors
+    (N, K). On a full factor grid, MIG is computed on `points` observations of uniformly drawn
+    factors (disentanglement_lib's mig.num_train = 10,000) and the others as factor_metrics does;
+    on data that is not a full grid, MIG on every image and the others refused (ValueError)."""
+    out: dict = {}
+    try:
+        grid = FactorGrid(factors, codes)
+    except ValueError:
+        if any(m != "mig" for m in metrics):
+            raise
+        grid = None
+    if "mig" in metrics:
+        if grid is not None:
+            mig_codes, mig_factors = grid.sample(points, torch.Generator().manual_seed(seed))
+        else:
+            mig_codes, mig_factors = codes, factors
+        out.update(mig(mig_codes, mig_factors, names))
+        out["mig_points"] = len(mig_codes)
+    rest = tuple(m for m in metrics if m != "mig")
+    if rest:
+        out.update(factor_metrics(codes, factors, rest, seed, num_train=points, num_test=max(1, points // 2),
+                                  num_variance=points))
     return out

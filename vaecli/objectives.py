@@ -344,6 +344,13 @@ def wae(model, x: Tensor, y: Tensor | None, lam: float, kernel: str, scale: floa
     return loss, metrics
 
 
+# Objectives whose loss holds a statistic of the whole batch (the minibatch's mixture of posteriors,
+# a covariance of codes, a permutation of them, an MMD between n codes and n prior draws): a last
+# short batch would make it degenerate (MMD's n(n-1) is 0 at n = 1) or noisier than the rest, so
+# they train on whole batches only (the trainer drops an epoch's short last batch; the shuffled
+# order differs every epoch, so no image is left out for good). Decided once, for all of them.
+BATCH_STATISTIC = frozenset({"btcvae", "dipvae", "factorvae", "infovae", "wae"})
+
 TERMS = {"elbo": (), "iwae": ("iwae",), "btcvae": ("mi", "tc", "dim_kl"), "dipvae": ("dip",),
          "factorvae": ("tc", "disc_loss", "disc_acc"), "infovae": ("mmd",), "wae": ("mmd",)}
 
@@ -362,6 +369,7 @@ class Objective:
         self.tc_weights, self.dip, self.gamma, self.critic, self.mmd = tc_weights, dip, gamma, critic, mmd
         self.callbacks = (critic,) if critic is not None else ()
         self.terms = TERMS[name] + (("capacity",) if self.schedule.capacity > 0 else ())
+        self.whole_batches = name in BATCH_STATISTIC  # the trainer drops a short last batch (BATCH_STATISTIC)
 
     def __call__(self, model, x: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if self.name == "iwae":
@@ -391,21 +399,25 @@ def _given(value, default: float) -> float:
 
 
 def build(objective_cfg, kl_cfg, beta: float, total_steps: int, latent_dim: int = 0) -> Objective:
-    """From the config sections `objective` and `kl`, the run length (cyclic schedule) and the
-    model's latent size (FactorVAE's critic reads codes)."""
-    o = objective_cfg
+    """From the config sections `objective` (the chosen member's card: objectives_config.py) and
+    `kl`, the run length (cyclic schedule) and the model's latent size (FactorVAE's critic reads
+    codes)."""
+    def key(name: str, default: float) -> float:  # a key the chosen objective does not have: its default
+        return _given(getattr(objective_cfg, name, None), default)
+
+    name = objective_cfg.name
     schedule = KLSchedule(kl_cfg.schedule, beta, kl_cfg.warmup_steps, kl_cfg.cycles, kl_cfg.ratio, total_steps,
                           kl_cfg.capacity, kl_cfg.capacity_steps, kl_cfg.capacity_gamma)
-    weights = tuple(_given(w, default) for w, default in zip((o.alpha, o.beta, o.gamma), (1.0, 6.0, 1.0)))
-    kind = o.type or "i"
-    lambda_od = _given(o.lambda_od, 10.0)
-    lambda_d = _given(o.lambda_d, lambda_od * (10.0 if kind == "i" else 1.0))  # disentanglement_lib's lambda_d_factor
-    critic = (TCDiscriminator(latent_dim, int(o.disc_width or 1000), int(o.disc_layers or 6), _given(o.disc_lr, 1e-4))
-              if o.name == "factorvae" else None)
-    mmd_settings = (_given(o.alpha, 0.0), _given(o.lambda_mmd, 1000.0 if o.name == "infovae" else 100.0),
-                    o.kernel or "imq", _given(o.kernel_scale, 1.0))
-    return Objective(o.name, o.k or 1, schedule, kl_cfg.free_bits, weights, (kind, lambda_od, lambda_d),
-                     _given(o.gamma, 10.0), critic, mmd_settings)
+    weights = (key("alpha", 1.0), key("beta", 6.0), key("gamma", 1.0))
+    kind = getattr(objective_cfg, "type", None) or "i"
+    lambda_od = key("lambda_od", 10.0)
+    lambda_d = key("lambda_d", lambda_od * (10.0 if kind == "i" else 1.0))  # disentanglement_lib's lambda_d_factor
+    critic = (TCDiscriminator(latent_dim, int(key("disc_width", 1000)), int(key("disc_layers", 6)), key("disc_lr", 1e-4))
+              if name == "factorvae" else None)
+    mmd_settings = (key("alpha", 0.0), key("lambda_mmd", 1000.0 if name == "infovae" else 100.0),
+                    getattr(objective_cfg, "kernel", None) or "imq", key("kernel_scale", 1.0))
+    return Objective(name, int(key("k", 1)), schedule, kl_cfg.free_bits, weights, (kind, lambda_od, lambda_d),
+                     key("gamma", 10.0), critic, mmd_settings)
 
 
 @torch.no_grad()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -252,7 +251,8 @@ def process_alive(status: dict) -> bool | None:
 
 def append_eval(run_dir: Path, record: dict) -> bool:
     """Add one evaluation result to RUN/evals.jsonl; False when the folder is not a run folder
-    (a bare .safetensors file) or cannot be written."""
+    (a bare .safetensors file) or cannot be written. (tracking.append_eval also hands it to the
+    run's experiment tracker: the commands call that one.)"""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         return False
@@ -261,14 +261,6 @@ def append_eval(run_dir: Path, record: dict) -> bool:
             f.write(json.dumps({"time": time.time(), **record}) + "\n")
     except OSError:
         return False
-    if (run_dir / "tracking.json").is_file():  # a run an experiment tracker follows (tracking.py)
-        try:
-            from . import tracking
-
-            tracking.log_eval(run_dir, record)
-        except Exception as e:  # the evaluation stands; the tracker missing it is a warning
-            sys.stderr.write(f"warning: the evaluation is in {run_dir / EVALS_FILE} but not in the tracker: "
-                             f"{(str(e).splitlines() or [type(e).__name__])[0]}\n")
     return True
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .errors import UsageError, VaeError
+from .models import autoregressive
 
 FEATURES = ("inception", "pixels")
 OF = ("samples", "reconstructions")
@@ -287,9 +288,13 @@ def model_images(model, sampler, data, index: Tensor, of: str, temperature, gene
 
 def evaluate(model, sampler, data, dataset_cfg, split: str, n: int, of: str, features, temperature=1.0,
              seed: int = 0, batch_size: int = 100, data_seed: int = 0,
-             on_batch: Callable[[int], None] | None = None) -> dict:
+             on_batch: Callable[[int], None] | None = None, draw: bool | None = None) -> dict:
     """FID, KID, precision and recall of n model images (samples or reconstructions) against n
-    images of the split (a fixed random subset of it)."""
+    images of the split (a fixed random subset of it). `draw`: the model's images are draws
+    x ~ p(x|z) rather than the likelihood's mean; None: draws where the data are binary (2 levels),
+    so binary images are compared with binary images."""
+    if draw is None:
+        draw = data.levels == 2
     if not model.can_sample and of == "samples":
         raise UsageError(model.prior_problem)
     started = time.perf_counter()
@@ -299,15 +304,18 @@ def evaluate(model, sampler, data, dataset_cfg, split: str, n: int, of: str, fea
     generator = torch.Generator(device=model.device).manual_seed(seed)
     make = model_images(model, sampler, data, index, of, temperature, generator, batch_size)
     fake = []
-    for start in range(0, n, batch_size):
-        fake.append(features(make(start, min(n, start + batch_size))))
-        if on_batch is not None:
-            on_batch(len(fake[-1]))
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []), \
+            (autoregressive.drawing() if draw else contextlib.nullcontext()):
+        torch.manual_seed(seed)  # the draws x ~ p(x|z) come from the global RNG, forked and seeded: they repeat
+        for start in range(0, n, batch_size):
+            fake.append(features(make(start, min(n, start + batch_size))))
+            if on_batch is not None:
+                on_batch(len(fake[-1]))
     fake = torch.cat(fake)
     if not torch.isfinite(fake).all():
         raise VaeError("the model's images gave non-finite features (a diverged model?)")
     result = compare(real, fake, seed)
-    result.update({"n": n, "split": split, "of": of, "sampler": sampler.name if of == "samples" else None,
+    result.update({"n": n, "split": split, "of": of, "images": "draws" if draw or model.draws_pixel_by_pixel else "means", "sampler": sampler.name if of == "samples" else None,
                    "temperature": temperature if of == "samples" else None, "features": features.name,
                    "feature_dims": int(real.shape[1]), "seed": seed, "reference_cache": str(cache) if cache else None,
                    "seconds": time.perf_counter() - started})

@@ -269,7 +269,7 @@ def fit_two_stage(z: Tensor, hidden: list[int], epochs: int, lr: float, batch_si
 
 def fit(model, data, cfg, generator: torch.Generator,
         on_step: Callable[[int, float], None] | None = None) -> tuple[Fitted, dict]:
-    """The sampler that `cfg` (config.SamplerConfig) names, fitted to the latents of `data`;
+    """The sampler that `cfg` (the chosen card of samplers_config.py) names, fitted to the latents of `data`;
     `on_step` after each of progress_steps(cfg) steps (an epoch, a candidate mixture size)."""
     z = latents(model, data, cfg.fit_on, generator)
     if cfg.name == "gmm":

@@ -3,7 +3,7 @@
 `trainer.logger=[tensorboard,mlflow]`. Each gets what TensorBoard gets (train/* at every log line,
 test/* after every epoch, the KL per dimension), the run's config as parameters, the model file
 and the last sample grid as artifacts, and later evaluations of the run (eval-iwae, eval-samples,
-eval-disentanglement: `log_eval`, called by runs.append_eval) as eval/<kind>/<figure>.
+eval-disentanglement: `log_eval`, called by append_eval) as eval/<kind>/<figure>.
 
 metrics.jsonl stays the record; a tracker is a view of it. Which tracked run belongs to a run
 folder is kept in RUN/tracking.json, so --resume continues the same tracked run; the figures a
@@ -360,8 +360,22 @@ def build(names: list[str], run_dir: Path) -> list[Callback]:
     return found
 
 
+def append_eval(run_dir: Path, record: dict) -> bool:
+    """runs.append_eval (RUN/evals.jsonl), then the run's experiment tracker, if one follows it
+    (RUN/tracking.json): what every evaluating command calls."""
+    if not runs.append_eval(run_dir, record):
+        return False
+    if (Path(run_dir) / TRACKING_FILE).is_file():
+        try:
+            log_eval(run_dir, record)
+        except Exception as e:  # the evaluation stands; the tracker missing it is a warning
+            sys.stderr.write(f"warning: the evaluation is in {Path(run_dir) / runs.EVALS_FILE} but not in the "
+                             f"tracker: {(str(e).splitlines() or [type(e).__name__])[0]}\n")
+    return True
+
+
 def log_eval(run_dir: Path, record: dict) -> None:
-    """An evaluation of a tracked run (runs.append_eval) in its tracked runs as eval/<kind>/<figure>:
+    """An evaluation of a tracked run (append_eval) in its tracked runs as eval/<kind>/<figure>:
     MLflow metrics at the model's step; in W&B the run's summary (the run is reopened: W&B's
     history only grows, and training has logged past this step)."""
     saved = _saved(run_dir)

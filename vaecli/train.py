@@ -23,7 +23,7 @@ import torch
 from . import callbacks as features, checkpoint, data, device as devices, distributed, evaluate, models, objectives
 from . import pictures, runs, sharing
 from .callbacks import Callback  # noqa: F401 (the hook base class, re-exported for users of the trainer)
-from .config import Composed, Config
+from .config import Composed, Config, loggers
 from .data.images import save_grid
 from .distributed import Dist
 from .errors import Interrupted, UsageError, VaeError
@@ -116,6 +116,36 @@ def _signals_as_flag():
             signal.signal(s, h)
 
 
+def trainer_features(t, total_steps: int, run_dir: Path | None = None) -> list[features.Callback]:
+    """The callbacks that the trainer section `t` of a run config asks for (the trackers need the
+    run folder: tracking.py)."""
+    found: list[features.Callback] = []
+    if t.lr_schedule != "constant" or t.warmup_steps:
+        found.append(features.LRSchedule(t.lr_schedule, t.lr, total_steps, t.warmup_steps, t.lr_min))
+    if t.grad_clip or t.skip_threshold:
+        found.append(features.GradGuard(t.grad_clip, t.skip_threshold))
+    if t.ema:
+        found.append(features.EMA(t.ema))
+    chosen = loggers(t)
+    if "tensorboard" in chosen:
+        found.append(features.TensorBoard())
+    if run_dir is not None and set(chosen) & {"mlflow", "wandb"}:
+        from . import tracking  # only here: it imports the trackers' packages lazily, but not for nothing
+
+        found += tracking.build(chosen, run_dir)
+    return found
+
+
+LAST_BATCH = "vaecli.last_batch"  # model file metadata: "dropped" when epochs leave out their short last batch
+
+
+def steps_per_epoch(images: int, batch: int, whole_batches: bool) -> int:
+    """Steps in an epoch: every image once, the last batch short; with `whole_batches` (an
+    objective with a batch statistic: objectives.BATCH_STATISTIC) the short last batch is left out,
+    unless the whole set is smaller than one batch."""
+    return images // batch if whole_batches and images >= batch else math.ceil(images / batch)
+
+
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).to(device)
@@ -133,7 +163,8 @@ class Trainer:
                  dist: Dist | None = None, callbacks=(), stage: runs.Stage = runs.MODEL):
         t = self.settings = cfg.trainer
         self.stage = stage  # which files of the run folder this model's checkpoints and logs are
-        self.checkpoint_metadata: dict[str, str] = {}  # extra metadata for the model file
+        self.checkpoint_metadata: dict[str, str] = {  # extra metadata for the model file
+            LAST_BATCH: "dropped" if getattr(objective, "whole_batches", False) else "kept"}
         self.cfg, self.model, self.objective = cfg, model, objective
         self.train_set, self.test_set = train_set, test_set
         self.run_dir, self.device = Path(run_dir), device
@@ -151,10 +182,10 @@ class Trainer:
         self._skip_on_device = fused and not self.scaler.is_enabled()  # the fused Adam takes a found_inf tensor
         self.state = TrainState()
         self.global_batch = t.batch_size * self.dist.world
-        self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
+        self.steps_per_epoch = steps_per_epoch(len(train_set), self.global_batch, getattr(objective, "whole_batches", False))
         self.total_steps = t.epochs * self.steps_per_epoch
         # lr schedule, EMA, grad guard; and what the objective trains beside the model (FactorVAE's critic)
-        self.callbacks = [*callbacks, *features.from_config(t, self.total_steps, self.run_dir),
+        self.callbacks = [*callbacks, *trainer_features(t, self.total_steps, self.run_dir),
                           *getattr(objective, "callbacks", ())]
         self.last_test: dict | None = None
         self.last_train: dict[str, float] = {}  # the last log line's means
@@ -532,9 +563,12 @@ def codebook_health(test: dict, model) -> dict | None:
             "size": model.spec.codebook_size}
 
 
-def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks=()) -> Trainer:
+def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks=(),
+          whole_batches: bool | None = None) -> Trainer:
     """The trainer for a composed config: device, data, model and objective, in the order that
-    makes the weights a function of `seed` alone."""
+    makes the weights a function of `seed` alone. `whole_batches`: whether an epoch drops its short
+    last batch (None: as the objective asks, objectives.BATCH_STATISTIC; a resumed run keeps what
+    it was trained with)."""
     cfg, t = composed.cfg, composed.cfg.trainer
     dist = dist or Dist()
     device = devices.for_training(t.device, t.threads, t.compile, dist.local_rank, dist.world)
@@ -542,15 +576,20 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     train_set = data.build(cfg.dataset, "train", cfg.seed, t.num_workers)
     test_set = data.build(cfg.dataset, "test", cfg.seed, t.num_workers)
     model = models.from_config(cfg, train_set.image_shape, train_set.num_classes).to(device)
-    steps = t.epochs * math.ceil(len(train_set) / (t.batch_size * dist.world))
+    if whole_batches is None:
+        whole_batches = cfg.objective.name in objectives.BATCH_STATISTIC
+    steps = t.epochs * steps_per_epoch(len(train_set), t.batch_size * dist.world, whole_batches)
     objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, steps, model.latent_dim)
+    objective.whole_batches = whole_batches
     return Trainer(cfg, model, objective, train_set, test_set, run_dir, device, dist, callbacks)
 
 
 def fit(composed: Composed, run_dir: Path, resume: bool = False, dist: Dist | None = None,
         callbacks=()) -> TrainSummary | None:
     """Train (or, with resume, continue) the model of `composed` in `run_dir`."""
-    trainer = build(composed, run_dir, dist, callbacks)
+    # a run keeps the epoch length it was trained with (files from before short batches were dropped: kept)
+    whole_batches = checkpoint.saved_metadata(run_dir).get(LAST_BATCH) == "dropped" if resume else None
+    trainer = build(composed, run_dir, dist, callbacks, whole_batches)
     if resume:
         trainer.resume()
     if trainer.dist.main:

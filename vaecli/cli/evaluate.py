@@ -50,7 +50,7 @@ def eval_iwae(
     ks = _k_list(k)
     import torch
 
-    from .. import evaluate, runs
+    from .. import evaluate, tracking
 
     loaded = inputs.load(ckpt, device, threads)
     evaluate.require_bound(loaded.model, str(loaded.path))
@@ -67,7 +67,7 @@ def eval_iwae(
                                if result["code_prior"] == "learned" else
                                "it uses a uniform prior over codes (KL = h*w*log K); train a prior with vae "
                                "train-prior for a tighter bound"), markup=False, highlight=False, soft_wrap=True)
-    runs.append_eval(loaded.run_dir, {"kind": "iwae", "bound": result["iwae"], "se": result["iwae_se"],
+    tracking.append_eval(loaded.run_dir, {"kind": "iwae", "bound": result["iwae"], "se": result["iwae_se"],
                                       "k": result["k"], "n": result["n"], "split": split, "elbo": result["elbo"],
                                       "of_data": result["bound"], "step": loaded.step, "seed": seed})  # for `vae runs`
     if result["collapsed"]:

@@ -21,13 +21,16 @@ def load(ckpt: Optional[str], device: str, threads: int = 0):
     return checkpoint.load_model(ckpt, device=devices.pick(device))
 
 
-def dataset(loaded, split: str, data_root: Optional[str]):
-    """The checkpoint's dataset (its test split by default), optionally from another root."""
+def dataset(loaded, split: str, data_root: Optional[str], whole: bool = False):
+    """The checkpoint's dataset (its test split by default), optionally from another root; `whole`:
+    every training image, whatever dataset.limit the run was trained with."""
     from dataclasses import replace
 
     from .. import data
 
     cfg = replace(loaded.dataset, root=data_root) if data_root else loaded.dataset
+    if whole:
+        cfg = replace(cfg, limit=None)
     return data.build(cfg, split, loaded.seed)
 
 

@@ -141,8 +141,8 @@ def eval_disentanglement(
     seed: int = typer.Option(0, "--seed", help="Seed of the factor draws behind dci, sap, factor_vae and beta_vae."),
     points: int = typer.Option(
         10_000, "--points", min=10,
-        help="Training points of dci, sap, factor_vae and beta_vae (half as many test points), as in "
-             "disentanglement_lib; fewer are faster and noisier."),
+        help="Observations behind MIG, and training points of dci, sap, factor_vae and beta_vae (half as "
+             "many test points), as in disentanglement_lib; fewer are faster and noisier."),
     data_root: DataRoot = None,
     device: Device = "auto",
     threads: Threads = 0,
@@ -152,18 +152,21 @@ def eval_disentanglement(
     dataset (shapes, dsprites or shapes3d; all of its images): MIG (Chen et al. 2018) with the per-factor breakdown, DCI
     (Eastwood & Williams 2018, gradient boosted trees), SAP (Kumar et al. 2018), the FactorVAE
     score (Kim & Mnih 2018) and the BetaVAE score (Higgins et al. 2017), with disentanglement_lib's
-    definitions and sample counts (--points 10,000 training and 5,000 test points; batches of 64; ~1 minute
-    on 2 CPU cores, mostly DCI's boosted trees)."""
-    from .. import evaluate, runs
+    definitions and sample counts (--points: MIG on 10,000 observations of uniformly drawn factors; the others
+    trained on 10,000 points and tested on 5,000; batches of 64; ~1 minute on 2 CPU cores, mostly DCI's
+    boosted trees). Factors that never vary are left out, as disentanglement_lib does."""
+    from .. import evaluate, tracking
     from ..data import ImageSet
-    from ..disentanglement import factor_metrics, mig
+    from ..disentanglement import evaluate as disentanglement
 
     chosen = [m.strip() for m in metrics.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(METRICS))
     if unknown or not chosen:
         raise UsageError(f"--metrics takes a comma-separated list of {', '.join(METRICS)} (got {metrics!r})")
     loaded = inputs.load(ckpt, device, threads)
-    parts = [inputs.dataset(loaded, split, data_root) for split in ("train", "test")]
+    # Every image of the dataset (dataset.limit aside: the metrics are of the factor grid, which
+    # shapes renders whole and dsprites/shapes3d store whole).
+    parts = [inputs.dataset(loaded, split, data_root, whole=True) for split in ("train", "test")]
     if parts[0].factors is None:
         raise UsageError(f"eval-disentanglement needs ground-truth factors; dataset={loaded.dataset.name} "
                          "has none (train on dataset=shapes, dsprites or shapes3d)")
@@ -172,26 +175,24 @@ def eval_disentanglement(
     data = ImageSet.concat(parts)
     codes = evaluate.latent_means(loaded.model, data).cpu()
     result: dict = {"n": len(data), "latent_dim": codes.shape[1], "metrics": chosen, "seed": seed, "points": points}
-    if "mig" in chosen:
-        result.update(mig(codes, data.factors, data.factor_names))
     try:
-        result.update(factor_metrics(codes, data.factors, tuple(chosen), seed, num_train=points,
-                                     num_test=max(1, points // 2), num_variance=points))
+        result.update(disentanglement(codes, data.factors, data.factor_names, tuple(chosen), seed, points))
     except ValueError as e:
         raise UsageError(f"{e}: dci, sap, factor_vae and beta_vae draw observations for any factors "
                          "(choose --metrics mig here)") from None
     result["ckpt"] = str(loaded.path)
     if "mig" in chosen:
-        runs.append_eval(loaded.run_dir, {"kind": "mig", "mig": result["mig"], "n": result["n"], "step": loaded.step})
+        tracking.append_eval(loaded.run_dir, {"kind": "mig", "mig": result["mig"], "n": result["n"], "step": loaded.step})
     headline = _headline(result)
     if any(key != "mig" for key in headline):
-        runs.append_eval(loaded.run_dir, {"kind": "factor_metrics", **headline, "seed": seed, "step": loaded.step})
+        tracking.append_eval(loaded.run_dir, {"kind": "factor_metrics", **headline, "seed": seed, "step": loaded.step})
     if not as_json:
         if "mig" in chosen:
             rows = [[row["name"], "-" if row["mig"] is None else f"{row['mig']:.3f}", f"{row['entropy']:.2f}",
                      f"z{row['top_dim']}: {row['mi_top']:.2f}", f"z{row['second_dim']}: {row['mi_second']:.2f}"]
                     for row in result["factors"]]
-            title = f"MIG {result['mig']:.3f} ({result['n']} images, latent_dim={result['latent_dim']})"
+            title = (f"MIG {result['mig']:.3f} ({result['mig_points']} observations of {result['n']} images, "
+                     f"latent_dim={result['latent_dim']})")
             output.stdout.print(output.columns(title, ["factor", "MIG", "H (nats)", "best dim: MI", "2nd dim: MI"], rows))
         lines = _metric_rows(result)
         if lines:

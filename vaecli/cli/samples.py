@@ -107,6 +107,10 @@ def eval_samples(
                                     "under $TORCH_HOME/hub/checkpoints).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", callback=at_least(1), help="Images per batch.")] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the samples and the KID subsets.")] = 0,
+    draw: Annotated[Optional[bool], typer.Option(
+        "--draw/--mean", help="The model's images: draws x ~ p(x|z), or the likelihood's mean (default: draws where "
+                              "the data are binary, so binary images meet binary images; means otherwise).",
+        show_default=False)] = None,
     data_root: DataRoot = None,
     device: Device = "auto",
     threads: Threads = 0,
@@ -119,7 +123,7 @@ def eval_samples(
     Lower FID/KID is better; precision is the share of samples that look like data (fidelity),
     recall the share of the data the samples cover (diversity). Figures depend on n and on the
     feature space: compare them only at equal n and --features."""
-    from .. import runs, sample_quality, samplers
+    from .. import sample_quality, samplers, tracking
 
     loaded = inputs.load(ckpt, device, threads)
     model = loaded.model
@@ -139,11 +143,11 @@ def eval_samples(
                             f"batch of {batch_size}", markup=False, highlight=False, soft_wrap=True)
     with output.Counter(f"eval-samples ({features})", 2 * n, enabled=not quiet and not as_json) as advance:
         result = sample_quality.evaluate(model, chosen, data, loaded.dataset, split, n, of, extractor, temperature,
-                                         seed, batch_size, loaded.seed, on_batch=advance)
+                                         seed, batch_size, loaded.seed, on_batch=advance, draw=draw)
     result.update({"ckpt": str(loaded.path), "dataset": loaded.dataset.name, "step": loaded.step})
-    runs.append_eval(loaded.run_dir, {"kind": "samples", **{k: result[k] for k in (
-        "fid", "kid", "kid_std", "precision", "recall", "n", "split", "of", "sampler", "temperature", "features",
-        "seed")}, "step": loaded.step})
+    tracking.append_eval(loaded.run_dir, {"kind": "samples", **{k: result[k] for k in (
+        "fid", "kid", "kid_std", "precision", "recall", "n", "split", "of", "images", "sampler", "temperature",
+        "features", "seed")}, "step": loaded.step})
     output.emit(result, as_json, _samples_table(result, temperature, loaded.dataset.name))
 
 
@@ -156,6 +160,7 @@ def _samples_table(r: dict, temperature, dataset: str):
                     f"{r['kid']:.5f} (one subset: all {r['n']} images of each set, so no spread over subsets)"),
             ("precision", f"{r['precision']:.3f} (samples inside the data's manifold, k={r['pr_neighbours']})"),
             ("recall", f"{r['recall']:.3f} (data inside the samples' manifold)"),
+            ("model images", "draws x ~ p(x|z)" if r["images"] == "draws" else "the likelihood's means"),
             ("features", f"{r['features']} ({r['feature_dims']}-d)"),
             ("time", f"{r['seconds']:.1f} s")]
     return output.table(f"eval-samples: {what} vs {r['n']} {dataset} {r['split']} images", rows)

@@ -1,89 +1,18 @@
-"""Models: `build(spec)` turns a VAESpec into a model; `from_config` makes the spec from the
-typed config and what the data fixes (image shape, classes) and builds it."""
+"""Models. Importing this package imports no torch: the members' cards (`*_config.py`) are read by
+the config and shell completion; the model classes and `build`/`from_config` (factory.py) load
+on first use."""
 
 from __future__ import annotations
 
-from .. import bounds
-from .vae import AE, HVAE, KINDS, VAE, LatentModel, PointMass, VAESpec
-from .categorical import CategoricalVAE
-from .ladder import Ladder
-from .vqvae import VQVAE
+import importlib
 
-__all__ = ["AE", "CategoricalVAE", "HVAE", "KINDS", "Ladder", "VAE", "VQVAE", "LatentModel", "PointMass", "VAESpec", "build", "from_config",
-           "spec_from_config"]
+_LAZY = {"build": "factory", "from_config": "factory", "spec_from_config": "factory", "AE": "vae", "HVAE": "vae",
+         "KINDS": "vae", "VAE": "vae", "LatentModel": "vae", "PointMass": "vae", "VAESpec": "vae",
+         "CategoricalVAE": "categorical", "Ladder": "ladder", "VQVAE": "vqvae"}
+__all__ = sorted(_LAZY)
 
 
-def build(spec: VAESpec) -> LatentModel:
-    if spec.kind not in KINDS:
-        raise ValueError(f"unknown model kind {spec.kind!r}")
-    return {"vae": VAE, "ae": AE, "hvae": HVAE, "vqvae": VQVAE, "ladder": Ladder,
-            "categorical": CategoricalVAE}[spec.kind](spec)
-
-
-def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[int, int, int],
-                     num_classes: int | None = None, dataset_cfg=None, posterior_cfg=None, kl_cfg=None) -> VAESpec:
-    """The model part of a run config (model.*, likelihood.*, prior.*) plus what the data fixes:
-    the image shape, for a conditional model the number of classes, and how the data is stored
-    and fed (dataset.binarize: 2 levels, else 256; dataset.dequantize), and the posterior family
-    (posterior.*). Keys the chosen options
-    leave unset (None) keep VAESpec's recorded values; config.validate has made sure that every
-    key a model uses is set."""
-    kind = model_cfg.name if model_cfg.name in ("ae", "hvae", "vqvae", "ladder") else "vae"
-    if kind == "vae" and model_cfg.latent == "categorical":
-        kind = "categorical"
-    fields = dict(
-        arch=model_cfg.network if kind not in ("vae", "categorical") else model_cfg.name,
-        image_shape=image_shape,
-        latent_dim=model_cfg.latent_dim,
-        hidden=list(model_cfg.hidden),
-        likelihood=likelihood_cfg.name,
-        sigma=likelihood_cfg.sigma,
-        prior=prior_cfg.name,
-        kind=kind,
-        activation=model_cfg.activation,
-        num_classes=num_classes if model_cfg.conditional else None,
-        per_pixel=bool(likelihood_cfg.per_pixel),
-        mixtures=likelihood_cfg.mixtures,
-        prior_components=prior_cfg.components,
-        latent_dim2=model_cfg.latent_dim2,
-        hidden2=None if model_cfg.hidden2 is None else list(model_cfg.hidden2),
-        codebook_size=model_cfg.codebook_size,
-        code_dim=model_cfg.code_dim,
-        commitment=model_cfg.commitment,
-        ema_decay=model_cfg.ema_decay,
-        dead_after=model_cfg.dead_after,
-        kmeans_init=model_cfg.kmeans_init,
-        groups=model_cfg.groups,
-        decoder=model_cfg.decoder,
-        ar_layers=model_cfg.ar_layers,
-        ar_kernel=model_cfg.ar_kernel,
-        ar_channels=model_cfg.ar_channels,
-        categories=model_cfg.categories,
-        temperature=model_cfg.temperature,
-        temperature_min=model_cfg.temperature_min,
-        anneal_rate=model_cfg.anneal_rate,
-        posterior=posterior_cfg.name if posterior_cfg is not None else "gaussian",
-        flows=(posterior_cfg.flows or 0) if posterior_cfg is not None else 0,
-        flow_hidden=(posterior_cfg.hidden or 0) if posterior_cfg is not None else 0,
-        delta=kl_cfg.delta if kl_cfg is not None else 0.0,
-        levels=bounds.levels(dataset_cfg.binarize) if dataset_cfg is not None else 256,
-        dequantize=bool(dataset_cfg.dequantize) if dataset_cfg is not None else False,
-    )
-    optional = ("mixtures", "prior_components", "latent_dim2", "hidden2", "codebook_size", "code_dim", "commitment",
-                "ema_decay", "dead_after", "kmeans_init", "groups", "decoder", "ar_layers", "ar_kernel", "ar_channels", "categories", "temperature", "temperature_min",
-                "anneal_rate")
-    return VAESpec(**{k: v for k, v in fields.items() if v is not None or k not in optional})
-
-
-def from_config(cfg, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:
-    """The model of a run config (config.Config) for data of `image_shape` with `num_classes`."""
-    from ..errors import UsageError
-
-    if cfg.model.conditional and num_classes is None:
-        raise UsageError(f"model.conditional=true needs class labels, and dataset={cfg.dataset.name} has none")
-    spec = spec_from_config(cfg.model, cfg.likelihood, cfg.prior, image_shape, num_classes, cfg.dataset, cfg.posterior,
-                            cfg.kl)
-    try:
-        return build(spec)
-    except ValueError as e:  # e.g. too many conv stages for the image size
-        raise UsageError(f"cannot build model={cfg.model.name} for {spec.image_shape} images: {e}") from None
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 _progress = None  # a callable(done, total) while `reporting` is active (the CLI's progress bar)
+_draws = False  # while `drawing` is active: pictures are draws x ~ p(x|z), not means
 
 
 @contextlib.contextmanager
@@ -37,6 +38,19 @@ def reporting(callback):
         yield
     finally:
         _progress = previous
+
+
+@contextlib.contextmanager
+def drawing():
+    """Inside the block, every picture of a factorized p(x|z) is a draw x ~ p(x|z) rather than its
+    mean (eval-samples --draw: binary data compared with binary images, not with Bernoulli means).
+    Draws come from the global RNG (the caller seeds it)."""
+    global _draws
+    previous, _draws = _draws, True
+    try:
+        yield
+    finally:
+        _draws = previous
 
 
 class GatedLayer(nn.Module):
@@ -177,6 +191,8 @@ class AutoregressiveImage(Distribution):
 def picture(dist: Distribution, generator: torch.Generator | None = None, common: bool = False) -> Tensor:
     """The image a picture shows of p(x|z): a draw for an autoregressive decoder (its mean has no
     closed form; `common`: every image of the batch with the same random numbers), the mean for a
-    factorised one."""
+    factorised one (a draw inside `drawing()`)."""
     draw = getattr(dist, "picture", None)
-    return draw(generator, common) if draw is not None else dist.mean
+    if draw is not None:
+        return draw(generator, common)
+    return dist.sample() if _draws else dist.mean

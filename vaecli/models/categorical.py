@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from . import blocks, likelihoods
+from . import likelihoods, networks
 from .vae import LatentModel, VAESpec
 
 
@@ -91,11 +91,10 @@ class CategoricalVAE(LatentModel):
         n, k = spec.latent_dim, spec.categories
         self.likelihood = likelihoods.build(spec)
         c = spec.num_classes or 0
-        self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation, spec.norm)
+        self.encoder, features = networks.body_encoder(spec)  # vaecli's, or the user's (model.encoder_net)
         self.head = nn.Linear(features + c, n * k)
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
-        self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, n * k + c, out_channels,
-                                      spec.activation, spec.norm)
+        self.decoder = networks.body_decoder(spec, n * k + c, out_channels)
         self.register_buffer("passes", torch.zeros((), dtype=torch.long))  # training passes: the tau schedule
 
     exact_kl = True

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal, constraints
 
-from . import autoregressive, blocks, likelihoods, posteriors, priors
+from . import autoregressive, blocks, likelihoods, networks, posteriors, priors
 
 KINDS = ("vae", "ae", "hvae", "vqvae", "ladder", "categorical")
 
@@ -76,6 +76,7 @@ class VAESpec:
     anneal_rate: float = 0.0  # ... as tau_0 exp(-rate * training passes)
     logistic_tanh_means: bool = False  # logistic: checkpoints from before 2026-12-02 squashed the means by tanh
     norm: str = "group"  # resnet: GroupNorm before each activation; "none" for checkpoints from before 2026-12-03
+    networks: dict | None = None  # the user's own bodies: {"encoder"|"decoder": {"_target_": ..., kwargs}} (networks.py)
 
     def __post_init__(self):
         self.image_shape = tuple(int(s) for s in self.image_shape)
@@ -200,7 +201,7 @@ class LatentModel(nn.Module):
     @property
     def convolutional(self) -> bool:
         """Whether its networks are convolutional (they can use the channels_last layout)."""
-        return self.spec.arch in ("conv", "resnet")
+        return self.spec.arch in ("conv", "resnet") and not self.spec.networks
 
     @property
     def device(self) -> torch.device:
@@ -253,11 +254,10 @@ class VAE(LatentModel):
         self.likelihood = likelihoods.build(spec)
         self.flow = posteriors.build(spec)  # None: the diagonal Gaussian itself
         c = spec.num_classes or 0
-        self.encoder, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation, spec.norm)
+        self.encoder, features = networks.body_encoder(spec)  # vaecli's, or the user's (model.encoder_net)
         self.head = nn.Linear(features + c, self._head_outputs() + (self.flow.extra_outputs if self.flow else 0))
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
-        self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, spec.latent_dim + c,
-                                      out_channels, spec.activation, spec.norm)
+        self.decoder = networks.body_decoder(spec, spec.latent_dim + c, out_channels)
         self.prior_net = priors.build(spec.prior, self._prior_dim(), spec.image_shape, spec.prior_components)
 
     def _head_outputs(self) -> int:
