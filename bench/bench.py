@@ -93,10 +93,10 @@ def vaecli_iwae(k: int, n: int, precision: str = "fp32") -> dict:
     its precision check (which depends on trained weights; see bench/RESULTS.md)."""
     from vaecli.data import ImageSet
     from vaecli.evaluate import PrecisionCheck, image_bounds
-    from vaecli.models import VAESpec, build
+    from vaecli.models import build, from_flat
 
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 28, 28), latent_dim=50, hidden=[200, 200], activation="tanh", levels=2))
+    model = build(from_flat("mlp", (1, 28, 28), latent_dim=50, hidden=[200, 200], activation="tanh", levels=2))
     images = (torch.rand(n, 1, 28, 28) > 0.5).to(torch.uint8) * 255  # speed does not depend on content
     start = time.perf_counter()
     image_bounds(model, ImageSet(images, levels=2), [k], batch_size=64, precision=PrecisionCheck(precision, "bench"))

@@ -25,7 +25,7 @@ import torch
 from vaecli.config import load_config
 from vaecli.data import ImageSet
 from vaecli.evaluate import PrecisionCheck, image_bounds
-from vaecli.models import VAESpec, build, spec_from_config
+from vaecli.models import build, from_flat, spec_from_config
 
 
 def images(n: int) -> torch.Tensor:
@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     data, k = images(args.images), args.k
     torch.manual_seed(0)
-    default = build(VAESpec("mlp", (1, 28, 28), latent_dim=20, hidden=[400])).eval()
+    default = build(from_flat("mlp", (1, 28, 28), latent_dim=20, hidden=[400])).eval()
     theirs = pythae_model(default)
     print(f"eval-iwae throughput, k={k}, {args.images} images, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} alternating rounds")

@@ -253,3 +253,27 @@ def write_fake_shapes3d(root: Path, size: int = 16) -> Path:
         f.create_dataset("images", data=images)
         f.create_dataset("labels", data=labels)
     return root
+
+
+def flat_spec_json(spec) -> dict:
+    """The flat VAESpec JSON that releases before 2026-12-04 wrote for a model spec (what old
+    model files hold): to test the converter on files of every age."""
+    b, lik, prior, data = spec.body, spec.likelihood, spec.prior, spec.data
+    flat = {"arch": b.arch, "image_shape": list(spec.image_shape), "latent_dim": spec.latent_dim, "hidden": b.hidden,
+            "likelihood": lik.name, "sigma": lik.sigma, "prior": prior.name, "kind": spec.kind,
+            "activation": b.activation, "num_classes": spec.num_classes, "per_pixel": lik.per_pixel,
+            "mixtures": lik.mixtures, "prior_components": prior.components, "levels": data.levels,
+            "dequantize": data.dequantize, "logistic_tanh_means": lik.tanh_means, "norm": b.norm}
+    if hasattr(spec, "posterior"):
+        q = spec.posterior
+        flat.update(posterior=q.name, flows=q.flows, flow_hidden=q.hidden, delta=q.delta)
+    if hasattr(spec, "decoder"):
+        d = spec.decoder
+        flat.update(decoder=d.name, ar_layers=d.layers, ar_kernel=d.kernel, ar_channels=d.channels)
+    for part in ("quantizer", "categorical"):
+        if hasattr(spec, part):
+            flat.update(vars(getattr(spec, part)))
+    for key in ("latent_dim2", "hidden2", "groups"):
+        if hasattr(spec, key):
+            flat[key] = getattr(spec, key)
+    return flat

@@ -9,19 +9,19 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, one_json, vae
+from conftest import TINY, flat_spec_json, one_json, vae
 
 from vaecli import bounds, evaluate, objectives
 from vaecli.config import load_config
 from vaecli.data import ImageSet, fixed_uniform
-from vaecli.models import VAESpec, build, likelihoods
+from vaecli.models import build, from_flat, likelihoods
 
 Z = torch.linspace(-8, 8, 4001, dtype=torch.float64)  # the quadrature grid of the 1-D latent
 
 
 def tiny(likelihood: str, levels: int, dequantize: bool, shape=(1, 2, 2), seed=0, **extra):
     torch.manual_seed(seed)
-    return build(VAESpec("mlp", shape, latent_dim=1, hidden=[8], likelihood=likelihood, levels=levels,
+    return build(from_flat("mlp", shape, latent_dim=1, hidden=[8], likelihood=likelihood, levels=levels,
                          dequantize=dequantize, **extra)).eval()
 
 
@@ -31,7 +31,7 @@ def level_probabilities(model, k: torch.Tensor, levels: int) -> torch.Tensor:
     dequantized density, its mass over each pixel's bin [k/L, (k+1)/L)."""
     with torch.no_grad():
         p = model.decode(Z[:, None].float())
-        if not model.spec.dequantize:
+        if not model.spec.data.dequantize:
             return p.log_prob(k / (levels - 1)).double()
         return log_bin_mass(p.base_dist, (k / levels).double(), ((k + 1) / levels).double()).flatten(1).sum(1)
 
@@ -128,7 +128,7 @@ def test_bits_per_dim_are_never_negative_on_8bit_data(likelihood):
     torch.manual_seed(0)
     images = (torch.rand(8, 1, 16, 16) * 256).floor().to(torch.uint8)
     data = ImageSet(images, levels=256, dequantize=cfg.dataset.dequantize)
-    model = build(VAESpec("mlp", (1, 16, 16), latent_dim=3, hidden=[64], likelihood=likelihood,
+    model = build(from_flat("mlp", (1, 16, 16), latent_dim=3, hidden=[64], likelihood=likelihood,
                           sigma=getattr(cfg.likelihood, "sigma", None), mixtures=getattr(cfg.likelihood, "mixtures", 1),
                           dequantize=cfg.dataset.dequantize))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -152,14 +152,14 @@ def test_what_each_likelihood_measures():
             ("gaussian_learned", 256, True): True, ("cbernoulli", 256, False): False, ("cbernoulli", 2, True): True}
     for (name, levels, dequantize), bound in want.items():
         assert bounds.measure(name, levels, dequantize).bound == bound, name
-        assert build(VAESpec("mlp", (1, 2, 2), latent_dim=1, hidden=[4], likelihood=name, levels=levels,
+        assert build(from_flat("mlp", (1, 2, 2), latent_dim=1, hidden=[4], likelihood=name, levels=levels,
                              dequantize=dequantize)).measure.bound == bound
     # The density list the config resolves dataset.dequantize with is the likelihoods that are densities.
     densities = {n for n in bounds.LIKELIHOODS
-                 if isinstance(likelihoods.build(VAESpec("mlp", (1, 2, 2), likelihood=n)), likelihoods._Density)}
+                 if isinstance(likelihoods.build(from_flat("mlp", (1, 2, 2), likelihood=n)), likelihoods._Density)}
     assert densities == set(bounds.DENSITIES)
     with pytest.raises(ValueError, match="needs a density"):
-        build(VAESpec("mlp", (1, 2, 2), likelihood="logistic", dequantize=True))
+        build(from_flat("mlp", (1, 2, 2), likelihood="logistic", dequantize=True))
 
 
 def test_dequantized_density_reports_the_offset_of_the_bins():
@@ -239,16 +239,16 @@ def test_a_checkpoint_from_before_levels_and_dequantization_keeps_its_meaning(tm
 
     for likelihood, binarize, bound in (("bernoulli", "dynamic", True), ("gaussian", None, False),
                                         ("logistic", None, True)):
-        model = build(VAESpec("mlp", (1, 4, 4), latent_dim=2, hidden=[8], likelihood=likelihood, sigma=0.1))
+        model = build(from_flat("mlp", (1, 4, 4), latent_dim=2, hidden=[8], likelihood=likelihood, sigma=0.1))
         path = tmp_path / likelihood / "model.safetensors"
         path.parent.mkdir()
         checkpoint.save_model(path, model, DatasetConfig(name="mnist", binarize=binarize), seed=0, step=1, epoch=1)
         tensors, metadata = checkpoint.read_tensors(path)
-        spec, dataset = json.loads(metadata["vaecli.model"]), json.loads(metadata["vaecli.dataset"])
+        spec, dataset = flat_spec_json(model.spec), json.loads(metadata["vaecli.dataset"])  # a flat spec of earlier
         del spec["levels"], spec["dequantize"], spec["logistic_tanh_means"], dataset["dequantize"]
         metadata.update({"vaecli.model": json.dumps(spec), "vaecli.dataset": json.dumps(dataset)})
         checkpoint.save_tensors(path, tensors, metadata)
         loaded = checkpoint.load_model(path)
         assert loaded.model.measure.bound is bound and loaded.dataset.dequantize is False
-        assert loaded.model.spec.levels == (2 if binarize else 256)
-        assert loaded.model.spec.logistic_tanh_means is (likelihood == "logistic")  # as it was trained
+        assert loaded.model.spec.data.levels == (2 if binarize else 256)
+        assert loaded.model.spec.likelihood.tanh_means is (likelihood == "logistic")  # as it was trained

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, assert_one_line_error, one_json, vae, whole_and_resumed
 
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 
 
 def tiny(n=2, k=3, **extra):
     torch.manual_seed(0)
-    return build(VAESpec("mlp", (1, 2, 2), latent_dim=n, hidden=[8], kind="categorical", categories=k, levels=2,
+    return build(from_flat("mlp", (1, 2, 2), latent_dim=n, hidden=[8], kind="categorical", categories=k, levels=2,
                          **extra))
 
 

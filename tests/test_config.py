@@ -178,7 +178,7 @@ def test_the_yaml_is_the_one_source_of_defaults():
     assert all(f.default is MISSING for f in dataclasses.fields(TrainerConfig))
     cfg = load_config(["prior=vamp"]).cfg
     spec = models.spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, 28, 28))
-    assert cfg.prior.components == spec.prior_components == 50
+    assert cfg.prior.components == spec.prior.components == 50
 
 
 def test_a_run_saved_before_a_key_existed_resumes_with_that_keys_yaml_default(tmp_path):

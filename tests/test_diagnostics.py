@@ -12,7 +12,7 @@ from vaecli.cli import run
 from vaecli.config import load_config
 from vaecli.data import ImageSet
 from vaecli.disentanglement import mig
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 from vaecli.train import fit
 
 
@@ -25,7 +25,7 @@ def tiny_images(n=400, seed=0):
 def collapsed_model():
     """q(z|x) = N(0, I) = p(z) for every x: the encoder head outputs zeros."""
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=4, hidden=[16]))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=4, hidden=[16]))
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.zero_()
@@ -65,7 +65,7 @@ def test_a_saturated_mutual_information_makes_the_aggregate_kl_an_upper_estimate
     """Codes far apart with tiny posteriors identify every image: I(x; z) reads log N, and
     KL - I is then only an upper estimate (the true I can be larger); a collapsed code is not."""
     torch.manual_seed(0)
-    model, data = build(VAESpec("mlp", (1, 6, 6), latent_dim=4, hidden=[16])), tiny_images()
+    model, data = build(from_flat("mlp", (1, 6, 6), latent_dim=4, hidden=[16])), tiny_images()
     with torch.no_grad():
         model.head.weight.mul_(50)  # posterior means spread far apart ...
         model.head.bias[4:].fill_(-20)  # ... and sigma = e^-10
@@ -79,7 +79,7 @@ def test_a_saturated_mutual_information_makes_the_aggregate_kl_an_upper_estimate
 
 def test_aggregate_posterior_kl_is_mean_kl_minus_mutual_information():
     torch.manual_seed(0)
-    model, data = build(VAESpec("mlp", (1, 6, 6), latent_dim=3, hidden=[16])), tiny_images()
+    model, data = build(from_flat("mlp", (1, 6, 6), latent_dim=3, hidden=[16])), tiny_images()
     result = evaluate.iwae_dataset(model, data, [1, 10, 100], batch_size=50)
     assert result["agg_posterior_kl"] == pytest.approx(result["kl"] - result["mutual_info"])
     assert result["agg_posterior_kl"] >= -0.05  # a KL, up to estimation noise

@@ -100,10 +100,10 @@ def test_the_total_correlation_estimate_matches_a_gaussians_closed_form():
 
 def test_btcvae_with_unit_weights_is_the_elbo_and_its_terms_add_up_to_the_kl():
     from vaecli import objectives
-    from vaecli.models import VAESpec, build
+    from vaecli.models import build, from_flat
 
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    model = build(from_flat("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
     x = (torch.rand(16, 1, 4, 4) > 0.5).float()
     torch.manual_seed(1)
     loss, metrics = objectives.btcvae(model, x, None, 1.0, 1.0, 1.0)
@@ -145,13 +145,13 @@ def test_btcvae_trains_logs_its_terms_and_refuses_models_it_cannot_split(tmp_pat
 def test_annealed_capacity_holds_the_kl_to_a_rising_target():
     """Burgess et al. 2018: loss = recon + gamma |KL - C(step)|, C rising linearly to kl.capacity."""
     from vaecli import objectives
-    from vaecli.models import VAESpec, build
+    from vaecli.models import build, from_flat
 
     schedule = objectives.KLSchedule(capacity=20.0, capacity_steps=100, capacity_gamma=50.0)
     assert [schedule.capacity_at(s) for s in (0, 50, 100, 500)] == [0.0, 10.0, 20.0, 20.0]
     objective = objectives.Objective(schedule=schedule)
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    model = build(from_flat("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
     x = (torch.rand(16, 1, 4, 4) > 0.5).float()
     torch.manual_seed(1)
     loss, metrics = objective(model, x, None, 50)
@@ -192,10 +192,10 @@ def test_dipvae_adds_its_penalty_to_the_elbo_and_its_config_rules():
     from vaecli import objectives
     from vaecli.config import load_config
     from vaecli.errors import UsageError
-    from vaecli.models import VAESpec, build
+    from vaecli.models import build, from_flat
 
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    model = build(from_flat("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
     x = (torch.rand(16, 1, 4, 4) > 0.5).float()
     loss, metrics = objectives.dipvae(model, x, None, "ii", 2.0, 3.0)
     assert loss.item() == pytest.approx((-metrics["elbo"] + metrics["dip"]).item(), rel=1e-5)
@@ -253,10 +253,10 @@ def test_the_critic_estimates_a_gaussians_total_correlation():
 
 def test_factorvae_adds_gamma_tc_to_the_elbo_and_leaves_the_critic_to_its_own_step():
     from vaecli import objectives
-    from vaecli.models import VAESpec, build
+    from vaecli.models import build, from_flat
 
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    model = build(from_flat("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
     critic = objectives.TCDiscriminator(3, width=8, layers=2)
     trainer = _trainer_stub()
     critic.on_train_start(trainer)
@@ -314,10 +314,10 @@ def test_the_mmd_estimate_against_a_sum_worked_term_by_term():
 
 def test_infovae_and_wae_losses():
     from vaecli import objectives
-    from vaecli.models import VAESpec, build
+    from vaecli.models import build, from_flat
 
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
+    model = build(from_flat("mlp", (1, 4, 4), latent_dim=3, hidden=[8]))
     x = (torch.rand(16, 1, 4, 4) > 0.5).float()
     loss, metrics = objectives.infovae(model, x, None, 0.0, 1.0, "imq", 1.0)  # alpha 0, lambda 1: the ELBO
     assert loss.item() == pytest.approx(-metrics["elbo"].item(), rel=1e-5) and "mmd" in metrics
@@ -327,7 +327,7 @@ def test_infovae_and_wae_losses():
     loss, metrics = objectives.wae(model, x, None, 100.0, "imq", 1.0)
     assert loss.item() == pytest.approx((metrics["recon"] + 100.0 * metrics["mmd"]).item(), rel=1e-5)
     assert "elbo" in metrics  # a Gaussian encoder still has its (untrained) bound
-    ae = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8], kind="ae"))
+    ae = build(from_flat("mlp", (1, 4, 4), latent_dim=3, hidden=[8], kind="ae"))
     _, metrics = objectives.wae(ae, x, None, 100.0, "imq", 1.0)
     assert "elbo" not in metrics and "kl" not in metrics
 

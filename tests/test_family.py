@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vaecli import objectives
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 from vaecli.models.likelihoods import LOG_SIGMA_MIN
 from vaecli.callbacks import burda_lr
 
@@ -21,7 +21,7 @@ def logistic_cdf(x, mean, scale):
 @pytest.mark.parametrize("mixtures", [1, 3])
 def test_discretized_logistic_probabilities_sum_to_one_and_match_the_cdf(mixtures):
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (2, 2, 2), latent_dim=2, hidden=[4], likelihood="logistic", mixtures=mixtures))
+    model = build(from_flat("mlp", (2, 2, 2), latent_dim=2, hidden=[4], likelihood="logistic", mixtures=mixtures))
     params = torch.randn(1, 3 * mixtures * 2, 2, 2, dtype=torch.float64)
     values = torch.arange(256, dtype=torch.float64) / 255
     # every pixel takes every value: (256, C, H, W) images, one per value
@@ -43,13 +43,13 @@ def test_discretized_logistic_probabilities_sum_to_one_and_match_the_cdf(mixture
 
 def test_logistic_checkpoints_from_before_linear_means_keep_their_tanh():
     torch.manual_seed(0)
-    old = build(VAESpec("mlp", (1, 2, 2), latent_dim=2, hidden=[4], likelihood="logistic", logistic_tanh_means=True))
+    old = build(from_flat("mlp", (1, 2, 2), latent_dim=2, hidden=[4], likelihood="logistic", logistic_tanh_means=True))
     params = 3 * torch.randn(1, 3, 2, 2)
     assert torch.allclose(old.likelihood(params).base_dist.means, torch.tanh(params[:, 1:2]).unsqueeze(1))
 
 
 def test_continuous_bernoulli_matches_its_formula_and_integrates_to_one():
-    model = build(VAESpec("mlp", (1, 1, 1), latent_dim=2, hidden=[4], likelihood="cbernoulli"))
+    model = build(from_flat("mlp", (1, 1, 1), latent_dim=2, hidden=[4], likelihood="cbernoulli"))
     for logit in (-3.0, -0.2, 0.0, 1.5):
         lam = torch.sigmoid(torch.tensor(logit, dtype=torch.float64))
         grid = (torch.arange(20000, dtype=torch.float64) + 0.5) / 20000
@@ -67,7 +67,7 @@ def test_continuous_bernoulli_matches_its_formula_and_integrates_to_one():
 @pytest.mark.parametrize("per_pixel", [False, True])
 def test_learned_gaussian_sigma_is_a_parameter_or_a_decoder_output(per_pixel):
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 3, 3), latent_dim=2, hidden=[4], likelihood="gaussian_learned",
+    model = build(from_flat("mlp", (1, 3, 3), latent_dim=2, hidden=[4], likelihood="gaussian_learned",
                           sigma=0.2, per_pixel=per_pixel))
     channels = 2 if per_pixel else 1
     params = torch.randn(2, channels, 3, 3)
@@ -87,7 +87,7 @@ def test_learned_gaussian_sigma_is_a_parameter_or_a_decoder_output(per_pixel):
 @pytest.mark.parametrize("prior", ["mog", "vamp"])
 def test_mixture_priors_are_learned_normalised_and_use_a_monte_carlo_kl(prior):
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=2, hidden=[16], prior=prior, prior_components=4))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=2, hidden=[16], prior=prior, prior_components=4))
     assert not model.exact_kl
     p = model.prior()
     grid = torch.stack(torch.meshgrid(torch.linspace(-8, 8, 161), torch.linspace(-8, 8, 161), indexing="ij"), -1)
@@ -118,7 +118,7 @@ def test_kl_schedules():
 
 def test_free_bits_clamp_each_dimension_and_stop_its_gradient():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=4, hidden=[16]))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=4, hidden=[16]))
     x = torch.rand(16, 1, 6, 6)
     torch.manual_seed(2)
     per_dim = model.terms(x)["kl_per_dim"].mean(0).detach()
@@ -137,7 +137,7 @@ def test_free_bits_clamp_each_dimension_and_stop_its_gradient():
 
 def test_iwae_training_loss_with_k_1_is_the_elbo_and_tightens_with_k():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=3, hidden=[16]))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=3, hidden=[16]))
     x = (torch.rand(32, 1, 6, 6) > 0.5).float()
     k1 = torch.stack([objectives.iwae(model, x, 1)[0].detach() for _ in range(300)])
     el = torch.stack([objectives.elbo(model, x)[0].detach() for _ in range(300)])
@@ -163,7 +163,7 @@ def test_burda_schedule_is_3_to_the_i_passes_at_lr_times_10_to_the_minus_i_over_
 
 def test_autoencoder_has_no_kl_and_no_bound():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=3, hidden=[16], kind="ae"))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=3, hidden=[16], kind="ae"))
     x = torch.rand(4, 1, 6, 6)
     terms = model.terms(x)
     assert torch.equal(terms["kl"], torch.zeros(4))
@@ -175,7 +175,7 @@ def test_autoencoder_has_no_kl_and_no_bound():
 
 def test_hvae_has_two_stochastic_layers_and_a_valid_bound():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=4, hidden=[16], kind="hvae", latent_dim2=2, hidden2=[8]))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=4, hidden=[16], kind="hvae", latent_dim2=2, hidden2=[8]))
     x = (torch.rand(16, 1, 6, 6) > 0.5).float()
     log_w, log_px = model.log_weights(x, 7)
     assert log_w.shape == log_px.shape == (7, 16)
@@ -190,7 +190,7 @@ def test_hvae_has_two_stochastic_layers_and_a_valid_bound():
 
 def test_conditional_model_decodes_differently_per_label_and_needs_one():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=3, hidden=[16], num_classes=4))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=3, hidden=[16], num_classes=4))
     z = torch.zeros(2, 3)
     a = model.decode(z, torch.tensor([0, 0])).mean
     b = model.decode(z, torch.tensor([3, 3])).mean
@@ -204,7 +204,7 @@ def test_conditional_model_decodes_differently_per_label_and_needs_one():
 @pytest.mark.parametrize("size", [32, 64])
 def test_resnet_handles_colour_images_at_32_and_64(size):
     torch.manual_seed(0)
-    model = build(VAESpec("resnet", (3, size, size), latent_dim=8, hidden=[8, 16, 16]))
+    model = build(from_flat("resnet", (3, size, size), latent_dim=8, hidden=[8, 16, 16]))
     x = torch.rand(2, 3, size, size)
     loss, _ = objectives.elbo(model, x)
     loss.backward()

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, assert_one_line_error, one_json, vae, whole_and_resumed
 
 from vaecli import evaluate
-from vaecli.models import VAESpec, build, posteriors
+from vaecli.models import build, from_flat, posteriors
 
 
 def test_iaf_log_determinant_is_that_of_its_jacobian_and_the_jacobian_is_triangular():
@@ -43,7 +43,7 @@ def test_planar_log_determinant_is_that_of_its_jacobian_and_the_step_stays_inver
 @pytest.mark.parametrize("posterior, extra", [("iaf", {"flows": 3, "flow_hidden": 16}), ("planar", {"flows": 4})])
 def test_a_flow_posterior_density_is_the_base_minus_the_log_determinants(posterior, extra):
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=3, hidden=[16], posterior=posterior, **extra))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=3, hidden=[16], posterior=posterior, **extra))
     x = (torch.rand(4, 1, 6, 6) > 0.5).float()
     q = model.encode(x)
     torch.manual_seed(1)
@@ -66,7 +66,7 @@ def test_a_flow_posterior_density_is_the_base_minus_the_log_determinants(posteri
 
 def test_a_flow_posterior_trains_and_its_bound_is_a_bound():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=2, hidden=[32], posterior="iaf", flows=2, flow_hidden=16,
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=2, hidden=[32], posterior="iaf", flows=2, flow_hidden=16,
                           levels=2))
     from vaecli.data import ImageSet
 

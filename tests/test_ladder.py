@@ -13,7 +13,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 from vaecli import checkpoint, objectives
 from vaecli.cli import run
 from vaecli.config import load_config
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 
 from conftest import assert_one_line_error, one_json, vae
 
@@ -24,7 +24,7 @@ TINY = ["dataset=shapes", "dataset.scales=2", "dataset.rotations=2", "dataset.po
 
 def tiny_ladder(groups=3, seed=0):
     torch.manual_seed(seed)
-    model = build(VAESpec(arch="mlp", image_shape=(1, 4, 4), latent_dim=2, hidden=[8], kind="ladder", groups=groups,
+    model = build(from_flat(arch="mlp", image_shape=(1, 4, 4), latent_dim=2, hidden=[8], kind="ladder", groups=groups,
                           activation="elu"))
     with torch.no_grad():  # away from the zero initialisation, so every group's posterior and prior differ
         for p in model.parameters():

@@ -7,7 +7,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from vaecli import latent, objectives
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 
 SHAPES = [("mlp", (1, 28, 28), [64]), ("conv", (1, 28, 28), [8, 16]), ("conv", (3, 32, 32), [8, 16]),
           ("conv", (1, 7, 9), [4])]
@@ -16,7 +16,7 @@ SHAPES = [("mlp", (1, 28, 28), [64]), ("conv", (1, 28, 28), [8, 16]), ("conv", (
 @pytest.mark.parametrize("arch, shape, hidden", SHAPES)
 def test_shapes_of_posterior_likelihood_samples_and_reconstructions(arch, shape, hidden):
     torch.manual_seed(0)
-    model = build(VAESpec(arch, shape, latent_dim=5, hidden=hidden))
+    model = build(from_flat(arch, shape, latent_dim=5, hidden=hidden))
     x = torch.rand(6, *shape)
     q = model.encode(x)
     assert q.batch_shape == (6,) and q.event_shape == (5,)
@@ -30,14 +30,14 @@ def test_shapes_of_posterior_likelihood_samples_and_reconstructions(arch, shape,
 
 
 def test_classic_mlp_has_the_784_400_20_shape():
-    model = build(VAESpec("mlp", (1, 28, 28)))
+    model = build(from_flat("mlp", (1, 28, 28)))
     linear = [m for m in [*model.encoder.modules(), model.head] if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linear] == [(784, 400), (400, 40)]  # mu, logvar
 
 
 def test_kl_is_nonnegative_and_zero_when_posterior_equals_prior():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 28, 28), latent_dim=8, hidden=[32]))
+    model = build(from_flat("mlp", (1, 28, 28), latent_dim=8, hidden=[32]))
     _, metrics = objectives.elbo(model, torch.rand(64, 1, 28, 28))
     assert metrics["kl"] >= 0
     q = model.prior()  # KL(p || p) = 0 exactly in closed form
@@ -46,7 +46,7 @@ def test_kl_is_nonnegative_and_zero_when_posterior_equals_prior():
 
 def test_loss_is_recon_plus_beta_kl_and_elbo_is_reported_at_beta_one():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 28, 28), latent_dim=8, hidden=[32]))
+    model = build(from_flat("mlp", (1, 28, 28), latent_dim=8, hidden=[32]))
     x = torch.rand(16, 1, 28, 28)
     torch.manual_seed(1)
     loss, m = objectives.elbo(model, x, beta=4.0)
@@ -56,7 +56,7 @@ def test_loss_is_recon_plus_beta_kl_and_elbo_is_reported_at_beta_one():
 
 def test_bernoulli_log_prob_is_negative_binary_cross_entropy():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=2, hidden=[8]))
+    model = build(from_flat("mlp", (1, 4, 4), latent_dim=2, hidden=[8]))
     logits = torch.randn(3, 1, 4, 4)
     x = torch.rand(3, 1, 4, 4)
     expected = (x * torch.log(torch.sigmoid(logits)) + (1 - x) * torch.log(1 - torch.sigmoid(logits))).sum((1, 2, 3))
@@ -64,14 +64,14 @@ def test_bernoulli_log_prob_is_negative_binary_cross_entropy():
 
 
 def test_gaussian_log_prob_matches_the_normal_density():
-    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=2, hidden=[8], likelihood="gaussian", sigma=0.3))
+    model = build(from_flat("mlp", (1, 4, 4), latent_dim=2, hidden=[8], likelihood="gaussian", sigma=0.3))
     mean, x = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
     expected = (-0.5 * ((x - mean) / 0.3) ** 2 - math.log(0.3) - 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
     assert torch.allclose(model.likelihood(mean).log_prob(x), expected, atol=1e-4)
 
 
 def test_bernoulli_probabilities_sum_to_one_over_all_binary_images():
-    model = build(VAESpec("mlp", (1, 2, 2), latent_dim=2, hidden=[4]))
+    model = build(from_flat("mlp", (1, 2, 2), latent_dim=2, hidden=[4]))
     logits = torch.randn(1, 1, 2, 2)
     images = torch.tensor([[(i >> b) & 1 for b in range(4)] for i in range(16)], dtype=torch.float).view(16, 1, 2, 2)
     total = model.likelihood(logits.expand(16, 1, 2, 2)).log_prob(images).exp().sum()
@@ -81,7 +81,7 @@ def test_bernoulli_probabilities_sum_to_one_over_all_binary_images():
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 8, 8), latent_dim=3, hidden=[16]))
+    model = build(from_flat("mlp", (1, 8, 8), latent_dim=3, hidden=[16]))
     x = (torch.rand(32, 1, 8, 8) > 0.5).float()
     return model, x
 
@@ -192,7 +192,7 @@ def test_the_vae_hot_path_draws_the_same_latents_and_terms_as_the_distributions(
     """The default model's terms() skip the distribution objects: the same random numbers, the
     same log p(x|z) and KL as encode().rsample() and the prior's closed form."""
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 6), latent_dim=3, hidden=[16]))
+    model = build(from_flat("mlp", (1, 6, 6), latent_dim=3, hidden=[16]))
     x = (torch.rand(5, 1, 6, 6) > 0.5).float()
     torch.manual_seed(1)
     fast = model.terms(x)
@@ -212,7 +212,7 @@ def test_the_resnet_survives_adams_first_steps_at_the_default_rate():
 
     images = shapes.render(32, 4, 8, 4)[0][:256].float() / 255
     torch.manual_seed(0)
-    model = build(VAESpec("resnet", (1, 32, 32), latent_dim=16, hidden=[64, 128, 256], likelihood="logistic"))
+    model = build(from_flat("resnet", (1, 32, 32), latent_dim=16, hidden=[64, 128, 256], likelihood="logistic"))
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for step in range(4):
@@ -230,16 +230,18 @@ def test_a_resnet_checkpoint_from_before_groupnorm_loads_unnormalized(tmp_path):
     from vaecli import checkpoint
     from vaecli.config import DatasetConfig
 
-    old = build(VAESpec("resnet", (1, 8, 8), latent_dim=2, hidden=[4, 8], likelihood="logistic", norm="none"))
+    old = build(from_flat("resnet", (1, 8, 8), latent_dim=2, hidden=[4, 8], likelihood="logistic", norm="none"))
     assert not any(isinstance(m, torch.nn.GroupNorm) for m in old.modules())
     path = tmp_path / "model.safetensors"
     checkpoint.save_model(path, old, DatasetConfig(name="shapes"), seed=0, step=1, epoch=1)
     tensors, metadata = checkpoint.read_tensors(path)
-    spec = json.loads(metadata["vaecli.model"])
-    del spec["norm"]  # written before the field existed
+    from conftest import flat_spec_json
+
+    spec = flat_spec_json(old.spec)  # the flat spec of earlier releases ...
+    del spec["norm"]  # ... written before the field existed
     metadata["vaecli.model"] = json.dumps(spec)
     checkpoint.save_tensors(path, tensors, metadata)
     loaded = checkpoint.load_model(path).model
-    assert loaded.spec.norm == "none"
+    assert loaded.spec.body.norm == "none"
     x = torch.rand(3, 1, 8, 8)
     assert torch.equal(loaded.reconstruct(x), old.eval().reconstruct(x))

@@ -27,7 +27,7 @@ def test_the_readme_example_trains_samples_evaluates_and_resumes(tmp_path):
     summary = one_json(vae("train", *SHAPES, *MINE, "--run-dir", str(out), "--json", env=env, cwd=tmp_path))
     assert summary["step"] >= 1
     spec = json.loads(__import__("safetensors").safe_open(str(out / "model.safetensors"), "pt").metadata()["vaecli.model"])
-    assert spec["networks"] == {"encoder": {"_target_": "mynets.Encoder", "width": 8},
+    assert spec["body"]["networks"] == {"encoder": {"_target_": "mynets.Encoder", "width": 8},
                                 "decoder": {"_target_": "mynets.Decoder", "width": 8}}
     assert "mynets.Encoder" in (out / "config.yaml").read_text()
     one_json(vae("sample", "--ckpt", str(out), "--n", "4", "--out", str(tmp_path / "s.png"), "--json", env=env))

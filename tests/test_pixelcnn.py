@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, assert_one_line_error, one_json, vae, whole_and_resumed
 
 from vaecli.config import load_config
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 from vaecli.models.autoregressive import PixelCNN
 
 
@@ -45,7 +45,7 @@ def test_no_output_depends_on_its_own_pixel_or_a_later_one(layers, kernel, chann
 
 def tiny_model(likelihood="bernoulli", shape=(1, 2, 2), **extra):
     torch.manual_seed(0)
-    return build(VAESpec("mlp", shape, latent_dim=2, hidden=[8], likelihood=likelihood, levels=2, decoder="pixelcnn",
+    return build(from_flat("mlp", shape, latent_dim=2, hidden=[8], likelihood=likelihood, levels=2, decoder="pixelcnn",
                          ar_layers=2, ar_kernel=3, ar_channels=4, **extra)).eval()
 
 
@@ -67,7 +67,7 @@ def test_pictures_are_drawn_pixel_by_pixel_and_repeat_with_a_seed():
     logistic = tiny_model("logistic", shape=(3, 4, 4), mixtures=2)
     drawn = logistic.sample(2)
     assert torch.allclose(drawn * 255, (drawn * 255).round(), atol=1e-4)  # on the 8-bit grid
-    assert model.draws_pixel_by_pixel and not build(VAESpec("mlp", (1, 4, 4))).draws_pixel_by_pixel
+    assert model.draws_pixel_by_pixel and not build(from_flat("mlp", (1, 4, 4))).draws_pixel_by_pixel
 
 
 def test_paths_through_latent_space_are_drawn_with_common_random_numbers():
@@ -136,7 +136,7 @@ def test_the_committed_rate_keeps_every_dimension_above_delta():
     """kl.delta (the delta-VAE's committed rate in its simplest form): whatever the encoder says,
     each dimension's KL to N(0, 1) is at least delta, so no decoder can make the posterior collapse."""
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 4, 4), latent_dim=3, hidden=[8], delta=0.4))
+    model = build(from_flat("mlp", (1, 4, 4), latent_dim=3, hidden=[8], delta=0.4))
     with torch.no_grad():
         model.head.weight.mul_(0)  # the would-be collapsed encoder: mu = 0, sigma as large as it may be
         model.head.bias[:3].fill_(0.0)

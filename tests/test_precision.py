@@ -10,12 +10,12 @@ import torch
 
 from vaecli import device as devices, evaluate, objectives
 from vaecli.data import ImageSet
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 
 
 def tiny():
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 8, 8), latent_dim=4, hidden=[32], levels=2)).eval()
+    model = build(from_flat("mlp", (1, 8, 8), latent_dim=4, hidden=[32], levels=2)).eval()
     g = torch.Generator().manual_seed(1)
     data = ImageSet((torch.rand(40, 1, 8, 8, generator=g) > 0.5).to(torch.uint8) * 255, levels=2)
     return model, data

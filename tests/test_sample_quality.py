@@ -184,12 +184,12 @@ def test_eval_samples_draws_binary_images_where_the_data_are_binary(tmp_path, le
     from vaecli import samplers
     from vaecli.config import DatasetConfig
     from vaecli.data import ImageSet
-    from vaecli.models import VAESpec, build
+    from vaecli.models import build, from_flat
 
     torch.manual_seed(0)
     images = (torch.rand(40, 1, 8, 8) > 0.5).to(torch.uint8) * 255
     data = ImageSet(images, levels=levels)
-    model = build(VAESpec("mlp", (1, 8, 8), latent_dim=2, hidden=[8])).eval()
+    model = build(from_flat("mlp", (1, 8, 8), latent_dim=2, hidden=[8])).eval()
     features = _Recording()
     cfg = DatasetConfig(name="shapes", root=str(tmp_path))
     result = sq.evaluate(model, samplers.Prior(), data, cfg, "test", 20, "samples", features, draw=draw)

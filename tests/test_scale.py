@@ -16,7 +16,7 @@ from vaecli import checkpoint, evaluate, runs
 from vaecli.config import load_config, resume_config
 from vaecli.data import ImageSet
 from vaecli.errors import UsageError
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 from vaecli.train import fit
 
 from conftest import assert_one_line_error, one_json, vae
@@ -45,7 +45,7 @@ def max_diff(a, b):
 @pytest.mark.parametrize("binary", [True, False])
 def test_bernoulli_fast_log_prob_equals_torch_bernoulli_broadcast_over_samples(binary):
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 6, 5), latent_dim=3, hidden=[8]))
+    model = build(from_flat("mlp", (1, 6, 5), latent_dim=3, hidden=[8]))
     x = torch.rand(4, 1, 6, 5)
     x = (x > 0.5).float() if binary else x
     z = torch.randn(7, 4, 3)  # k=7 samples for each of 4 images: x broadcasts over k
@@ -57,7 +57,7 @@ def test_bernoulli_fast_log_prob_equals_torch_bernoulli_broadcast_over_samples(b
 
 def test_eval_iwae_chunk_is_sized_for_the_device_and_the_bound_does_not_depend_on_it(monkeypatch):
     torch.manual_seed(0)
-    model = build(VAESpec("mlp", (1, 8, 8), latent_dim=3, hidden=[16]))
+    model = build(from_flat("mlp", (1, 8, 8), latent_dim=3, hidden=[16]))
     data = ImageSet((torch.rand(10, 1, 8, 8) > 0.5).to(torch.uint8) * 255)
     sizes = []
     plain = model.log_weights

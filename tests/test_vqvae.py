@@ -14,7 +14,7 @@ from vaecli import checkpoint
 from vaecli.cli import run
 from vaecli.config import load_config, resume_config
 from vaecli.errors import UsageError
-from vaecli.models import VAESpec, build
+from vaecli.models import build, from_flat
 from vaecli.models.quantize import VectorQuantizer
 from vaecli.train import fit
 
@@ -88,7 +88,7 @@ def test_kmeans_initialisation_fits_the_first_batch_better_than_the_random_codeb
 
 def test_the_bound_is_log_p_x_given_the_codes_minus_hw_log_k_for_every_k():
     torch.manual_seed(0)
-    model = build(VAESpec("conv", (1, 8, 8), hidden=[4], kind="vqvae", codebook_size=5, code_dim=2)).eval()
+    model = build(from_flat("conv", (1, 8, 8), hidden=[4], kind="vqvae", codebook_size=5, code_dim=2)).eval()
     x = (torch.rand(3, 1, 8, 8) > 0.5).float()
     with torch.no_grad():
         grid = model.encoder(x)

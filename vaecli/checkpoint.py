@@ -19,7 +19,9 @@ from . import __version__, bounds
 from .atomic import atomic_write
 from .config import DatasetConfig
 from .errors import UsageError, VaeError
-from .models import VAE, VAESpec, build
+from .models import VAE, build
+from .models import spec as model_spec
+from .models.spec import ModelSpec
 from .runs import MODEL, MODEL_FILE, PRIOR, TRAINER_FILE, TRAINER_NEXT, Stage, resolve  # noqa: F401 (file names re-exported)
 
 FORMAT = "1"  # bump when the layout of the tensors or metadata changes incompatibly
@@ -128,13 +130,14 @@ def _rebuild(file: Path, spec_type, build_fn):
     spec_fields = _json_field(metadata, "vaecli.model", file)
     data_fields = _json_field(metadata, "vaecli.dataset", file)
     data_fields.setdefault("dequantize", False)  # saved before dataset.dequantize existed: trained without it
-    if spec_type is VAESpec:  # likewise the data's levels, which decide what its likelihood measures,
-        spec_fields.setdefault("levels", bounds.levels(data_fields.get("binarize")))
-        spec_fields.setdefault("logistic_tanh_means", spec_fields.get("likelihood") == "logistic")  # old squashing
-        spec_fields.setdefault("norm", "none")  # resnet bodies before GroupNorm (blocks._norm)
+    if spec_type is ModelSpec and "body" not in spec_fields:  # the flat spec of releases before 2026-12-04:
+        spec_fields.setdefault("levels", bounds.levels(data_fields.get("binarize")))  # the data's levels, which
+        spec_fields.setdefault("logistic_tanh_means", spec_fields.get("likelihood") == "logistic")  # decide what its
+        spec_fields.setdefault("norm", "none")  # likelihood measures; old squashing; resnets before GroupNorm
     try:
         dataset = DatasetConfig(**data_fields)
-        model = build_fn(spec_type(**spec_fields))
+        spec = model_spec.from_json(spec_fields) if spec_type is ModelSpec else spec_type(**spec_fields)
+        model = build_fn(spec)
         model.load_state_dict(tensors, strict=True)
     except (TypeError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0]
@@ -170,7 +173,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         model, metadata, dataset = _rebuild(file, PriorSpec, CodePrior)
     else:
         file = resolve(path)
-        model, metadata, dataset = _rebuild(file, VAESpec, build)
+        model, metadata, dataset = _rebuild(file, ModelSpec, build)
     step = _int_field(metadata, "vaecli.step", file)
     if with_prior and stage.kind == "model" and model.discrete:  # a VQ-VAE: its prior has its own file
         _attach_prior(model, file, step, device)

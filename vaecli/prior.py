@@ -145,7 +145,7 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     train_codes, _ = codes_of(vqvae, images["train"])
     test_codes, test_log_px = codes_of(vqvae, images["test"])
     cp = cfg.code_prior
-    spec = PriorSpec(vqvae.spec.codebook_size, vqvae.grid, cp.width, cp.layers, cp.heads, cp.dropout,
+    spec = PriorSpec(vqvae.codebook_size, vqvae.grid, cp.width, cp.layers, cp.heads, cp.dropout,
                      vqvae.spec.num_classes)
     model = CodePrior(spec).to(device)
     trainer = PriorTrainer(vqvae, test_log_px, math.prod(vqvae.spec.image_shape), cfg=cfg, model=model,

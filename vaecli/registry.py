@@ -95,7 +95,7 @@ class Card:
 
 
 _MEMBERS: dict[str, dict[str, type[Card]]] = {}
-_loaded = False
+_loaded = False  # (load() imports CARD_MODULES once)
 
 
 def member(family: str, name: str) -> Callable[[type[Card]], type[Card]]:
@@ -112,7 +112,8 @@ def member(family: str, name: str) -> Callable[[type[Card]], type[Card]]:
     return register
 
 
-def _load() -> None:
+def load() -> None:
+    """Import every card module (registering its members and its model kinds' spec classes)."""
     global _loaded
     if not _loaded:
         for module in CARD_MODULES:
@@ -121,7 +122,7 @@ def _load() -> None:
 
 
 def members(family: str) -> dict[str, type[Card]]:
-    _load()
+    load()
     return dict(_MEMBERS.get(family, {}))
 
 

@@ -209,7 +209,7 @@ class Trainer:
         run_dir, dist, t = self.run_dir, self.dist, self.settings
         loaded = checkpoint.load_model(run_dir, device=self.device, stage=self.stage, with_prior=False)
         if asdict(loaded.model.spec) != asdict(self.model.spec):
-            if loaded.model.spec.logistic_tanh_means:
+            if loaded.model.spec.likelihood.tanh_means:
                 raise UsageError(f"{run_dir} was trained by a vaecli whose logistic likelihood squashed its means by "
                                  "tanh: every command still reads it, but it cannot be resumed; start a new run")
             raise UsageError(f"{run_dir}: the saved model differs from its config.yaml; start a new run")
@@ -542,7 +542,7 @@ class Trainer:
             train_seconds=self.state.seconds, img_per_s=self.images_per_second(),
             processes=self.dist.world, skipped_steps=self.state.skipped, precision=self.precision_used(),
             device=str(self.device), threads=torch.get_num_threads(), dataset=self.cfg.dataset.name,
-            model=model.spec.arch if model.spec.kind == "vae" else f"{model.spec.kind} ({model.spec.arch})",
+            model=model.spec.body.arch if model.spec.kind == "vae" else f"{model.spec.kind} ({model.spec.body.arch})",
             checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR),
             codebook=codebook_health(test, model), kl_per_group=test.get("kl_per_group"),
             active_per_group=test.get("active_per_group"), objective_terms=self.objective_terms())
@@ -560,7 +560,7 @@ def codebook_health(test: dict, model) -> dict | None:
     if "perplexity" not in test:
         return None
     return {"perplexity": test["perplexity"], "dead_codes": test["dead_codes"], "revived": int(test["revived"]),
-            "size": model.spec.codebook_size}
+            "size": model.codebook_size}
 
 
 def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks=(),

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"build": "factory", "from_config": "factory", "spec_from_config": "factory", "AE": "vae", "HVAE": "vae",
-         "KINDS": "vae", "VAE": "vae", "LatentModel": "vae", "PointMass": "vae", "VAESpec": "vae",
-         "CategoricalVAE": "categorical", "Ladder": "ladder", "VQVAE": "vqvae"}
+_LAZY = {"build": "factory", "from_config": "factory", "spec_from_config": "factory",
+         "AE": "vae", "HVAE": "vae", "VAE": "vae", "LatentModel": "vae", "PointMass": "vae",
+         "CategoricalVAE": "categorical", "Ladder": "ladder", "VQVAE": "vqvae",
+         "ModelSpec": "spec", "VAESpec": "vae_config", "from_flat": "spec", "from_json": "spec"}
 __all__ = sorted(_LAZY)
 
 

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from . import likelihoods, networks
-from .vae import LatentModel, VAESpec
+from .vae_config import CategoricalSpec
+from .vae import LatentModel
 
 
 class CategoricalPosterior(Distribution):
@@ -85,10 +86,10 @@ class CategoricalVAE(LatentModel):
     posterior = "categorical"
     discrete = True
 
-    def __init__(self, spec: VAESpec):
+    def __init__(self, spec: CategoricalSpec):
         super().__init__()
         self.spec = spec
-        n, k = spec.latent_dim, spec.categories
+        n, k = spec.latent_dim, spec.categorical.categories
         self.likelihood = likelihoods.build(spec)
         c = spec.num_classes or 0
         self.encoder, features = networks.body_encoder(spec)  # vaecli's, or the user's (model.encoder_net)
@@ -99,17 +100,17 @@ class CategoricalVAE(LatentModel):
 
     exact_kl = True
     grid = property(lambda self: (1, self.spec.latent_dim))
-    codebook_size = property(lambda self: self.spec.categories)
+    codebook_size = property(lambda self: self.spec.categorical.categories)
 
     def temperature(self) -> Tensor:
         """tau after this many training passes, as a tensor (no host read, no recompiling under
         torch.compile as it changes)."""
-        s = self.spec
+        s = self.spec.categorical
         return (s.temperature * torch.exp(-s.anneal_rate * self.passes.float())).clamp(min=s.temperature_min)
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> CategoricalPosterior:
         logits = self.head(self._condition(self.encoder(x), y)).float()
-        return CategoricalPosterior(logits.unflatten(-1, (self.spec.latent_dim, self.spec.categories)),
+        return CategoricalPosterior(logits.unflatten(-1, (self.spec.latent_dim, self.spec.categorical.categories)),
                                     self.temperature(), relaxed=self.training)
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
@@ -138,7 +139,7 @@ class CategoricalVAE(LatentModel):
         posterior = self.encode(x, y)
         z = posterior.sample((k,))
         log_px = self.decode(z, y).log_prob(x)
-        log_prior = -self.spec.latent_dim * math.log(self.spec.categories)
+        log_prior = -self.spec.latent_dim * math.log(self.spec.categorical.categories)
         return log_px + log_prior - posterior.log_prob(z), log_px
 
     def kl(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -152,13 +153,13 @@ class CategoricalVAE(LatentModel):
 
     def decode_codes(self, index: Tensor, y: Tensor | None = None, common: bool = False) -> Tensor:
         """Images (B, C, H, W) in [0, 1] for class indices (B, 1, N) (`common`: decode_images)."""
-        onehot = F.one_hot(index.flatten(1), self.spec.categories).float().flatten(1)
+        onehot = F.one_hot(index.flatten(1), self.spec.categorical.categories).float().flatten(1)
         return self.decode_images(onehot, y, common=common)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
                y: Tensor | None = None) -> Tensor:
         """n images from codes drawn uniformly (the prior has no temperature: it is ignored)."""
-        index = torch.randint(0, self.spec.categories, (n, self.spec.latent_dim), generator=generator,
+        index = torch.randint(0, self.spec.categorical.categories, (n, self.spec.latent_dim), generator=generator,
                               device=self.device)
         return self.decode_codes(index.unsqueeze(1), y)

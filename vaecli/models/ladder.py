@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from . import autoregressive, blocks, likelihoods
-from .vae import LatentModel, VAESpec, normal_kl
+from .ladder_config import LadderSpec
+from .vae import LatentModel, normal_kl
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -88,16 +89,17 @@ class Ladder(LatentModel):
 
     exact_kl = False  # the KL of the whole hierarchy is a one-sample estimate (closed form per group)
 
-    def __init__(self, spec: VAESpec):
+    def __init__(self, spec: LadderSpec):
         super().__init__()
         self.spec = spec
-        g, d, act = spec.groups, spec.latent_dim, spec.activation
-        width = spec.hidden[-1]
+        g, d, act = spec.groups, spec.latent_dim, spec.body.activation
+        width = spec.body.hidden[-1]
         self.likelihood = likelihoods.build(spec)
         c = spec.num_classes or 0
         scale = 1 / math.sqrt(2 * g)
         # bottom-up: stem, then one residual cell per group (e_1 .. e_G)
-        self.stem, features = blocks.encoder(spec.arch, spec.image_shape, spec.hidden, act, spec.norm)
+        body = spec.body
+        self.stem, features = blocks.encoder(body.arch, spec.image_shape, body.hidden, act, body.norm)
         self.stem_out = nn.Linear(features + c, width)
         self.up = nn.ModuleList(ResidualCell(width, act, scale) for _ in range(g))
         # top-down, index t = 0 (top) .. g-1 (bottom)
@@ -114,7 +116,7 @@ class Ladder(LatentModel):
         self.z_in = nn.ModuleList(nn.Linear(d, width) for _ in range(g))
         self.down = nn.ModuleList(ResidualCell(width, act, scale) for _ in range(g))
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
-        self.decoder = blocks.decoder(spec.arch, spec.image_shape, spec.hidden, width, out_channels, act, spec.norm)
+        self.decoder = blocks.decoder(body.arch, spec.image_shape, body.hidden, width, out_channels, act, body.norm)
 
     # -- the two passes ---------------------------------------------------------------------
 

@@ -3,11 +3,24 @@ is ladder.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..registry import MISSING, Need, member
+from . import spec as specs
 from .autoregressive_config import DecoderKeys
 from .vae_config import ModelCard, NetworkKey
+
+
+@specs.kind("ladder", model="vaecli.models.ladder:Ladder")
+@dataclass
+class LadderSpec(specs.ModelSpec):
+    kind: str = "ladder"
+    groups: int = 1  # latent groups of latent_dim units each
+    decoder: specs.Decoder = field(default_factory=specs.Decoder)
+
+    @classmethod
+    def from_flat(cls, common: dict, flat: dict) -> "LadderSpec":
+        return cls(**common, groups=flat["groups"], decoder=specs.Decoder.from_flat(flat))
 
 
 @member("model", "ladder")
@@ -23,6 +36,10 @@ class Ladder(DecoderKeys, NetworkKey, ModelCard):
 
     def provides(self, run) -> set[str]:
         return super().provides(run) | {"importance_sampling", "kl_per_dim"}
+
+    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+        return LadderSpec(**common, groups=self.groups,
+                                decoder=specs.Decoder(self.decoder, self.ar_layers, self.ar_kernel, self.ar_channels))
 
     def lacks(self, run) -> dict[str, str]:
         return {"chosen_prior": "model=ladder has its own hierarchical prior (N(0, I) on the top group); use prior=normal"}

@@ -242,9 +242,10 @@ class LogisticLikelihood(nn.Module):
 
 
 def build(spec) -> nn.Module:
-    """The likelihood a model spec names, for the data it describes (spec.levels, spec.dequantize),
-    with `measure` saying what its log_prob is of."""
-    name, sigma, levels, dequantize = spec.likelihood, spec.sigma, spec.levels, spec.dequantize
+    """The likelihood a model spec names (spec.likelihood, and spec.decoder where the kind has one),
+    for the data it describes (spec.data), with `measure` saying what its log_prob is of."""
+    lik, decoder = spec.likelihood, getattr(spec, "decoder", None)
+    name, sigma, levels, dequantize = lik.name, lik.sigma, spec.data.levels, spec.data.dequantize
     sigma = sigma if sigma is not None else 0.1
     if name == "bernoulli":
         likelihood = BernoulliLikelihood()
@@ -253,18 +254,18 @@ def build(spec) -> nn.Module:
     elif name == "gaussian":
         likelihood = GaussianLikelihood(sigma, levels, dequantize)
     elif name == "gaussian_learned":
-        likelihood = LearnedGaussianLikelihood(spec.per_pixel, sigma, levels, dequantize)
+        likelihood = LearnedGaussianLikelihood(lik.per_pixel, sigma, levels, dequantize)
     elif name == "logistic":
-        likelihood = LogisticLikelihood(spec.mixtures, spec.logistic_tanh_means)
+        likelihood = LogisticLikelihood(lik.mixtures, lik.tanh_means)
     else:
         raise ValueError(f"unknown likelihood {name!r}")
     if dequantize and name not in bounds.DENSITIES:
         raise ValueError(f"likelihood={name} is a probability of the stored values; dequantized data needs a density")
     likelihood.measure = bounds.measure(name, levels, dequantize)
-    if spec.decoder == "pixelcnn":  # the same per-pixel likelihood, each pixel given those before it
+    if decoder is not None and decoder.name == "pixelcnn":  # the same per-pixel likelihood, each pixel given those before it
         from .autoregressive import PixelCNNLikelihood
 
-        likelihood = PixelCNNLikelihood(likelihood, spec.image_shape[0], spec.ar_layers, spec.ar_kernel,
-                                        spec.ar_channels)
+        likelihood = PixelCNNLikelihood(likelihood, spec.image_shape[0], decoder.layers, decoder.kernel,
+                                        decoder.channels)
         likelihood.measure = likelihood.inner.measure
     return likelihood

@@ -93,17 +93,19 @@ def decoder(node: dict, image_shape: tuple[int, int, int], latent_dim: int, out_
 
 
 def body_encoder(spec) -> tuple[nn.Module, int]:
-    """The encoder body of a VAESpec: the user's (spec.networks["encoder"]) or vaecli's own."""
-    node = (spec.networks or {}).get("encoder")
+    """The encoder body of a spec: the user's (spec.body.networks["encoder"]) or vaecli's own."""
+    body = spec.body
+    node = (body.networks or {}).get("encoder")
     if node:
         return encoder(node, spec.image_shape)
-    return blocks.encoder(spec.arch, spec.image_shape, spec.hidden, spec.activation, spec.norm)
+    return blocks.encoder(body.arch, spec.image_shape, body.hidden, body.activation, body.norm)
 
 
 def body_decoder(spec, in_features: int, out_channels: int) -> nn.Module:
-    """The decoder of a VAESpec from (B, in_features): the user's or vaecli's own."""
-    node = (spec.networks or {}).get("decoder")
+    """The decoder of a spec from (B, in_features): the user's or vaecli's own."""
+    body = spec.body
+    node = (body.networks or {}).get("decoder")
     if node:
         return decoder(node, spec.image_shape, in_features, out_channels)
-    return blocks.decoder(spec.arch, spec.image_shape, spec.hidden, in_features, out_channels, spec.activation,
-                          spec.norm)
+    return blocks.decoder(body.arch, spec.image_shape, body.hidden, in_features, out_channels, body.activation,
+                          body.norm)

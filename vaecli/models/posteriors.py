@@ -168,12 +168,13 @@ class Planar(nn.Module):
 
 def build(spec) -> nn.Module | None:
     """The flow of spec.posterior (None for the plain Gaussian)."""
-    if spec.posterior == "gaussian":
+    q = spec.posterior
+    if q.name == "gaussian":
         return None
-    if spec.posterior == "iaf":
-        return IAF(spec.latent_dim, spec.flows, spec.flow_hidden)
-    if spec.posterior == "planar":
-        return Planar(spec.latent_dim, spec.flows)
-    raise ValueError(f"unknown posterior {spec.posterior!r}")
+    if q.name == "iaf":
+        return IAF(spec.latent_dim, q.flows, q.hidden)
+    if q.name == "planar":
+        return Planar(spec.latent_dim, q.flows)
+    raise ValueError(f"unknown posterior {q.name!r}")
 
 

@@ -18,7 +18,6 @@ Models raise plain Python errors (ValueError); mapping them to messages is the C
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,63 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MixtureSameFamily, Normal, constraints
 
 from . import autoregressive, blocks, likelihoods, networks, posteriors, priors
-
-KINDS = ("vae", "ae", "hvae", "vqvae", "ladder", "categorical")
-
-
-@dataclass
-class VAESpec:
-    """Everything needed to rebuild a model; stored as JSON in model.safetensors' metadata."""
-
-    arch: str  # network: mlp | conv | resnet
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    latent_dim: int = 20
-    hidden: list[int] = field(default_factory=lambda: [400])
-    likelihood: str = "bernoulli"
-    sigma: float | None = None  # gaussian: fixed sigma; gaussian_learned: initial sigma
-    prior: str = "normal"
-    kind: str = "vae"  # vae | ae | hvae
-    activation: str = "relu"
-    num_classes: int | None = None  # set: a conditional model on the class label
-    per_pixel: bool = False  # gaussian_learned: one sigma per pixel instead of one in all
-    mixtures: int = 1  # logistic: mixture components per pixel
-    prior_components: int = 10  # mog: Gaussians; vamp: pseudo-inputs
-    # The fields below matter only to some models; conf/ holds their defaults (e.g. 50 VampPrior
-    # components). The values here are what a spec records when its model does not use them.
-    latent_dim2: int = 50  # hvae: the top stochastic layer
-    hidden2: list[int] = field(default_factory=lambda: [100, 100])  # hvae: z1 <-> z2 networks
-    codebook_size: int = 512  # vqvae: K codes
-    code_dim: int = 64  # vqvae: D, the size of each code vector
-    commitment: float = 0.25  # vqvae: beta of the commitment loss
-    ema_decay: float = 0.99  # vqvae: codebook EMA decay; 0 = learn the codes by the codebook loss
-    dead_after: int = 100  # vqvae: revive a code unused for this many training steps (0: never)
-    kmeans_init: bool = False  # vqvae: initialise the codebook by k-means on the first batch
-    groups: int = 1  # ladder: latent groups of latent_dim units each
-    # The data as stored, which decides what log p(x|z) is of (bounds.py): levels per value (2 for
-    # binarized data, 256 for 8-bit), and whether the model sees it uniformly dequantized.
-    levels: int = 256
-    dequantize: bool = False
-    posterior: str = "gaussian"  # q(z|x): gaussian, or a flow on it: iaf | planar (models/posteriors.py)
-    flows: int = 0  # iaf, planar: steps
-    flow_hidden: int = 0  # iaf: width of each step's MADE and of the encoder's context
-    decoder: str = "factorized"  # p(x|z): factorized per pixel, or pixelcnn (each pixel given those before it)
-    ar_layers: int = 5  # pixelcnn: gated layers
-    ar_kernel: int = 5  # pixelcnn: mask size (receptive field: layers and kernel)
-    ar_channels: int = 32  # pixelcnn: channels of each layer
-    delta: float = 0.0  # kl.delta: nats per dimension the Gaussian posterior's KL cannot fall below (0: off)
-    categories: int = 0  # categorical: K classes for each of the latent_dim variables
-    temperature: float = 1.0  # categorical: the Gumbel-softmax temperature at the start ...
-    temperature_min: float = 0.5  # ... annealed down to this
-    anneal_rate: float = 0.0  # ... as tau_0 exp(-rate * training passes)
-    logistic_tanh_means: bool = False  # logistic: checkpoints from before 2026-12-02 squashed the means by tanh
-    norm: str = "group"  # resnet: GroupNorm before each activation; "none" for checkpoints from before 2026-12-03
-    networks: dict | None = None  # the user's own bodies: {"encoder"|"decoder": {"_target_": ..., kwargs}} (networks.py)
-
-    def __post_init__(self):
-        self.image_shape = tuple(int(s) for s in self.image_shape)
-        self.hidden = [int(h) for h in self.hidden]
-        self.hidden2 = [int(h) for h in self.hidden2]
-
+from .vae_config import HVAESpec, VAESpec
 
 def normal_kl(q: Normal, p: Normal) -> Tensor:
     """KL(q || p) per dimension for two diagonal Normals: torch's formula, written out because
@@ -201,7 +144,7 @@ class LatentModel(nn.Module):
     @property
     def convolutional(self) -> bool:
         """Whether its networks are convolutional (they can use the channels_last layout)."""
-        return self.spec.arch in ("conv", "resnet") and not self.spec.networks
+        return self.spec.body.arch in ("conv", "resnet") and not self.spec.body.networks
 
     @property
     def device(self) -> torch.device:
@@ -258,7 +201,7 @@ class VAE(LatentModel):
         self.head = nn.Linear(features + c, self._head_outputs() + (self.flow.extra_outputs if self.flow else 0))
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
         self.decoder = networks.body_decoder(spec, spec.latent_dim + c, out_channels)
-        self.prior_net = priors.build(spec.prior, self._prior_dim(), spec.image_shape, spec.prior_components)
+        self.prior_net = priors.build(spec.prior.name, self._prior_dim(), spec.image_shape, spec.prior.components)
 
     def _head_outputs(self) -> int:
         return 2 * self.spec.latent_dim
@@ -282,7 +225,7 @@ class VAE(LatentModel):
         """q(z|x): batch (B,), event (latent_dim,); with a flow, the Gaussian pushed through it."""
         params = self.head(self._condition(self.encoder(x), y))
         if self.flow is None:
-            return _gaussian(params, committed_sigma(self.spec.delta) if self.spec.delta > 0 else None)
+            return _gaussian(params, committed_sigma(self.spec.posterior.delta) if self.spec.posterior.delta > 0 else None)
         base_size = 2 * self.spec.latent_dim
         return self.flow(_gaussian(params[..., :base_size]), params[..., base_size:].float())
 
@@ -315,7 +258,7 @@ class VAE(LatentModel):
         The KL is closed form for the standard-normal prior; otherwise the single-sample Monte
         Carlo estimate log q(z|x) - log p(z), which is unbiased but noisy (kl_exact False).
         """
-        if self.exact_kl and self.spec.delta == 0:  # the default model's hot path: one autograd node
+        if self.exact_kl and self.spec.posterior.delta == 0:  # the default model's hot path: one autograd node
             params = self.head(self._condition(self.encoder(x), y)).float()
             eps = torch.empty(params.shape[:-1] + (self.spec.latent_dim,), device=params.device).normal_()
             z, kl_per_dim = _SampleAndKL.apply(params, eps)  # z = mu + sigma * eps, and the KL
@@ -408,11 +351,11 @@ class HVAE(VAE):
 
     layers = 2
 
-    def __init__(self, spec: VAESpec):
+    def __init__(self, spec: HVAESpec):
         super().__init__(spec)
         d1, d2 = spec.latent_dim, spec.latent_dim2
-        self.q_z2 = blocks.mlp([d1, *spec.hidden2, 2 * d2], spec.activation)
-        self.p_z1 = blocks.mlp([d2, *reversed(spec.hidden2), 2 * d1], spec.activation)
+        self.q_z2 = blocks.mlp([d1, *spec.hidden2, 2 * d2], spec.body.activation)
+        self.p_z1 = blocks.mlp([d2, *reversed(spec.hidden2), 2 * d1], spec.body.activation)
 
     def _prior_dim(self) -> int:
         return self.spec.latent_dim2

@@ -4,10 +4,11 @@ two-stochastic-layer VAE of Burda et al. (2015). Torch-free (registry.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..registry import MISSING, Card, Need, member
+from . import spec as specs
 from .autoregressive_config import DecoderKeys
 from .categorical_config import LatentKeys
 
@@ -36,6 +37,16 @@ class ModelCard(Card):
 
     def describe(self) -> str:
         return f"model={self.name}"
+
+    def body(self) -> specs.Body:
+        """The pixel networks' part of the model spec."""
+        arch = getattr(self, "network", None) or self.name
+        nodes = self.networks() if isinstance(self, NetworkNodes) else None
+        return specs.Body(arch, list(self.hidden), self.activation, networks=nodes)
+
+    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+        """This member's spec: `common` (ModelSpec's fields) and its own parts."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -92,6 +103,63 @@ class FlatVAE(NetworkNodes, LatentKeys, DecoderKeys, ModelCard):
     def describe(self) -> str:
         return f"model={self.name}" + (", latent=categorical" if self.categorical else "")
 
+    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+        q = specs.Posterior(posterior.name, getattr(posterior, "flows", 0), getattr(posterior, "hidden", 0), kl.delta)
+        decoder = specs.Decoder(self.decoder, self.ar_layers, self.ar_kernel, self.ar_channels)
+        if self.categorical:
+            return CategoricalSpec(**common, posterior=q, decoder=decoder, categorical=specs.Categories(
+                self.categories, self.temperature, self.temperature_min, self.anneal_rate))
+        return VAESpec(**common, posterior=q, decoder=decoder)
+
+
+@specs.kind("vae", model="vaecli.models.vae:VAE")
+@dataclass
+class VAESpec(specs.ModelSpec):
+    """The flat VAEs' spec (mlp, conv, resnet with a Gaussian latent)."""
+
+    posterior: specs.Posterior = field(default_factory=specs.Posterior)
+    decoder: specs.Decoder = field(default_factory=specs.Decoder)
+
+    @classmethod
+    def from_flat(cls, common: dict, flat: dict) -> "VAESpec":
+        return cls(**common, posterior=specs.Posterior.from_flat(flat), decoder=specs.Decoder.from_flat(flat))
+
+
+@specs.kind("ae", model="vaecli.models.vae:AE")
+@dataclass
+class AESpec(VAESpec):
+    kind: str = "ae"
+
+
+@specs.kind("categorical", model="vaecli.models.categorical:CategoricalVAE")
+@dataclass
+class CategoricalSpec(VAESpec):
+    kind: str = "categorical"
+    categorical: specs.Categories = field(default_factory=specs.Categories)
+
+    @classmethod
+    def from_flat(cls, common: dict, flat: dict) -> "CategoricalSpec":
+        return cls(**common, posterior=specs.Posterior.from_flat(flat), decoder=specs.Decoder.from_flat(flat),
+                   categorical=specs.Categories.from_flat(flat))
+
+
+@specs.kind("hvae", model="vaecli.models.vae:HVAE")
+@dataclass
+class HVAESpec(specs.ModelSpec):
+    kind: str = "hvae"
+    posterior: specs.Posterior = field(default_factory=specs.Posterior)  # q(z1|x): the diagonal Gaussian
+    latent_dim2: int = 50  # the top stochastic layer
+    hidden2: List[int] = field(default_factory=lambda: [100, 100])  # z1 <-> z2 networks
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.hidden2 = [int(h) for h in self.hidden2]
+
+    @classmethod
+    def from_flat(cls, common: dict, flat: dict) -> "HVAESpec":
+        return cls(**common, posterior=specs.Posterior(delta=flat["delta"]), latent_dim2=flat["latent_dim2"],
+                   hidden2=list(flat["hidden2"]))
+
 
 @member("model", "mlp")
 @dataclass
@@ -125,6 +193,9 @@ class AE(NetworkNodes, NetworkKey, ModelCard):
     def provides(self, run) -> set[str]:
         return super().provides(run) | {"code"}
 
+    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+        return AESpec(**common)
+
     def lacks(self, run) -> dict[str, str]:
         objective = (f"model=ae has no posterior to importance-sample or KL to shape; use objective=elbo or wae "
                      f"(got objective={run.objective.name})")
@@ -149,6 +220,10 @@ class HVAE(NetworkKey, ModelCard):
 
     def provides(self, run) -> set[str]:
         return super().provides(run) | {"importance_sampling"}
+
+    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+        return HVAESpec(**common, posterior=specs.Posterior(delta=kl.delta), latent_dim2=self.latent_dim2,
+                        hidden2=list(self.hidden2))
 
     def lacks(self, run) -> dict[str, str]:
         return {"chosen_prior": "model=hvae uses a N(0, I) prior on its top layer z2; use prior=normal"}

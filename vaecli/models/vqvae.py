@@ -21,7 +21,8 @@ from torch import Tensor
 
 from . import blocks, likelihoods
 from .quantize import VectorQuantizer
-from .vae import LatentModel, PointMass, VAESpec
+from .vqvae_config import VQVAESpec
+from .vae import LatentModel, PointMass
 
 
 class VQVAE(LatentModel):
@@ -29,19 +30,19 @@ class VQVAE(LatentModel):
 
     posterior = "point"
     discrete = True
-    codebook_size = property(lambda self: self.spec.codebook_size)  # codes per grid position
+    codebook_size = property(lambda self: self.spec.quantizer.codebook_size)  # codes per grid position
 
-    def __init__(self, spec: VAESpec):
+    def __init__(self, spec: VQVAESpec):
         super().__init__()
         self.spec = spec
         self.likelihood = likelihoods.build(spec)
-        self.encoder, self.grid = blocks.grid_encoder(spec.arch, spec.image_shape, spec.hidden, spec.code_dim,
-                                                      spec.activation, spec.norm)
-        self.quantizer = VectorQuantizer(spec.codebook_size, spec.code_dim, spec.ema_decay, spec.dead_after,
-                                         spec.kmeans_init)
+        body, vq = spec.body, spec.quantizer
+        self.encoder, self.grid = blocks.grid_encoder(body.arch, spec.image_shape, body.hidden, vq.code_dim,
+                                                      body.activation, body.norm)
+        self.quantizer = VectorQuantizer(vq.codebook_size, vq.code_dim, vq.ema_decay, vq.dead_after, vq.kmeans_init)
         out_channels = self.likelihood.params_per_pixel * spec.image_shape[0]
-        self.decoder = blocks.grid_decoder(spec.arch, spec.image_shape, spec.hidden,
-                                           spec.code_dim + (spec.num_classes or 0), out_channels, spec.activation, spec.norm)
+        self.decoder = blocks.grid_decoder(body.arch, spec.image_shape, body.hidden,
+                                           vq.code_dim + (spec.num_classes or 0), out_channels, body.activation, body.norm)
         self.attach_prior(None, "this VQ-VAE has no prior over its code grid yet; train one with: vae train-prior")
 
     def attach_prior(self, prior, problem: str | None = None) -> None:
@@ -70,7 +71,7 @@ class VQVAE(LatentModel):
 
     @property
     def latent_dim(self) -> int:
-        return self.spec.code_dim * self.grid[0] * self.grid[1]
+        return self.spec.quantizer.code_dim * self.grid[0] * self.grid[1]
 
     @property
     def exact_kl(self) -> bool:
@@ -79,7 +80,7 @@ class VQVAE(LatentModel):
     @property
     def log_prior(self) -> float:
         """log p(z_q) of any code grid under the uniform prior: -h*w*log K."""
-        return -self.grid[0] * self.grid[1] * math.log(self.spec.codebook_size)
+        return -self.grid[0] * self.grid[1] * math.log(self.spec.quantizer.codebook_size)
 
     def log_p_codes(self, index: Tensor, y: Tensor | None = None) -> Tensor:
         """log p(z_q) (B,) of code grids (B, h, w): the attached prior's, else the uniform one's."""
@@ -105,7 +106,7 @@ class VQVAE(LatentModel):
         """p(x|z) for continuous latents (B, latent_dim), quantized to the nearest codes first."""
         if z.dim() != 2:
             raise ValueError(f"decode takes latents (B, {self.latent_dim}); got {tuple(z.shape)}")
-        codes, _ = self.quantizer.quantize(z.reshape(-1, self.spec.code_dim, *self.grid))
+        codes, _ = self.quantizer.quantize(z.reshape(-1, self.spec.quantizer.code_dim, *self.grid))
         return self._decode_grid(codes, y)
 
     def code_grid(self, x: Tensor) -> Tensor:
@@ -121,7 +122,7 @@ class VQVAE(LatentModel):
         q = self.quantizer(self.encoder(x))
         log_px = self._decode_grid(q["codes"], y).log_prob(x)
         kl = -self.log_p_codes(q["index"], y)
-        aux = (self.spec.commitment * q["commit"] + q["codebook_loss"]).mean()
+        aux = (self.spec.quantizer.commitment * q["commit"] + q["codebook_loss"]).mean()
         stats = {"perplexity": q["perplexity"], "dead_codes": q["dead_codes"], "revived": q["revived"]}
         return {"log_px": log_px, "kl": kl, "kl_per_dim": None, "kl_exact": True, "aux_loss": aux, "stats": stats}
 

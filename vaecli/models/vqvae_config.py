@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..registry import MISSING, Need, member
+from . import spec as specs
 from .vae_config import ModelCard, NetworkKey
+
+
+@specs.kind("vqvae", model="vaecli.models.vqvae:VQVAE")
+@dataclass
+class VQVAESpec(specs.ModelSpec):
+    kind: str = "vqvae"
+    quantizer: specs.Quantizer = field(default_factory=specs.Quantizer)
+
+    @classmethod
+    def from_flat(cls, common: dict, flat: dict) -> "VQVAESpec":
+        return cls(**common, quantizer=specs.Quantizer.from_flat(flat))
 
 
 @member("model", "vqvae")
@@ -33,6 +45,10 @@ class VQVAE(NetworkKey, ModelCard):
         need(run.kl.schedule == "constant" and run.kl.free_bits == 0 and run.beta == 1.0,
              "model=vqvae's KL to the uniform code prior is a constant: beta, kl.schedule and kl.free_bits change "
              "nothing; drop them")
+
+    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+        return VQVAESpec(**common, quantizer=specs.Quantizer(
+            self.codebook_size, self.code_dim, self.commitment, self.ema_decay, self.dead_after, self.kmeans_init))
 
     def lacks(self, run) -> dict[str, str]:
         objective = ("model=vqvae has a point-mass posterior over codes: importance sampling and the KL-shaping "
