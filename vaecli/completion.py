@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 from . import config, registry, runs, sweep
+from .models.vae_config import ACTIVATIONS, NETWORKS
 
 
 def _sections() -> dict[str, list[str] | None]:
@@ -33,7 +34,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "trainer.device": config.DEVICES, "trainer.precision": config.PRECISIONS,
         "trainer.channels_last": config.CHANNELS_LAST, "trainer.lr_schedule": config.LR_SCHEDULES,
         "trainer.logger": config.LOGGERS, "trainer.compile": booleans, "kl.schedule": config.KL_SCHEDULES,
-        "model.network": config.NETWORKS, "model.activation": config.ACTIVATIONS, "model.conditional": booleans,
+        "model.network": NETWORKS, "model.activation": ACTIVATIONS, "model.conditional": booleans,
         "model.kmeans_init": booleans, "likelihood.per_pixel": booleans, "dataset.binarize": ("dynamic", "static"),
         "dataset.dequantize": booleans,
     }

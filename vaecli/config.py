@@ -23,11 +23,7 @@ from omegaconf import MISSING
 from . import registry
 from .bounds import DENSITIES
 from .errors import UsageError
-from .models.autoregressive_config import DECODERS  # noqa: F401  (re-exported: completion, docs)
-from .models.categorical_config import LATENTS  # noqa: F401
-from .models.vae_config import ACTIVATIONS, NETWORKS  # noqa: F401
 from .registry import FAMILIES
-from .samplers_config import COVARIANCES, FIT_ON  # noqa: F401
 
 GROUPS = ("dataset", "model", "posterior", "likelihood", "prior", "objective", "trainer")
 SELECT_ONLY = ("experiment",)  # groups that only preset other keys (`# @package _global_`)

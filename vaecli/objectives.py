@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .callbacks import Callback
+from .hooks import Callback
 
 @dataclass
 class KLSchedule:

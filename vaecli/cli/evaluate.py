@@ -140,11 +140,7 @@ def score(
     """Per-image -IWAE (a bound on -log p(x), with bits/dim, where the likelihood makes it one), ELBO,
     recon and KL into a CSV, with a summary; --against a second set reports how well the score
     tells the two apart (out-of-distribution detection: AUROC, AUPR) and draws both histograms."""
-    if images and other_data:
-        raise UsageError("score IMAGES or --data DATASET, not both")
-    for path, suffix in ((out, ".csv"), (hist, ".png")):
-        if path is not None and path.suffix.lower() != suffix:
-            raise UsageError(f"{path} must end in {suffix}")
+    _check_score_arguments(images, other_data, out, hist)
     import torch
 
     from .. import evaluate, plots, scoring
@@ -171,13 +167,25 @@ def score(
                  else f"-IWAE per image (k={k}; not a bound on -log p(x))")
         plots.score_histogram([(s.label, s.neg_iwae.tolist()) for s in scored], where, title, "nats")
         result["histogram"] = str(where)
-    sep = result["separation"]
-    if sep and (sep["foreign_more_likely"] or sep["auroc"] < 0.5) and not quiet:
-        how = "on average" if sep["foreign_more_likely"] else f"for most pairs of images (AUROC {sep['auroc']:.2f})"
-        what = "a higher likelihood" if measure.bound else "a better score (-IWAE; not a likelihood here)"
-        output.warn(f"the model gives '{against}' {what} {how} than '{scored[0].label}': the failure "
-                    "Nalisnick et al. (2019) describe, where likelihood alone does not flag foreign images")
+    if not quiet:
+        _warn_if_foreign_scores_better(result["separation"], measure.bound, against, scored[0].label)
     output.emit(result, as_json, _score_table(result))
+
+
+def _check_score_arguments(images, other_data, out: Path | None, hist: Path | None) -> None:
+    if images and other_data:
+        raise UsageError("score IMAGES or --data DATASET, not both")
+    for path, suffix in ((out, ".csv"), (hist, ".png")):
+        if path is not None and path.suffix.lower() != suffix:
+            raise UsageError(f"{path} must end in {suffix}")
+
+
+def _warn_if_foreign_scores_better(sep: dict | None, bound: bool, against: str, label: str) -> None:
+    if sep and (sep["foreign_more_likely"] or sep["auroc"] < 0.5):
+        how = "on average" if sep["foreign_more_likely"] else f"for most pairs of images (AUROC {sep['auroc']:.2f})"
+        what = "a higher likelihood" if bound else "a better score (-IWAE; not a likelihood here)"
+        output.warn(f"the model gives '{against}' {what} {how} than '{label}': the failure "
+                    "Nalisnick et al. (2019) describe, where likelihood alone does not flag foreign images")
 
 
 def _score_sets(specs: list, loaded, data_root: Optional[str], n: Optional[int], quiet: bool) -> list[tuple]:

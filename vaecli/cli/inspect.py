@@ -187,17 +187,21 @@ def eval_disentanglement(
     if any(key != "mig" for key in headline):
         tracking.append_eval(loaded.run_dir, {"kind": "factor_metrics", **headline, "seed": seed, "step": loaded.step})
     if not as_json:
-        if "mig" in chosen:
-            rows = [[row["name"], "-" if row["mig"] is None else f"{row['mig']:.3f}", f"{row['entropy']:.2f}",
-                     f"z{row['top_dim']}: {row['mi_top']:.2f}", f"z{row['second_dim']}: {row['mi_second']:.2f}"]
-                    for row in result["factors"]]
-            title = (f"MIG {result['mig']:.3f} ({result['mig_points']} observations of {result['n']} images, "
-                     f"latent_dim={result['latent_dim']})")
-            output.stdout.print(output.columns(title, ["factor", "MIG", "H (nats)", "best dim: MI", "2nd dim: MI"], rows))
-        lines = _metric_rows(result)
-        if lines:
-            output.stdout.print(output.columns(f"disentanglement_lib's metrics (seed {seed})", ["metric", "value"], lines))
+        _print_disentanglement(result, seed)
     output.emit(result, as_json)
+
+
+def _print_disentanglement(result: dict, seed: int) -> None:
+    if "mig" in result:
+        rows = [[row["name"], "-" if row["mig"] is None else f"{row['mig']:.3f}", f"{row['entropy']:.2f}",
+                 f"z{row['top_dim']}: {row['mi_top']:.2f}", f"z{row['second_dim']}: {row['mi_second']:.2f}"]
+                for row in result["factors"]]
+        title = (f"MIG {result['mig']:.3f} ({result['mig_points']} observations of {result['n']} images, "
+                 f"latent_dim={result['latent_dim']})")
+        output.stdout.print(output.columns(title, ["factor", "MIG", "H (nats)", "best dim: MI", "2nd dim: MI"], rows))
+    lines = _metric_rows(result)
+    if lines:
+        output.stdout.print(output.columns(f"disentanglement_lib's metrics (seed {seed})", ["metric", "value"], lines))
 
 
 def _headline(result: dict) -> dict:

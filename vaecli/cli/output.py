@@ -150,6 +150,13 @@ class TrainProgress:
             self.progress = None
 
 
+def note_pixel_by_pixel(model, what: str) -> None:
+    """The cost note of an autoregressive decoder's pictures: H x W passes of the network `what`."""
+    c, h, w = model.spec.image_shape
+    stderr.print(f"note: the autoregressive decoder draws pixel by pixel: {h * w} passes of the network {what}",
+                 markup=False, highlight=False, soft_wrap=True)
+
+
 class Drawing:
     """For a model that draws pictures pixel by pixel (an autoregressive decoder): a note of the cost
     and a progress bar over the pixels while the block runs; nothing otherwise."""

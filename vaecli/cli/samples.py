@@ -138,9 +138,7 @@ def eval_samples(
                                          notice=(lambda text: output.stderr.print(f"note: {text}", markup=False,
                                                                                   highlight=False)) if talk else None)
     if model.draws_pixel_by_pixel and of == "samples" and not as_json and not quiet:
-        c, h, w = model.spec.image_shape
-        output.stderr.print(f"note: the autoregressive decoder draws pixel by pixel: {h * w} passes of the network per "
-                            f"batch of {batch_size}", markup=False, highlight=False, soft_wrap=True)
+        output.note_pixel_by_pixel(model, f"per batch of {batch_size}")
     with output.Counter(f"eval-samples ({features})", 2 * n, enabled=not quiet and not as_json) as advance:
         result = sample_quality.evaluate(model, chosen, data, loaded.dataset, split, n, of, extractor, temperature,
                                          seed, batch_size, loaded.seed, on_batch=advance, draw=draw)
