@@ -71,7 +71,7 @@ def mlp_macs(sizes: list[int]) -> int:
 def vaecli_train(root: str, epochs: int, *overrides: str) -> dict:
     """fit()'s summary plus `steady_img_per_s`: the last epoch alone (after any compiling)."""
     from vaecli.config import load_config
-    from vaecli.train import fit
+    from vaecli.training.trainer import fit
     import tempfile
 
     os.environ["VAECLI_DATA"] = root
@@ -92,7 +92,7 @@ def vaecli_iwae(k: int, n: int, precision: str = "fp32") -> dict:
     """eval-iwae's path on the 784-200-200-50 model with the networks in `precision`, without
     its precision check (which depends on trained weights; see bench/RESULTS.md)."""
     from vaecli.data import ImageSet
-    from vaecli.evaluate import PrecisionCheck, image_bounds
+    from vaecli.evaluation.evaluate import PrecisionCheck, image_bounds
     from vaecli.models import build, from_flat
 
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ import torch
 
 from vaecli.config import load_config
 from vaecli.data import ImageSet
-from vaecli.evaluate import PrecisionCheck, image_bounds
+from vaecli.evaluation.evaluate import PrecisionCheck, image_bounds
 from vaecli.models import build, from_flat, spec_from_config
 
 
@@ -143,7 +143,7 @@ def main() -> None:
         bf16_ratios = [a / b for a, b in zip(bf16_rates, their_rates)]
         print(f"  vaecli, networks in bf16 / pythae  {statistics.median(bf16_ratios):12.2f}x   "
               f"({statistics.median(bf16_rates):,.0f} samples/s; what eval-iwae runs where its check passes)")
-    from vaecli.device import bf16_units
+    from vaecli.runtime.device import bf16_units
 
     units = bf16_units(torch.device("cpu"))
     ceilings = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}

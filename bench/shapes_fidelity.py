@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaecli import samplers
-from vaecli.checkpoint import load_model
+from vaecli.evaluation import samplers
+from vaecli.runtime.checkpoint import load_model
 from vaecli.data import shapes
 from vaecli.errors import UsageError
 

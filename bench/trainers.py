@@ -70,7 +70,7 @@ def hand_loop_seconds(images: torch.Tensor, epochs: int) -> float:
 
 def vaecli_seconds(root: str, epochs: int) -> float:
     from vaecli.config import load_config
-    from vaecli.train import fit
+    from vaecli.training.trainer import fit
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = fit(load_config(["dataset=mnist", f"trainer.epochs={epochs}", "trainer.sample_every=0",

@@ -192,7 +192,7 @@ def whole_and_resumed(tmp_path: Path, overrides: list[str]) -> tuple[dict, dict]
     from safetensors.torch import load_file
 
     from vaecli.config import load_config, resume_config
-    from vaecli.train import fit
+    from vaecli.training.trainer import fit
 
     common = SMALL_SHAPES + overrides
     fit(load_config(common + ["trainer.epochs=2"]), tmp_path / "whole")

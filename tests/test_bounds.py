@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import TINY, flat_spec_json, one_json, vae
 
-from vaecli import bounds, evaluate, objectives
+from vaecli import bounds, objectives
+from vaecli.evaluation import evaluate
 from vaecli.config import load_config
 from vaecli.data import ImageSet, fixed_uniform
 from vaecli.models import build, from_flat, likelihoods
@@ -234,7 +235,7 @@ def test_a_checkpoint_from_before_levels_and_dequantization_keeps_its_meaning(tm
     on its means."""
     import json
 
-    from vaecli import checkpoint
+    from vaecli.runtime import checkpoint
     from vaecli.config import DatasetConfig
 
     for likelihood, binarize, bound in (("bernoulli", "dynamic", True), ("gaussian", None, False),

@@ -215,7 +215,7 @@ def test_sigterm_during_training_checkpoints_and_the_run_resumes(tmp_path, signa
     assert "interrupted at step" in err
     assert "Traceback" not in err
     assert f"resume with: vae train --resume {run}" in err
-    from vaecli import checkpoint
+    from vaecli.runtime import checkpoint
 
     step = checkpoint.load_model(run).step
     assert 0 < step == checkpoint.load_trainer(run / "trainer.safetensors")["step"]

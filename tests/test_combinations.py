@@ -10,7 +10,7 @@ from PIL import Image
 from vaecli.cli import run
 from vaecli.config import group_options, load_config
 from vaecli.errors import UsageError
-from vaecli.train import fit
+from vaecli.training.trainer import fit
 
 TINY_SHAPES = ["dataset=shapes", "dataset.image_size=16", "dataset.scales=1", "dataset.rotations=2",
                "dataset.positions=4", "trainer.epochs=1", "trainer.batch_size=32", "trainer.log_every=1",

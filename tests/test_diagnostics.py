@@ -7,13 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vaecli import checkpoint, evaluate
+from vaecli.runtime import checkpoint
+from vaecli.evaluation import evaluate
 from vaecli.cli import run
 from vaecli.config import load_config
 from vaecli.data import ImageSet
-from vaecli.disentanglement import mig
+from vaecli.evaluation.disentanglement import mig
 from vaecli.models import build, from_flat
-from vaecli.train import fit
+from vaecli.training.trainer import fit
 
 
 def tiny_images(n=400, seed=0):

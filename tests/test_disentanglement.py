@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vaecli.disentanglement import (METRICS, FactorGrid, dci_scores, factor_metrics, sap, sap_from_matrix)
+from vaecli.evaluation.disentanglement import METRICS, FactorGrid, dci_scores, factor_metrics, sap, sap_from_matrix
 
 
 def grid(sizes=(3, 4, 5)):
@@ -376,7 +376,7 @@ def test_mig_is_computed_on_points_drawn_from_the_factor_grid():
     """As disentanglement_lib's mig.num_train: `points` observations of uniformly drawn factors."""
     import itertools
 
-    from vaecli.disentanglement import evaluate
+    from vaecli.evaluation.disentanglement import evaluate
 
     factors = torch.tensor(list(itertools.product(range(4), range(5))))
     codes = factors.double() + 0.01 * torch.randn(len(factors), 2, dtype=torch.float64)
@@ -421,7 +421,7 @@ def test_objectives_with_a_batch_statistic_never_train_on_a_short_last_batch(tmp
     import json
 
     from vaecli.cli import run
-    from vaecli.train import steps_per_epoch
+    from vaecli.training.trainer import steps_per_epoch
 
     assert (steps_per_epoch(33, 32, False), steps_per_epoch(33, 32, True), steps_per_epoch(20, 32, True)) == (2, 1, 1)
     assert run(["train", *SHAPES_16, "dataset.limit=33", "trainer.batch_size=32", "trainer.epochs=2",

@@ -15,7 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import TINY, assert_one_line_error, one_json, vae
-from vaecli import sweep
+from vaecli.experiments import sweep
 
 SWEEP = [*TINY, "trainer.epochs=2"]
 

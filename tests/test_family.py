@@ -9,7 +9,7 @@ import torch
 from vaecli import objectives
 from vaecli.models import build, from_flat
 from vaecli.models.likelihoods import LOG_SIGMA_MIN
-from vaecli.callbacks import burda_lr
+from vaecli.training.callbacks import burda_lr
 
 # -- likelihoods ---------------------------------------------------------------------------
 

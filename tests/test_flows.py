@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY, assert_one_line_error, one_json, vae, whole_and_resumed
 
-from vaecli import evaluate
+from vaecli.evaluation import evaluate
 from vaecli.models import build, from_flat, posteriors
 
 

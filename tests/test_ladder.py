@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from vaecli import checkpoint, objectives
+from vaecli.runtime import checkpoint
+from vaecli import objectives
 from vaecli.cli import run
 from vaecli.config import load_config
 from vaecli.models import build, from_flat

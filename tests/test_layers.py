@@ -1,5 +1,6 @@
-"""The package's import graph has no circle: counting every import of a vaecli module, the lazy
-ones inside functions too (a lazy import hides a circle from Python, not from the design)."""
+"""The package's import graph has no circle and points down the layers of docs/ARCHITECTURE.md,
+counting every import of a vaecli module, the lazy ones inside functions too (a lazy import hides
+a circle from Python, not from the design)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,36 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_has_no_circle():
     graph = imports()
-    assert "vaecli.tracking" in graph["vaecli.train"]  # the parser sees lazy imports
+    assert "vaecli.training.tracking" in graph["vaecli.training.trainer"]  # the parser sees lazy imports
     assert cycles(graph) == []
+
+
+# docs/ARCHITECTURE.md, "Layers": a module may import its own layer and those below it.
+LAYERS = [
+    ("core", ("vaecli.errors", "vaecli.atomic", "vaecli.bounds", "vaecli.registry", "vaecli.hooks")),
+    ("schema, models, data", ("vaecli.config", "vaecli.models", "vaecli.data", "vaecli.objectives",
+                              "vaecli.objectives_config")),
+    ("runtime", ("vaecli.runtime",)),
+    ("evaluation", ("vaecli.evaluation",)),
+    ("training", ("vaecli.training",)),
+    ("experiments", ("vaecli.experiments",)),
+    ("cli", ("vaecli.cli", "vaecli.__main__")),
+]
+
+
+def layer(module: str) -> int:
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS and to docs/ARCHITECTURE.md")
+
+
+def test_every_import_points_down_the_layers():
+    graph = imports()
+    upward = [f"{m} ({LAYERS[layer(m)][0]}) imports {d} ({LAYERS[layer(d)][0]})"
+              for m, deps in graph.items() if m != "vaecli"  # the package itself is the API: vaecli.load
+              for d in deps if layer(d) > layer(m)]
+    assert upward == []
 
 
 def test_the_cycle_finder_finds_a_circle():

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from vaecli import latent, objectives
+from vaecli.evaluation import latent
+from vaecli import objectives
 from vaecli.models import build, from_flat
 
 SHAPES = [("mlp", (1, 28, 28), [64]), ("conv", (1, 28, 28), [8, 16]), ("conv", (3, 32, 32), [8, 16]),
@@ -227,7 +228,7 @@ def test_the_resnet_survives_adams_first_steps_at_the_default_rate():
 def test_a_resnet_checkpoint_from_before_groupnorm_loads_unnormalized(tmp_path):
     import json
 
-    from vaecli import checkpoint
+    from vaecli.runtime import checkpoint
     from vaecli.config import DatasetConfig
 
     old = build(from_flat("resnet", (1, 8, 8), latent_dim=2, hidden=[4, 8], likelihood="logistic", norm="none"))

@@ -21,6 +21,7 @@ MINE = ["model.encoder_net._target_=mynets.Encoder", "model.encoder_net.width=8"
         "model.decoder_net._target_=mynets.Decoder", "model.decoder_net.width=8"]
 
 
+@pytest.mark.slow  # ~16 s of subprocesses; the contract's checks below are the fast suite's
 def test_the_readme_example_trains_samples_evaluates_and_resumes(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(EXAMPLES), PYTHONUNBUFFERED="1")
     out = tmp_path / "run"

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from vaecli import checkpoint, objectives, registry
+from vaecli.runtime import checkpoint
+from vaecli import objectives, registry
 from vaecli.config import DatasetConfig
 from vaecli.models import spec as specs
 from vaecli.models.vae import VAE

@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from vaecli import device as devices, evaluate, objectives
+from vaecli.runtime import device as devices
+from vaecli.evaluation import evaluate
+from vaecli import objectives
 from vaecli.data import ImageSet
 from vaecli.models import build, from_flat
 
@@ -95,7 +97,7 @@ def test_trainer_precision_auto_follows_the_hardware(monkeypatch):
 
 def test_a_run_with_precision_auto_says_what_it_chose(tmp_path, monkeypatch):
     from vaecli.config import load_config
-    from vaecli.train import fit
+    from vaecli.training.trainer import fit
 
     monkeypatch.setattr(devices, "bf16_units", lambda device: None)
     summary = fit(load_config(["dataset=shapes", "dataset.image_size=16", "dataset.scales=1", "dataset.rotations=2",

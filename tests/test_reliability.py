@@ -16,11 +16,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
-from vaecli import checkpoint, data, runs
+from vaecli.runtime import checkpoint, runs
+from vaecli import data
 from vaecli.cli import run as cli_run
 from vaecli.config import load_config, resume_config
 from vaecli.errors import VaeError
-from vaecli.train import fit
+from vaecli.training.trainer import fit
 
 from conftest import TINY, assert_one_line_error, one_json, vae
 

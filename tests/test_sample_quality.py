@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, one_json, vae
-from vaecli import sample_quality as sq
+from vaecli.evaluation import sample_quality as sq
 
 
 def random_statistics(rng, d, n=200, shift=0.0):
@@ -181,7 +181,7 @@ class _Recording(sq.Pixels):
 def test_eval_samples_draws_binary_images_where_the_data_are_binary(tmp_path, levels, draw, binary):
     """Binarized data are compared with draws x ~ p(x|z) by default, not with grey Bernoulli means
     (which no binary image is near: recall ~ 0); --mean / --draw choose either way."""
-    from vaecli import samplers
+    from vaecli.evaluation import samplers
     from vaecli.config import DatasetConfig
     from vaecli.data import ImageSet
     from vaecli.models import build, from_flat

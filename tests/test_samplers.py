@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import SMALL_SHAPES, assert_one_line_error, one_json, vae
-from vaecli import samplers
+from vaecli.evaluation import samplers
 from vaecli.errors import UsageError
 
 
@@ -110,7 +110,7 @@ def test_samplers_refuse_models_with_discrete_codes_or_latent_groups():
 def two_runs(tmp_path_factory):
     """Two tiny shapes models (a VAE and an autoencoder) trained in-process."""
     from vaecli.config import load_config
-    from vaecli.train import fit
+    from vaecli.training.trainer import fit
 
     work = tmp_path_factory.mktemp("samplers")
     common = SMALL_SHAPES + ["dataset.positions=8", "model.latent_dim=3", "trainer.epochs=1"]
@@ -130,7 +130,7 @@ def test_fit_sampler_saves_a_sampler_that_reloads_bit_exactly_and_samples(two_ru
         if extra == ["sampler.components=auto"]:  # the file records the number chosen, which reloads
             scores = fitted["held_out_log_q_z"]
             assert fitted["components"] == int(max(scores, key=scores.get)) and fitted["config"]["components"] == "auto"
-        from vaecli.checkpoint import load_model, read_tensors
+        from vaecli.runtime.checkpoint import load_model, read_tensors
 
         loaded = load_model(two_runs / "ae")
         sampler = samplers.load(name, loaded)

@@ -12,12 +12,13 @@ import torch
 from safetensors.torch import load_file
 from torch.distributions import Bernoulli, Independent
 
-from vaecli import checkpoint, evaluate, runs
+from vaecli.runtime import checkpoint, runs
+from vaecli.evaluation import evaluate
 from vaecli.config import load_config, resume_config
 from vaecli.data import ImageSet
 from vaecli.errors import UsageError
 from vaecli.models import build, from_flat
-from vaecli.train import fit
+from vaecli.training.trainer import fit
 
 from conftest import assert_one_line_error, one_json, vae
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import TINY, one_json, vae
 
-from vaecli import sharing
-from vaecli.sharing import CoreShare, fair_threads
+from vaecli.runtime import sharing
+from vaecli.runtime.sharing import CoreShare, fair_threads
 
 
 @pytest.mark.parametrize("cores, processes, threads", [(2, 1, 2), (2, 2, 1), (2, 3, 1), (8, 3, 2), (8, 2, 4),

@@ -135,7 +135,7 @@ def test_wandb_offline_holds_every_step_once_after_a_kill_and_resume(tmp_path, e
     run_dir = tmp_path / "killed"
     _kill_then_resume(run_dir, [*TINY, "trainer.epochs=40", "trainer.checkpoint_every_steps=10",
                                 "trainer.logger=wandb"], offline)
-    from vaecli.tracking import wandb_history
+    from vaecli.training.tracking import wandb_history
 
     history = wandb_history(run_dir)
     train = [step for step, key in history if key == "train/loss"]
@@ -144,7 +144,7 @@ def test_wandb_offline_holds_every_step_once_after_a_kill_and_resume(tmp_path, e
     assert sorted(train) == _steps(run_dir, "train") and sorted(test) == _steps(run_dir, "test")
     # an evaluation of the run lands in its W&B summary (the run reopened offline)
     one_json(vae("eval-iwae", "--ckpt", str(run_dir), "--k", "5", "--n", "8", "--json", env=offline))
-    from vaecli.tracking import wandb_summaries
+    from vaecli.training.tracking import wandb_summaries
 
     assert "eval/iwae/bound" in wandb_summaries(run_dir)
 

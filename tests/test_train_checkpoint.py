@@ -7,10 +7,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vaecli import checkpoint, data, load
+from vaecli.runtime import checkpoint
+from vaecli import data, load
 from vaecli.config import load_config, resume_config
 from vaecli.errors import UsageError
-from vaecli.train import fit
+from vaecli.training.trainer import fit
 
 SMALL = ["dataset=shapes", "dataset.scales=2", "dataset.rotations=2", "dataset.positions=6",
          "model.hidden=[32]", "model.latent_dim=4", "trainer.batch_size=32", "trainer.log_every=3"]

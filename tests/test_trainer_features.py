@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from vaecli import checkpoint
-from vaecli.callbacks import Callback, GradGuard, burda_lr, scheduled_lr
+from vaecli.runtime import checkpoint
+from vaecli.training.callbacks import Callback, GradGuard, burda_lr, scheduled_lr
 from vaecli.config import load_config, resume_config
 from vaecli.errors import Interrupted, UsageError
-from vaecli.train import build, fit
+from vaecli.training.trainer import build, fit
 
 SMALL = ["dataset=shapes", "dataset.scales=2", "dataset.rotations=2", "dataset.positions=6",
          "model.hidden=[32]", "model.latent_dim=4", "trainer.batch_size=32", "trainer.log_every=3",
@@ -44,7 +44,7 @@ class Recorder(Callback):
 def run(run_dir, *overrides, callbacks=()):
     composed = load_config(SMALL + list(overrides))
     trainer = build(composed, run_dir, callbacks=callbacks)
-    from vaecli import runs
+    from vaecli.runtime import runs
     runs.create(trainer.run_dir, composed.to_yaml())
     return trainer, trainer.fit()
 
@@ -94,7 +94,7 @@ def test_ema_is_the_running_average_of_the_applied_updates(tmp_path):
         assert torch.equal(training[f"ema.weights.{i}"], w)
     assert not all(torch.equal(e, w) for e, w in zip(ema, recorder.weights[-1]))
     # the test figures are those of the averaged weights (the KL is closed form: deterministic)
-    from vaecli import evaluate
+    from vaecli.evaluation import evaluate
     assert summary.test_kl == pytest.approx(evaluate.elbo_dataset(saved, trainer.test_set)["kl"], rel=1e-5)
     with torch.no_grad():
         for p, w in zip(saved.parameters(), recorder.weights[-1]):

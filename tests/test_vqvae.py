@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from vaecli import checkpoint
+from vaecli.runtime import checkpoint
 from vaecli.cli import run
 from vaecli.config import load_config, resume_config
 from vaecli.errors import UsageError
 from vaecli.models import build, from_flat
 from vaecli.models.quantize import VectorQuantizer
-from vaecli.train import fit
+from vaecli.training.trainer import fit
 
 TINY = ["dataset=shapes", "dataset.image_size=16", "dataset.scales=2", "dataset.rotations=2", "dataset.positions=4",
         "model=vqvae", "model.hidden=[8,16]", "model.code_dim=4", "model.codebook_size=16", "model.dead_after=3",
@@ -178,7 +178,7 @@ def test_every_command_on_a_tiny_vqvae_run(tmp_path, capsys):
 
 # -- stage two: the prior over codes ------------------------------------------------------------
 
-from vaecli.distributed import resume_command  # noqa: E402
+from vaecli.runtime.distributed import resume_command  # noqa: E402
 from vaecli.models.code_prior import CodePrior, PriorSpec  # noqa: E402
 
 PRIOR = ["trainer.epochs=1", "code_prior.width=16", "code_prior.layers=1", "code_prior.heads=2"]

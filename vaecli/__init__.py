@@ -16,6 +16,6 @@ __all__ = ["__version__", "load"]
 
 def load(path, device="cpu"):
     """Rebuild the VAE saved at `path` (run folder or model.safetensors) on `device`."""
-    from .checkpoint import load_model
+    from .runtime.checkpoint import load_model
 
     return load_model(path, device=device).model

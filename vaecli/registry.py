@@ -49,7 +49,7 @@ CARD_MODULES = (
     "vaecli.models.likelihoods_config",
     "vaecli.models.priors_config",
     "vaecli.objectives_config",
-    "vaecli.samplers_config",
+    "vaecli.evaluation.samplers_config",
 )
 
 

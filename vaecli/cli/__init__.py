@@ -13,7 +13,7 @@ import os
 
 import typer
 
-from .. import distributed
+from ..runtime import distributed
 from ..errors import Interrupted, VaeError
 from . import train, pictures, samples, evaluate, inspect, catalog  # noqa: F401,I001  (importing registers the commands, in this order)
 from .app import app

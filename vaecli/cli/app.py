@@ -77,13 +77,13 @@ def label_option(help: str):
 
 
 def complete_runs(incomplete: str):
-    from ..completion import run_folders
+    from .completion import run_folders
 
     return run_folders(incomplete)
 
 
 def complete_overrides(incomplete: str):
-    from ..completion import overrides
+    from .completion import overrides
 
     return overrides(incomplete)
 

@@ -21,7 +21,8 @@ def runs_table(
     """The runs under DIR: dataset, model, overrides, progress, test ELBO, KL, active units, the
     last eval-iwae / eval-disentanglement / eval-samples result, wall time and state (finished, interrupted,
     running, crashed; broken for a folder that cannot be read)."""
-    from .. import catalog, runs
+    from ..experiments import catalog
+    from ..runtime import runs
 
     root = folder if folder is not None else runs.RUNS_DIR
     if sort is not None:

@@ -50,7 +50,8 @@ def eval_iwae(
     ks = _k_list(k)
     import torch
 
-    from .. import evaluate, tracking
+    from ..evaluation import evaluate
+    from ..training import tracking
 
     loaded = inputs.load(ckpt, device, threads)
     evaluate.require_bound(loaded.model, str(loaded.path))
@@ -143,7 +144,7 @@ def score(
     _check_score_arguments(images, other_data, out, hist)
     import torch
 
-    from .. import evaluate, plots, scoring
+    from ..evaluation import evaluate, plots, scoring
 
     loaded = inputs.load(ckpt, device, threads)
     evaluate_model = loaded.model
@@ -190,7 +191,7 @@ def _warn_if_foreign_scores_better(sep: dict | None, bound: bool, against: str, 
 
 def _score_sets(specs: list, loaded, data_root: Optional[str], n: Optional[int], quiet: bool) -> list[tuple]:
     """(images, names, label) for each set spec, with a note for converted image files."""
-    from .. import scoring
+    from ..evaluation import scoring
 
     sets = []
     for spec in specs:

@@ -15,7 +15,7 @@ DATASET_REF = re.compile(r"^(train|test):(\d+)$")
 
 def load(ckpt: Optional[str], device: str, threads: int = 0):
     """The checkpoint (checkpoint.Loaded) on the chosen device, with `threads` CPU threads (0: auto)."""
-    from .. import checkpoint, device as devices
+    from ..runtime import checkpoint, device as devices
 
     devices.set_threads(threads)
     return checkpoint.load_model(ckpt, device=devices.pick(device))

@@ -43,7 +43,7 @@ def traverse(
     (a row changes only where the swept dimension changes p(x|z))."""
     if dims != "all" and not (dims.isdigit() and int(dims) >= 1):
         raise UsageError(f"--dims takes a number >= 1 or 'all' (got {dims!r})")
-    from .. import pictures
+    from ..evaluation import pictures
     from ..data.images import choose_zoom, grid_rows, save_gif, save_grid
 
     loaded = inputs.load(ckpt, device, threads)
@@ -90,7 +90,7 @@ def latent_plot(
 ) -> None:
     """Posterior means of test images coloured by label: directly when latent_dim = 2 (with the
     decoded manifold grid beside it), else projected by PCA or t-SNE."""
-    from .. import evaluate, pictures, plots
+    from ..evaluation import evaluate, pictures, plots
     from ..data.images import choose_zoom, save_grid
 
     loaded = inputs.load(ckpt, device, threads)
@@ -120,7 +120,8 @@ def plot_metrics(
     as_json: Json = False,
 ) -> None:
     """Loss, ELBO, KL and active-unit curves from RUN/metrics.jsonl."""
-    from .. import plots, runs
+    from ..evaluation import plots
+    from ..runtime import runs
 
     records = runs.read_metrics(run)
     path = plots.metrics_figure(records, out or run / "metrics.png", title=str(run))
@@ -155,9 +156,10 @@ def eval_disentanglement(
     definitions and sample counts (--points: MIG on 10,000 observations of uniformly drawn factors; the others
     trained on 10,000 points and tested on 5,000; batches of 64; ~1 minute on 2 CPU cores, mostly DCI's
     boosted trees). Factors that never vary are left out, as disentanglement_lib does."""
-    from .. import evaluate, tracking
+    from ..evaluation import evaluate
+    from ..training import tracking
     from ..data import ImageSet
-    from ..disentanglement import evaluate as disentanglement
+    from ..evaluation.disentanglement import evaluate as disentanglement
 
     chosen = [m.strip() for m in metrics.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(METRICS))

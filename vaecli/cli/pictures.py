@@ -48,7 +48,7 @@ def sample(
     For a conditional model, n per class (one row each) unless --label picks one class."""
     import torch
 
-    from .. import pictures, samplers
+    from ..evaluation import pictures, samplers
     from ..data.images import choose_zoom
 
     loaded = inputs.load(ckpt, device, threads)
@@ -89,7 +89,7 @@ def reconstruct(
     """Originals above their reconstructions in one PNG, with the -ELBO of each image
     (-log p(x|z) for an autoencoder). An autoregressive decoder draws its reconstructions pixel by
     pixel (its mean has no closed form)."""
-    from .. import evaluate, pictures
+    from ..evaluation import evaluate, pictures
     from ..data.images import choose_zoom, save_grid
 
     loaded = inputs.load(ckpt, device, threads)
@@ -134,7 +134,7 @@ def interpolate(
     """Decode a path between the posterior means of two images, saved as a strip PNG (or, with
     --gif, an animation going there and back). An autoregressive decoder draws each frame pixel by
     pixel, every frame with the same random numbers (the path shows what z changes)."""
-    from .. import pictures
+    from ..evaluation import pictures
     from ..data.images import choose_zoom, save_gif, save_grid
 
     loaded = inputs.load(ckpt, device, threads)

@@ -41,7 +41,7 @@ def fit_sampler(
 
     import torch
 
-    from .. import samplers
+    from ..evaluation import samplers
 
     loaded = inputs.load(ckpt, device, threads)
     model = loaded.model
@@ -67,7 +67,7 @@ def fit_sampler(
 
 
 def _fit_table(cfg, r: dict, run_dir):
-    from .. import samplers
+    from ..evaluation import samplers
 
     rows = [("sampler", cfg.name + (f", {r.get('components')} components ({cfg.covariance})" if cfg.name == "gmm" else
                                     f", hidden {cfg.hidden}, {cfg.epochs} epochs")),
@@ -123,7 +123,8 @@ def eval_samples(
     Lower FID/KID is better; precision is the share of samples that look like data (fidelity),
     recall the share of the data the samples cover (diversity). Figures depend on n and on the
     feature space: compare them only at equal n and --features."""
-    from .. import sample_quality, samplers, tracking
+    from ..evaluation import sample_quality, samplers
+    from ..training import tracking
 
     loaded = inputs.load(ckpt, device, threads)
     model = loaded.model

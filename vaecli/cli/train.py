@@ -38,7 +38,7 @@ def train(
 
     if resume is not None and run_dir is not None:
         raise UsageError("--resume DIR continues that run in place; drop --run-dir")
-    from .. import sweep
+    from ..experiments import sweep
 
     if multirun or (resume is not None and sweep.is_sweep(resume)):
         if print_config:
@@ -48,8 +48,8 @@ def train(
     if print_config:
         sys.stdout.write(composed.to_yaml())
         return
-    from .. import distributed, runs
-    from .. import train as training
+    from ..runtime import distributed, runs
+    from ..training import trainer as training
 
     cfg = composed.cfg
     with distributed.session(cfg.trainer.device) as dist:  # torchrun: rank 0 alone talks and writes
@@ -73,7 +73,8 @@ def _sweep(arguments: list[str], run_dir: Optional[Path], resume: Optional[Path]
     """vae train -m ARGUMENTS, or --resume SWEEP_DIR: every job, then the table. With hydra/launcher=
     or hydra/sweeper= (Hydra's plugins) the jobs go through them (launch.py); else one after the
     other in this process."""
-    from .. import distributed, launch, runs, sweep
+    from ..runtime import distributed, runs
+    from ..experiments import launch, sweep
 
     if resume is not None:
         if arguments:
@@ -112,7 +113,8 @@ def _plugin_sweep(arguments: list[str], run_dir: Optional[Path], resume: Optiona
     and --resume as the basic sweep, plus the best trial of a search."""
     import os
 
-    from .. import launch, runs, sweep
+    from ..experiments import launch, sweep
+    from ..runtime import runs
     from ..errors import Interrupted
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -152,7 +154,7 @@ def _sweep_report(sweep_dir: Path, arguments: list[str], outcomes, resume_comman
                   quiet: bool, best: dict | None = None, optimize: str | None = None) -> None:
     """The sweep's table (or JSON object) on stdout, with a search's best trial; failed jobs make
     the exit status 1."""
-    from .. import catalog
+    from ..experiments import catalog
     from ..errors import VaeError
     from .catalog import table
 
@@ -175,7 +177,7 @@ def _sweep_report(sweep_dir: Path, arguments: list[str], outcomes, resume_comman
 
 
 def _report(summary, quiet: bool, as_json: bool) -> None:
-    from ..evaluate import COLLAPSE_ADVICE, collapsed
+    from ..evaluation.evaluate import COLLAPSE_ADVICE, collapsed
 
     s = summary
     if s.active_units is not None and not quiet and collapsed(s.test_kl, s.active_units):
@@ -226,7 +228,8 @@ def train_prior(
 ) -> None:
     """Train the prior over a VQ-VAE's codes (stage two): a causal transformer over the code grids
     of the training images, into RUN/prior.safetensors. Then `vae sample` draws from it."""
-    from .. import distributed, prior, runs
+    from ..runtime import distributed, runs
+    from ..training import prior
     from ..config import FROZEN_FOR_PRIOR, resume_config
 
     run_dir = runs.resolve(ckpt).parent

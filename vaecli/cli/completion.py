@@ -10,8 +10,10 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from . import config, registry, runs, sweep
-from .models.vae_config import ACTIVATIONS, NETWORKS
+from .. import config, registry
+from ..runtime import runs
+from ..experiments import sweep
+from ..models.vae_config import ACTIVATIONS, NETWORKS
 
 
 def _sections() -> dict[str, list[str] | None]:

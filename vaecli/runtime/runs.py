@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_write
-from .errors import UsageError, VaeError
+from ..atomic import atomic_write
+from ..errors import UsageError, VaeError
 
 RUNS_DIR = Path("runs")
 CONFIG_FILE = "config.yaml"

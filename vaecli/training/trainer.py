@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
-from . import callbacks as features, checkpoint, data, device as devices, distributed, evaluate, models, objectives
-from . import pictures, runs, sharing
+from .. import data, models, objectives
+from ..config import Composed, Config, loggers
+from ..data.images import save_grid
+from ..evaluation import evaluate, pictures
+from ..runtime import checkpoint, device as devices, distributed, runs, sharing
+from ..runtime.distributed import Dist
+from . import callbacks as features
 from .callbacks import Callback  # noqa: F401 (the hook base class, re-exported for users of the trainer)
-from .config import Composed, Config, loggers
-from .data.images import save_grid
-from .distributed import Dist
-from .errors import Interrupted, UsageError, VaeError
+from ..errors import Interrupted, UsageError, VaeError
 
 SAMPLE_GRID = 64  # images in the grid written after an epoch
 

@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .errors import UsageError
+from .. import __version__
+from ..errors import UsageError
 
 FORMAT = "1"
 NAMES = ("prior", "gmm", "two_stage")
@@ -114,7 +114,7 @@ class TwoStage(Fitted):
 
     def __init__(self, dim: int, hidden: list[int]):
         super().__init__()
-        from .models.blocks import mlp
+        from ..models.blocks import mlp
 
         self.encoder = mlp([dim, *hidden, 2 * dim], "relu")
         self.decoder = mlp([dim, *reversed(hidden), dim], "relu")
@@ -292,7 +292,7 @@ def progress_steps(cfg) -> tuple[str, int, str]:
 
 
 def save(run_dir: Path, sampler: Fitted, spec: dict, model_file: Path, step: int, stats: dict) -> Path:
-    from .checkpoint import save_tensors
+    from ..runtime.checkpoint import save_tensors
 
     path = Path(run_dir) / file_name(sampler.name)
     metadata = {"vaecli.format": FORMAT, "vaecli.version": __version__, "vaecli.sampler": sampler.name,
@@ -316,7 +316,7 @@ def load(name: str, loaded) -> Prior | Fitted:
     if name == "prior":
         return Prior()
     check_model(loaded.model)
-    from .checkpoint import _json_field, read_tensors
+    from ..runtime.checkpoint import _json_field, read_tensors
 
     path = loaded.run_dir / file_name(name)
     fit = f"vae fit-sampler --ckpt {loaded.run_dir} sampler={name}"

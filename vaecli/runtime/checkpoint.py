@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, bounds
-from .atomic import atomic_write
-from .config import DatasetConfig
-from .errors import UsageError, VaeError
-from .models import VAE, build
-from .models import spec as model_spec
-from .models.spec import ModelSpec
+from .. import __version__, bounds
+from ..atomic import atomic_write
+from ..config import DatasetConfig
+from ..errors import UsageError, VaeError
+from ..models import VAE, build
+from ..models import spec as model_spec
+from ..models.spec import ModelSpec
 from .runs import MODEL, MODEL_FILE, PRIOR, TRAINER_FILE, TRAINER_NEXT, Stage, resolve  # noqa: F401 (file names re-exported)
 
 FORMAT = "1"  # bump when the layout of the tensors or metadata changes incompatibly
@@ -167,7 +167,7 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     gets the prior over its codes from prior.safetensors beside it, when there is one that was
     trained on its codes (with_prior). stage=PRIOR loads that prior itself."""
     if stage.kind == "prior":
-        from .models.code_prior import CodePrior, PriorSpec
+        from ..models.code_prior import CodePrior, PriorSpec
 
         file = Path(path) / stage.model if Path(path).is_dir() else Path(path)
         model, metadata, dataset = _rebuild(file, PriorSpec, CodePrior)

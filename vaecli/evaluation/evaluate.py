@@ -12,9 +12,10 @@ from typing import Callable
 
 import torch
 
-from . import device as devices, objectives, sharing
-from .data import ImageSet
-from .errors import UsageError
+from ..runtime import device as devices, sharing
+from .. import objectives
+from ..data import ImageSet
+from ..errors import UsageError
 
 # Elements of one (samples x images x pixels) block in eval-iwae. On CPU a block of ~12 MiB
 # is measured fastest (bench/RESULTS.md: 1.6x over 64 MiB blocks, which page-fault on every

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from . import bounds, data as datasets, evaluate
-from .atomic import atomic_write
-from .data import ImageSet
-from .errors import UsageError
+from .. import bounds, data as datasets
+from . import evaluate
+from ..atomic import atomic_write
+from ..data import ImageSet
+from ..errors import UsageError
 
 COLUMNS = ("set", "image", "label", "neg_iwae", "nll", "bits_per_dim", "elbo", "recon", "kl")
 
@@ -78,7 +79,7 @@ def image_set(spec: str | list[str], loaded, data_root: str | None = None,
 
 
 def _other_dataset(spec: str, loaded, data_root: str | None, n: int | None) -> tuple[ImageSet, list[str], None]:
-    from .config import load_config
+    from ..config import load_config
 
     overrides = spec.split()
     for text in overrides:
@@ -99,8 +100,8 @@ def _other_dataset(spec: str, loaded, data_root: str | None, n: int | None) -> t
 
 def _files(paths: list[str], loaded, n: int | None) -> tuple[ImageSet, list[str], str | None]:
     """Image files and folders of images (all PNG/JPEG files under a folder, sorted)."""
-    from .data.folder import list_images
-    from .data.images import read_image
+    from ..data.folder import list_images
+    from ..data.images import read_image
 
     c, h, w = loaded.model.spec.image_shape
     files: list[Path] = []

@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runs, sweep
-from .errors import UsageError, VaeError
+from ..runtime import runs
+from . import sweep
+from ..errors import UsageError, VaeError
 
 # what each plugin needs installed: the extra that brings it
 PLUGINS = {("launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "launchers"),
@@ -97,7 +98,7 @@ def optimize_key(optimize: str) -> tuple[str, int | None]:
         if k < 1:
             raise UsageError(f"--optimize iwae@K needs K >= 1 (got {optimize!r})")
         return "iwae", k
-    from .train import TrainSummary
+    from ..training.trainer import TrainSummary
 
     numeric = [name for name, kind in TrainSummary.__annotations__.items()
                if kind in ("float", "int", "float | None", "int | None")]
@@ -125,7 +126,7 @@ class JobTask:
     def __call__(self, cfg) -> float:
         from hydra.core.hydra_config import HydraConfig
 
-        from .distributed import Dist
+        from ..runtime.distributed import Dist
 
         hydra = HydraConfig.get()
         overrides = [o for o in hydra.overrides.task if not is_hydra(o)]
@@ -166,7 +167,9 @@ def iwae_of(run_dir: Path, k: int) -> float:
     """The test set's mean IWAE bound with k samples (eval-iwae's measurement: seed 0, fp32)."""
     import torch
 
-    from . import checkpoint, data, evaluate
+    from ..runtime import checkpoint
+    from .. import data
+    from ..evaluation import evaluate
 
     loaded = checkpoint.load_model(run_dir)
     test = data.build(loaded.dataset, "test", loaded.seed)
@@ -199,7 +202,7 @@ def check_search_space(job_args: list[str]) -> None:
     (or a value of the wrong type) stops the search before any trial starts."""
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 
-    from .config import load_config
+    from ..config import load_config
 
     parsed = sweep._parser().parse_overrides(job_args)
     sample = []
@@ -281,7 +284,7 @@ def check_hydra(arguments: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from .config import config_dir
+    from ..config import config_dir
 
     GlobalHydra.instance().clear()
     try:
@@ -303,7 +306,7 @@ def run(sweep_dir: Path, arguments: list[str], optimize: str, resuming: bool, to
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
 
-    from .config import config_dir
+    from ..config import config_dir
 
     job_args, hydra_args = split(arguments)
     chosen = plugins(hydra_args)

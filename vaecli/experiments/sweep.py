@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import runs
-from .errors import Interrupted, UsageError, VaeError
+from ..runtime import runs
+from ..errors import Interrupted, UsageError, VaeError
 
 MANIFEST = "sweep.json"
 
@@ -43,7 +43,7 @@ def _parser():
     from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .config import config_dir
+    from ..config import config_dir
 
     # the config loader lets glob(...) list the options of a config group
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config_dir())))
@@ -86,7 +86,7 @@ def job_name(index: int, swept: list[str]) -> str:
 def validate(jobs: list[Job]) -> list:
     """Compose every job's config before any run starts: a key that does not exist or a value of
     the wrong type stops the sweep here, naming the job. Returns the Composed configs."""
-    from .config import load_config
+    from ..config import load_config
 
     composed = []
     for job in jobs:
@@ -162,9 +162,9 @@ def run_job(sweep_dir: Path, job: Job, dist, callbacks: list) -> Outcome:
     started. An interrupt propagates (Interrupted, saying how to finish the sweep); any other
     failure is recorded in the job's status.json and returned as a crashed Outcome (under torchrun
     it propagates: the ranks could not go on together)."""
-    from . import distributed
-    from . import train as training
-    from .config import load_config, resume_config
+    from ..runtime import distributed
+    from ..training import trainer as training
+    from ..config import load_config, resume_config
 
     run_dir = Path(sweep_dir) / job.name
     state = job_state(run_dir)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
-from .hooks import Callback  # noqa: F401 (the base of every feature here; re-exported)
+from ..errors import UsageError
+from ..hooks import Callback  # noqa: F401 (the base of every feature here; re-exported)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import UsageError, VaeError
-from .models import autoregressive
+from ..errors import UsageError, VaeError
+from ..models import autoregressive
 
 FEATURES = ("inception", "pixels")
 OF = ("samples", "reconstructions")
@@ -220,7 +220,7 @@ def stored_images(data, seed: int) -> Tensor:
     """A split's images as the model's data holds them, uint8 (N, C, H, W): binarized images as
     binary (a dynamically binarized training split drawn once, from the run's seed)."""
     if data.binarize == "dynamic":
-        from .data import binarize_once
+        from ..data import binarize_once
 
         return binarize_once(data.images, seed)
     return data.images
@@ -239,8 +239,8 @@ def reference_features(dataset_cfg, split: str, images: Tensor, features, batch_
                        on_batch: Callable[[int], None] | None = None) -> tuple[Tensor, Path | None]:
     """The features of a reference image set, from the cache under the data folder when it holds
     them (keyed by the dataset's config, the split, the images and the feature extractor)."""
-    from .checkpoint import read_tensors, save_tensors
-    from .config import data_root
+    from ..runtime.checkpoint import read_tensors, save_tensors
+    from ..config import data_root
 
     fields = {k: v for k, v in asdict(dataset_cfg).items() if k != "root"}
     key = hashlib.sha256(json.dumps([fields, split, features.identity, len(images),

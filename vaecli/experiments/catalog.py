@@ -9,8 +9,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import runs, sweep
-from .errors import UsageError
+from ..runtime import runs
+from . import sweep
+from ..errors import UsageError
 
 SORT_KEYS = ("started", "name", "elbo", "iwae", "mig", "wall", "steps", "state")
 _RUN_MARKERS = (runs.CONFIG_FILE, runs.MODEL_FILE, runs.STATUS_FILE, runs.METRICS_FILE)
@@ -134,7 +135,7 @@ def read_row(run_dir: Path, name: str) -> Row:
 def _bound(config: dict) -> bool | None:
     """Whether the run's figures are bounds on -log P(x), from its likelihood and data; a config
     saved before dataset.dequantize existed was trained without it."""
-    from . import bounds
+    from .. import bounds
 
     likelihood = _get(config, "likelihood", "name")
     if likelihood not in bounds.LIKELIHOODS:
@@ -149,7 +150,7 @@ def differences_from_defaults(config: dict) -> list[str]:
     compose it."""
     import json
 
-    from .config import GROUPS
+    from ..config import GROUPS
 
     chosen = [f"{g}={config[g]['name']}" for g in GROUPS if isinstance(config.get(g), dict) and config[g].get("name")]
     base, defaults = _defaults(()), _defaults(tuple(chosen))
@@ -174,7 +175,7 @@ _composed: dict[tuple, dict | None] = {}
 
 def _defaults(selections: tuple) -> dict | None:
     if selections not in _composed:
-        from .config import load_config
+        from ..config import load_config
 
         try:
             _composed[selections] = load_config(list(selections)).tree

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 
 def _pyplot():

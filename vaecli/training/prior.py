@@ -15,14 +15,16 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data, device as devices, evaluate, runs
-from .config import Composed
-from .data import ImageSet
-from .data.images import save_grid
-from .distributed import Dist
-from .errors import UsageError
-from .models.code_prior import CodePrior, PriorSpec
-from .train import SAMPLE_GRID, Trainer
+from ..runtime import checkpoint, device as devices, runs
+from .. import data
+from ..evaluation import evaluate
+from ..config import Composed
+from ..data import ImageSet
+from ..data.images import save_grid
+from ..runtime.distributed import Dist
+from ..errors import UsageError
+from ..models.code_prior import CodePrior, PriorSpec
+from .trainer import SAMPLE_GRID, Trainer
 
 
 class CodeSet(ImageSet):
@@ -105,7 +107,7 @@ class PriorTrainer(Trainer):
         self.vqvae.attach_prior(self.model)
         classes = self.model.spec.num_classes
         per_row = max(1, SAMPLE_GRID // classes) if classes else SAMPLE_GRID
-        from .pictures import prior_samples
+        from ..evaluation.pictures import prior_samples
 
         grid, nrow = prior_samples(self.vqvae, per_row, generator=self.fixed_noise.manual_seed(self.cfg.seed))
         save_grid(grid, self.run_dir / self.stage.samples / f"epoch_{epoch:03d}.png", nrow=nrow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from .registry import MISSING, Card, Need, member
+from ..registry import MISSING, Card, Need, member
 
 FIT_ON = ("mean", "sample")
 COVARIANCES = ("full", "diag")

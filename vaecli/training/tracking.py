@@ -29,9 +29,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import runs
+from ..runtime import runs
 from .callbacks import Callback
-from .errors import UsageError, VaeError
+from ..errors import UsageError, VaeError
 
 TRACKING_FILE = "tracking.json"
 TRACKERS = ("mlflow", "wandb")

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from . import evaluate, latent
-from .data import ImageSet
-from .data.images import grid_rows
-from .errors import UsageError
+from ..data import ImageSet
+from ..data.images import grid_rows
+from ..errors import UsageError
 
 
 def class_rows(num_classes: int, per_class: int, device: torch.device) -> Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import Interrupted, UsageError
+from ..errors import Interrupted, UsageError
 
 if TYPE_CHECKING:  # torch is imported where it is used: `vae --help` and error exits stay light
     import torch

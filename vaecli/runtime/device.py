@@ -11,8 +11,8 @@ import shutil
 import torch
 
 from . import sharing
-from .config import check_device
-from .errors import UsageError
+from ..config import check_device
+from ..errors import UsageError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
