@@ -16,7 +16,10 @@ CHILD = """
 import json, sys, tempfile
 from pathlib import Path
 from vaecli.config import load_config
-from vaecli.train import fit
+try:
+    from vaecli.training.trainer import fit
+except ImportError:  # a checkout from before the package was grouped by concept (2026-12-04)
+    from vaecli.train import fit
 root = sys.argv[1]
 with tempfile.TemporaryDirectory() as tmp:
     s = fit(load_config(["dataset=mnist", "trainer.epochs=2", "trainer.sample_every=0",

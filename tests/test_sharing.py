@@ -110,7 +110,7 @@ def test_a_vae_process_counts_another_and_gets_its_cores_back_after_a_kill(tmp_p
     registry = tmp_path / "registry"
     e = dict({k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
              VAECLI_REGISTRY=str(registry))
-    helper = subprocess.Popen([sys.executable, "-c", "import time; from vaecli import sharing; "
+    helper = subprocess.Popen([sys.executable, "-c", "import time; from vaecli.runtime import sharing; "
                                "sharing.share().join(adjust=False); print('joined', flush=True); time.sleep(120)"],
                               env=e, stdout=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,4 @@
-"""vae sample, reconstruct, interpolate: each parses, calls vaecli.pictures, writes the picture
+"""vae sample, reconstruct, interpolate: each parses, calls vaecli.evaluation.pictures, writes the picture
 and says where."""
 
 from __future__ import annotations
