@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -344,52 +345,99 @@ def wae(model, x: Tensor, y: Tensor | None, lam: float, kernel: str, scale: floa
     return loss, metrics
 
 
-# Objectives whose loss holds a statistic of the whole batch (the minibatch's mixture of posteriors,
-# a covariance of codes, a permutation of them, an MMD between n codes and n prior draws): a last
-# short batch would make it degenerate (MMD's n(n-1) is 0 at n = 1) or noisier than the rest, so
-# they train on whole batches only (the trainer drops an epoch's short last batch; the shuffled
-# order differs every epoch, so no image is left out for good). Decided once, for all of them.
-BATCH_STATISTIC = frozenset({"btcvae", "dipvae", "factorvae", "infovae", "wae"})
+# Each objective registers its loss once, beside its maths, with what the trainer must know of it:
+# `terms`, its own metric names (the summary's objective_terms); `scheduled`, whether the KL weight
+# (beta and kl.schedule) applies; `batch_statistic`, whether its loss holds a statistic of the whole
+# batch (the minibatch's mixture of posteriors, a covariance or permutation of the codes, an MMD
+# between n codes and n prior draws). Those train on whole batches only: a short last batch would
+# make the statistic degenerate (MMD's n(n-1) is 0 at n = 1) or noisier than the rest, so the
+# trainer drops it (the shuffled order differs every epoch, so no image is left out for good).
+# Decided once, for all of them.
 
-TERMS = {"elbo": (), "iwae": ("iwae",), "btcvae": ("mi", "tc", "dim_kl"), "dipvae": ("dip",),
-         "factorvae": ("tc", "disc_loss", "disc_acc"), "infovae": ("mmd",), "wae": ("mmd",)}
+
+@dataclass(frozen=True)
+class Loss:
+    fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]  # (objective, model, x, y, weight, step)
+    terms: tuple[str, ...] = ()
+    scheduled: bool = True
+    batch_statistic: bool = False
+
+
+LOSSES: dict[str, Loss] = {}
+
+
+def loss(name: str, terms: tuple[str, ...] = (), scheduled: bool = True, batch_statistic: bool = False):
+    """Decorator: register `fn(objective, model, x, y, weight, step)` as objective=`name`'s loss."""
+
+    def register(fn):
+        LOSSES[name] = Loss(fn, terms, scheduled, batch_statistic)
+        return fn
+
+    return register
+
+
+@loss("elbo")
+def _elbo(o, model, x, y, weight, step):
+    capacity = (o.schedule.capacity_at(step), o.schedule.capacity_gamma) if o.schedule.capacity > 0 else None
+    return elbo(model, x, weight, y, o.free_bits, capacity)
+
+
+@loss("iwae", terms=("iwae",), scheduled=False)
+def _iwae(o, model, x, y, weight, step):
+    return iwae(model, x, o.k, y)
+
+
+@loss("btcvae", terms=("mi", "tc", "dim_kl"), batch_statistic=True)
+def _btcvae(o, model, x, y, weight, step):
+    return btcvae(model, x, y, *o.tc_weights, weight)
+
+
+@loss("dipvae", terms=("dip",), batch_statistic=True)
+def _dipvae(o, model, x, y, weight, step):
+    return dipvae(model, x, y, *o.dip, weight)
+
+
+@loss("factorvae", terms=("tc", "disc_loss", "disc_acc"), batch_statistic=True)
+def _factorvae(o, model, x, y, weight, step):
+    return factorvae(model, x, y, o.gamma, o.critic, weight)
+
+
+@loss("infovae", terms=("mmd",), batch_statistic=True)
+def _infovae(o, model, x, y, weight, step):
+    return infovae(model, x, y, *o.mmd, weight)
+
+
+@loss("wae", terms=("mmd",), scheduled=False, batch_statistic=True)
+def _wae(o, model, x, y, weight, step):
+    return wae(model, x, y, *o.mmd[1:])
+
+
+BATCH_STATISTIC = frozenset(name for name, entry in LOSSES.items() if entry.batch_statistic)
 
 
 class Objective:
-    """objective(model, x, y, step) -> (loss, metrics) for the trainer. `callbacks`: the trainer
-    features the objective brings (FactorVAE's critic, trained beside the model); `terms`: the
-    names of its own metrics, which the training summary reports."""
+    """objective(model, x, y, step) -> (loss, metrics) for the trainer: the registered loss of
+    `name` (LOSSES) with its settings. `callbacks`: the trainer features the objective brings
+    (FactorVAE's critic, trained beside the model); `terms`: the names of its own metrics, which
+    the training summary reports."""
 
     def __init__(self, name: str = "elbo", k: int = 1, schedule: KLSchedule | None = None,
                  free_bits: float = 0.0, tc_weights: tuple[float, float, float] = (1.0, 6.0, 1.0),
                  dip: tuple[str, float, float] = ("i", 10.0, 100.0), gamma: float = 10.0,
                  critic: TCDiscriminator | None = None, mmd: tuple[float, float, str, float] = (0.0, 1000.0, "imq", 1.0)):
-        self.name, self.k, self.free_bits = name, k, free_bits
+        if name not in LOSSES:
+            raise ValueError(f"unknown objective {name!r}")
+        self.name, self.k, self.free_bits, self.loss = name, k, free_bits, LOSSES[name]
         self.schedule = schedule or KLSchedule()
         self.tc_weights, self.dip, self.gamma, self.critic, self.mmd = tc_weights, dip, gamma, critic, mmd
         self.callbacks = (critic,) if critic is not None else ()
-        self.terms = TERMS[name] + (("capacity",) if self.schedule.capacity > 0 else ())
-        self.whole_batches = name in BATCH_STATISTIC  # the trainer drops a short last batch (BATCH_STATISTIC)
+        self.terms = self.loss.terms + (("capacity",) if self.schedule.capacity > 0 else ())
+        self.whole_batches = self.loss.batch_statistic  # the trainer drops a short last batch
 
     def __call__(self, model, x: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.name == "iwae":
-            return iwae(model, x, self.k, y)
-        if self.name == "wae":
-            return wae(model, x, y, *self.mmd[1:])
-        weight = self.schedule.weight(step)
-        if self.name == "btcvae":
-            loss, metrics = btcvae(model, x, y, *self.tc_weights, weight)
-        elif self.name == "dipvae":
-            loss, metrics = dipvae(model, x, y, *self.dip, weight)
-        elif self.name == "factorvae":
-            loss, metrics = factorvae(model, x, y, self.gamma, self.critic, weight)
-        elif self.name == "infovae":
-            loss, metrics = infovae(model, x, y, *self.mmd, weight)
-        else:
-            capacity = ((self.schedule.capacity_at(step), self.schedule.capacity_gamma) if self.schedule.capacity > 0
-                        else None)
-            loss, metrics = elbo(model, x, weight, y, self.free_bits, capacity)
-        if self.schedule.schedule != "constant":
+        weight = self.schedule.weight(step) if self.loss.scheduled else 1.0
+        loss, metrics = self.loss.fn(self, model, x, y, weight, step)
+        if self.loss.scheduled and self.schedule.schedule != "constant":
             metrics["kl_weight"] = torch.tensor(weight, device=loss.device)
         return loss, metrics
 
