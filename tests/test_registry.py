@@ -89,3 +89,25 @@ def test_a_member_that_lacks_a_capability_explains_it_in_its_own_words():
     registry.check_requirements([iwae], type("Run", (), {"model": model})(), lambda ok, m: ok or refusals.append(m))
     assert refusals == ["objective=iwae needs a model whose posterior can be importance-sampled (model=mlp, conv, "
                         "resnet, hvae or ladder; got model=hvae)"]
+
+
+@pytest.mark.parametrize("family, builders", [("likelihood", "vaecli.models.likelihoods"),
+                                              ("prior", "vaecli.models.priors"),
+                                              ("posterior", "vaecli.models.posteriors")])
+def test_every_member_with_a_card_has_a_builder(family, builders):
+    import importlib
+
+    assert set(importlib.import_module(builders).BUILDERS) == set(registry.members(family))
+
+
+def test_every_objective_card_has_a_registered_loss_and_every_model_kind_a_class():
+    import importlib
+
+    from vaecli import objectives
+    from vaecli.models import spec as specs
+
+    assert set(objectives.LOSSES) == set(registry.members("objective"))
+    registry.load()
+    for kind, cls in specs.SPECS.items():
+        module, _, name = cls.model_class.partition(":")
+        assert hasattr(importlib.import_module(module), name), kind

@@ -241,24 +241,29 @@ class LogisticLikelihood(nn.Module):
                                                  log_scales))
 
 
+def _sigma(lik) -> float:
+    return lik.sigma if lik.sigma is not None else 0.1
+
+
+# Each member registers its builder once: (spec.likelihood part, levels, dequantize) -> module.
+BUILDERS = {
+    "bernoulli": lambda lik, levels, dequantize: BernoulliLikelihood(),
+    "cbernoulli": lambda lik, levels, dequantize: ContinuousBernoulliLikelihood(levels, dequantize),
+    "gaussian": lambda lik, levels, dequantize: GaussianLikelihood(_sigma(lik), levels, dequantize),
+    "gaussian_learned": lambda lik, levels, dequantize: LearnedGaussianLikelihood(lik.per_pixel, _sigma(lik), levels,
+                                                                                  dequantize),
+    "logistic": lambda lik, levels, dequantize: LogisticLikelihood(lik.mixtures, lik.tanh_means),
+}
+
+
 def build(spec) -> nn.Module:
     """The likelihood a model spec names (spec.likelihood, and spec.decoder where the kind has one),
     for the data it describes (spec.data), with `measure` saying what its log_prob is of."""
     lik, decoder = spec.likelihood, getattr(spec, "decoder", None)
-    name, sigma, levels, dequantize = lik.name, lik.sigma, spec.data.levels, spec.data.dequantize
-    sigma = sigma if sigma is not None else 0.1
-    if name == "bernoulli":
-        likelihood = BernoulliLikelihood()
-    elif name == "cbernoulli":
-        likelihood = ContinuousBernoulliLikelihood(levels, dequantize)
-    elif name == "gaussian":
-        likelihood = GaussianLikelihood(sigma, levels, dequantize)
-    elif name == "gaussian_learned":
-        likelihood = LearnedGaussianLikelihood(lik.per_pixel, sigma, levels, dequantize)
-    elif name == "logistic":
-        likelihood = LogisticLikelihood(lik.mixtures, lik.tanh_means)
-    else:
+    name, levels, dequantize = lik.name, spec.data.levels, spec.data.dequantize
+    if name not in BUILDERS:
         raise ValueError(f"unknown likelihood {name!r}")
+    likelihood = BUILDERS[name](lik, levels, dequantize)
     if dequantize and name not in bounds.DENSITIES:
         raise ValueError(f"likelihood={name} is a probability of the stored values; dequantized data needs a density")
     likelihood.measure = bounds.measure(name, levels, dequantize)

@@ -169,12 +169,15 @@ class Planar(nn.Module):
 def build(spec) -> nn.Module | None:
     """The flow of spec.posterior (None for the plain Gaussian)."""
     q = spec.posterior
-    if q.name == "gaussian":
-        return None
-    if q.name == "iaf":
-        return IAF(spec.latent_dim, q.flows, q.hidden)
-    if q.name == "planar":
-        return Planar(spec.latent_dim, q.flows)
-    raise ValueError(f"unknown posterior {q.name!r}")
+    if q.name not in BUILDERS:
+        raise ValueError(f"unknown posterior {q.name!r}")
+    return BUILDERS[q.name](spec.latent_dim, q)
+
+
+# Each member registers its builder once: (latent_dim, spec.posterior part) -> the flow, or None
+# for the diagonal Gaussian itself.
+BUILDERS = {"gaussian": lambda latent_dim, q: None,
+            "iaf": lambda latent_dim, q: IAF(latent_dim, q.flows, q.hidden),
+            "planar": lambda latent_dim, q: Planar(latent_dim, q.flows)}
 
 

@@ -72,11 +72,13 @@ class VampPrior(nn.Module):
         return MixtureSameFamily(Categorical(logits=uniform, validate_args=False), components, validate_args=False)
 
 
+# Each member registers its builder once: (latent_dim, image_shape, components) -> module.
+BUILDERS = {"normal": lambda latent_dim, image_shape, components: StandardNormal(latent_dim),
+            "mog": lambda latent_dim, image_shape, components: MixtureOfGaussians(latent_dim, components),
+            "vamp": lambda latent_dim, image_shape, components: VampPrior(image_shape, components)}
+
+
 def build(name: str, latent_dim: int, image_shape: tuple[int, int, int], components: int) -> nn.Module:
-    if name == "normal":
-        return StandardNormal(latent_dim)
-    if name == "mog":
-        return MixtureOfGaussians(latent_dim, components)
-    if name == "vamp":
-        return VampPrior(image_shape, components)
-    raise ValueError(f"unknown prior {name!r}")
+    if name not in BUILDERS:
+        raise ValueError(f"unknown prior {name!r}")
+    return BUILDERS[name](latent_dim, image_shape, components)
