@@ -199,6 +199,7 @@ def test_each_dataset_names_its_natural_likelihood(dataset, likelihood, bound):
     assert gaussian.likelihood.name == "gaussian" and gaussian.dataset.dequantize is True
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_every_command_says_whether_its_figures_are_bounds(trained_run, env, tmp_path):
     """train's summary, eval-iwae, score and `vae runs` for a binarized-MNIST run (a bound) beside
     the grey-MNIST Bernoulli run (no -log p(x) claimed anywhere)."""

@@ -73,12 +73,14 @@ def test_sample_writes_a_grid_and_defaults_to_the_latest_run(trained_run, env, t
     assert_one_line_error(vae("sample", "--ckpt", str(trained_run), "--temperature", "0", env=env), 2, "--temperature")
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_sample_is_reproducible_with_a_seed(trained_run, env, tmp_path):
     for name in ("a", "b"):
         vae("sample", "--ckpt", str(trained_run), "--n", "4", "--seed", "3", "--out", str(tmp_path / f"{name}.png"), env=env)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_reconstruct_test_images_and_files_of_any_mode(trained_run, env, tmp_path):
     out = tmp_path / "rec.png"
     result = one_json(vae("reconstruct", "--ckpt", str(trained_run), "--n", "4", "--out", str(out), "--json", env=env))
@@ -171,6 +173,7 @@ def test_eval_iwae_human_table(trained_run, env):
     assert "bits/dim" not in result.stdout and "-log p(x) <=" not in result.stdout
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_resume_via_cli_continues_and_refuses_model_changes(env, tmp_path):
     run = tmp_path / "r"
     one_json(vae("train", *TINY, "dataset.limit=64", "--run-dir", str(run), "--json", env=env))

@@ -27,6 +27,7 @@ def finished_runs(result: dict) -> dict[str, dict]:
 # -- sweeps ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_sweep_trains_every_combination_in_its_own_folder_and_reports_one_table(tmp_path, env):
     sweep_dir = tmp_path / "runs" / "betas"
     result = one_json(vae("train", "-m", "beta=1,4", "seed=0,1", *SWEEP, "--run-dir", str(sweep_dir), "--json",
@@ -82,6 +83,7 @@ def test_several_values_without_multirun_say_how_to_sweep(tmp_path, env):
     assert_one_line_error(vae("train", "beta=1,4", *SWEEP, cwd=tmp_path, env=env), 2, "vae train -m beta=1,4")
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_a_failed_job_is_reported_and_the_others_still_run(tmp_path, env):
     sweep_dir = tmp_path / "lr"
     result = vae("train", "-m", "trainer.lr=1e30,0.001", "trainer.max_bad_steps=2", *SWEEP, "--run-dir",
@@ -137,6 +139,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_runs_table_shows_every_state_and_survives_broken_folders(tmp_path, env, trained_run):
     root = tmp_path / "runs"
     finished = _copy_run(trained_run, root / "a-finished")
@@ -179,6 +182,7 @@ def test_runs_table_shows_every_state_and_survives_broken_folders(tmp_path, env,
         assert needle in table.stdout
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_runs_sort_and_bad_input(tmp_path, env, trained_run):
     root = tmp_path / "runs"
     result = vae("train", "-m", "trainer.epochs=1,3", *TINY[:-3], "--run-dir", str(root / "sw"), "--json",

@@ -124,6 +124,7 @@ def test_eval_samples_with_pixel_features_writes_figures_and_caches_the_referenc
     assert row["fid"]["fid"] == recon["fid"] and row["fid"]["of"] == "reconstructions"
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_eval_samples_refuses_bad_input_in_one_line(shapes_run):
     work, e = shapes_run
     run = str(work / "run")

@@ -150,6 +150,7 @@ def test_fit_sampler_saves_a_sampler_that_reloads_bit_exactly_and_samples(two_ru
         assert torch.allclose(outs[0], expected.clamp(0, 1), atol=1e-4)
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_a_sampler_fitted_to_another_checkpoint_is_refused_and_a_missing_one_names_the_command(two_runs, tmp_path):
     e = dict(os.environ)
     assert_one_line_error(vae("sample", "--ckpt", str(two_runs / "vae"), "--sampler", "gmm", cwd=tmp_path, env=e),

@@ -26,6 +26,7 @@ def write_pngs(folder: Path, images: np.ndarray) -> Path:
     return folder
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_score_gives_each_image_its_bounds_and_agrees_with_eval_iwae(trained_run, env, tmp_path):
     out = tmp_path / "scores.csv"
     result = one_json(vae("score", "--ckpt", str(trained_run), "--k", "5", "--out", str(out), "--json", env=env))
@@ -44,6 +45,7 @@ def test_score_gives_each_image_its_bounds_and_agrees_with_eval_iwae(trained_run
     assert result["separation"] is None and result["histogram"] is None
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_score_against_a_foreign_folder_reports_auroc_and_draws_histograms(trained_run, env, tmp_path):
     images, _ = digit_like(40, seed=7)
     inverted = write_pngs(tmp_path / "inverted", 255 - images)  # white digits' negatives: clearly foreign

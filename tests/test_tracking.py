@@ -121,6 +121,7 @@ def test_mlflow_server_holds_every_step_once_after_a_kill_and_resume(tmp_path, e
     assert [r.info.run_name for r in runs] == ["killed"] and runs[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow  # subprocess-heavy (6-24 s): the fast suite stays near 5 minutes on 2 cores
 def test_an_unreachable_mlflow_server_stops_before_the_run_folder_exists(tmp_path, env):
     dead = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"}
     result = vae("train", *TINY, "trainer.epochs=1", "trainer.logger=mlflow", "--run-dir", str(tmp_path / "run"), env=dead)
