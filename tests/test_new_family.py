@@ -51,7 +51,7 @@ def toy_member():
         def body(self):  # the pixel networks: vaecli's MLPs
             return specs.Body("mlp", list(self.hidden), self.activation)
 
-        def model_spec(self, common, posterior, kl):
+        def model_spec(self, common, posterior, delta):
             return ToySpec(**common, logit_temperature=self.logit_temperature)
 
     yield Toy

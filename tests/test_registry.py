@@ -111,3 +111,14 @@ def test_every_objective_card_has_a_registered_loss_and_every_model_kind_a_class
     for kind, cls in specs.SPECS.items():
         module, _, name = cls.model_class.partition(":")
         assert hasattr(importlib.import_module(module), name), kind
+
+
+def test_every_model_card_makes_its_spec_and_every_kind_reads_flat_specs():
+    from vaecli.models import spec as specs
+
+    for name, card in registry.members("model").items():
+        assert callable(getattr(card, "model_spec", None)), name
+    registry.load()
+    for kind, cls in specs.SPECS.items():
+        assert "from_flat" in vars(cls) or any("from_flat" in vars(base) for base in cls.__mro__[1:-1]
+                                              if base is not specs.ModelSpec), kind

@@ -226,19 +226,19 @@ def _hydra_override(text: str, reference: dict) -> str:
     return f"++{text}" if _under_open_node(reference, key.split(".")) else text
 
 
-def _typed(raw: dict, schema: type = None) -> "Any":
+def _typed(raw: dict, typed_as: type = None) -> "Any":
     """Merge a plain dict onto the schema (by default the run config's, with the chosen members'
     cards); a wrong type becomes a UsageError naming the key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    schema = schema or globals()["schema"](raw)
+    typed_as = typed_as or schema(raw)
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), raw)
+        return OmegaConf.merge(OmegaConf.structured(typed_as), raw)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         value = getattr(e, "value", None)
-        expected = _expected_type(key, schema)
+        expected = _expected_type(key, typed_as)
         raise UsageError(f"invalid value for {key}: {value!r} is not {expected}") from None
 
 

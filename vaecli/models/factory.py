@@ -38,8 +38,7 @@ def spec_from_config(model_cfg, likelihood_cfg, prior_cfg, image_shape: tuple[in
         data=specs.Data(bounds.levels(dataset_cfg.binarize) if dataset_cfg is not None else 256,
                         bool(dataset_cfg.dequantize) if dataset_cfg is not None else False))
     posterior = posterior_cfg if posterior_cfg is not None else specs.Posterior()
-    kl = kl_cfg if kl_cfg is not None else specs.Posterior()  # (only .delta is read: 0 without a kl section)
-    return model_cfg.model_spec(common, posterior, kl)
+    return model_cfg.model_spec(common, posterior, kl_cfg.delta if kl_cfg is not None else 0.0)
 
 
 def from_config(cfg, image_shape: tuple[int, int, int], num_classes: int | None) -> VAE:

@@ -37,7 +37,7 @@ class Ladder(DecoderKeys, NetworkKey, ModelCard):
     def provides(self, run) -> set[str]:
         return super().provides(run) | {"importance_sampling", "kl_per_dim"}
 
-    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+    def model_spec(self, common: dict, posterior, delta: float) -> specs.ModelSpec:
         return LadderSpec(**common, groups=self.groups,
                                 decoder=specs.Decoder(self.decoder, self.ar_layers, self.ar_kernel, self.ar_channels))
 

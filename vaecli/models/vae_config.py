@@ -18,7 +18,9 @@ ACTIVATIONS = ("relu", "tanh", "elu")
 
 @dataclass
 class ModelCard(Card):
-    """Keys every model has."""
+    """Keys every model has. Each registered model card also makes its model's spec:
+    `model_spec(common, posterior, delta)` from ModelSpec's common fields, the chosen posterior's
+    card and kl.delta (tests/test_registry.py checks that every model card has one)."""
 
     latent_dim: int = MISSING
     hidden: List[int] = MISSING
@@ -43,10 +45,6 @@ class ModelCard(Card):
         arch = getattr(self, "network", None) or self.name
         nodes = self.networks() if isinstance(self, NetworkNodes) else None
         return specs.Body(arch, list(self.hidden), self.activation, networks=nodes)
-
-    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
-        """This member's spec: `common` (ModelSpec's fields) and its own parts."""
-        raise NotImplementedError
 
 
 @dataclass
@@ -103,8 +101,8 @@ class FlatVAE(NetworkNodes, LatentKeys, DecoderKeys, ModelCard):
     def describe(self) -> str:
         return f"model={self.name}" + (", latent=categorical" if self.categorical else "")
 
-    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
-        q = specs.Posterior(posterior.name, getattr(posterior, "flows", 0), getattr(posterior, "hidden", 0), kl.delta)
+    def model_spec(self, common: dict, posterior, delta: float) -> specs.ModelSpec:
+        q = specs.Posterior(posterior.name, getattr(posterior, "flows", 0), getattr(posterior, "hidden", 0), delta)
         decoder = specs.Decoder(self.decoder, self.ar_layers, self.ar_kernel, self.ar_channels)
         if self.categorical:
             return CategoricalSpec(**common, posterior=q, decoder=decoder, categorical=specs.Categories(
@@ -193,7 +191,7 @@ class AE(NetworkNodes, NetworkKey, ModelCard):
     def provides(self, run) -> set[str]:
         return super().provides(run) | {"code"}
 
-    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+    def model_spec(self, common: dict, posterior, delta: float) -> specs.ModelSpec:
         return AESpec(**common)
 
     def lacks(self, run) -> dict[str, str]:
@@ -221,8 +219,8 @@ class HVAE(NetworkKey, ModelCard):
     def provides(self, run) -> set[str]:
         return super().provides(run) | {"importance_sampling"}
 
-    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
-        return HVAESpec(**common, posterior=specs.Posterior(delta=kl.delta), latent_dim2=self.latent_dim2,
+    def model_spec(self, common: dict, posterior, delta: float) -> specs.ModelSpec:
+        return HVAESpec(**common, posterior=specs.Posterior(delta=delta), latent_dim2=self.latent_dim2,
                         hidden2=list(self.hidden2))
 
     def lacks(self, run) -> dict[str, str]:

@@ -46,7 +46,7 @@ class VQVAE(NetworkKey, ModelCard):
              "model=vqvae's KL to the uniform code prior is a constant: beta, kl.schedule and kl.free_bits change "
              "nothing; drop them")
 
-    def model_spec(self, common: dict, posterior, kl) -> specs.ModelSpec:
+    def model_spec(self, common: dict, posterior, delta: float) -> specs.ModelSpec:
         return VQVAESpec(**common, quantizer=specs.Quantizer(
             self.codebook_size, self.code_dim, self.commitment, self.ema_decay, self.dead_after, self.kmeans_init))
 
