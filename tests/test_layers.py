@@ -67,7 +67,7 @@ def test_the_import_graph_has_no_circle():
 LAYERS = [
     ("core", ("vaecli.errors", "vaecli.atomic", "vaecli.bounds", "vaecli.registry", "vaecli.hooks")),
     ("schema, models, data", ("vaecli.config", "vaecli.models", "vaecli.data", "vaecli.objectives",
-                              "vaecli.objectives_config")),
+                              "vaecli.objectives_config", "vaecli.perceptual")),
     ("runtime", ("vaecli.runtime",)),
     ("evaluation", ("vaecli.evaluation",)),
     ("training", ("vaecli.training",)),

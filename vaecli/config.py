@@ -49,6 +49,8 @@ class DatasetConfig:
     scales: Optional[int] = None  # shapes: factor grid sizes
     rotations: Optional[int] = None
     positions: Optional[int] = None
+    crops: Optional[int] = None  # photos: training crops
+    test_crops: Optional[int] = None  # photos: test crops (from the held-out photographs)
     dequantize: Optional[bool] = None  # None: on for the density likelihoods (resolved by load_config)
 
 
@@ -431,6 +433,11 @@ def validate(cfg: Config) -> None:
         need(d.channels in (1, 3), f"dataset.channels must be 1 or 3 (got {d.channels})")
     if d.image_size is not None:
         need(4 <= d.image_size <= 1024, f"dataset.image_size must be in 4..1024 (got {d.image_size})")
+    if d.name == "photos":
+        need(d.image_size is not None and d.image_size <= 128,
+             f"dataset=photos crops at most 128 px: set dataset.image_size to 32 or 64 (got {d.image_size})")
+        need((d.crops or 0) >= 1 and (d.test_crops or 0) >= 1,
+             f"dataset.crops and dataset.test_crops must be >= 1 (got {d.crops}, {d.test_crops})")
     for key in ("scales", "rotations", "positions"):
         value = getattr(d, key)
         need(value is None or value >= 1, f"dataset.{key} must be >= 1 (got {value})")

@@ -197,76 +197,63 @@ def permute_dims(z: Tensor) -> Tensor:
     return z.gather(0, order)
 
 
-class TCDiscriminator(Callback):
-    """FactorVAE's density-ratio critic (Kim & Mnih 2018), a trainer feature the objective brings:
-    an MLP on codes, `layers` x `width` with leaky ReLU 0.2 and two logits (class 0: a draw of the
-    aggregate posterior q(z), class 1: of prod_d q(z_d), the batch's codes permuted per dimension);
-    disentanglement_lib's is 6 x 1000, trained by Adam (lr 1e-4, betas 0.5 / 0.9). The TC estimate
-    is E_q[logit_0 - logit_1] (= log q(z) / prod_d q(z_d) for the optimal critic).
+class TrainedPart(Callback):
+    """A network an objective trains beside the model (FactorVAE's critic, the PatchGAN
+    discriminator, the recipe's learned log-variance), with its own Adam.
 
-    losses(z) is called inside the objective: the TC with gradients to the encoder only, and the
-    critic's cross-entropy on the detached codes and their permutation (both at this step's critic
-    weights, as disentanglement_lib's simultaneous update). The critic's own step runs after the
-    model's (on_step_end), skipped with it (a rejected step) or when its own loss or gradients are not
-    finite, decided on the device; under torchrun its gradients are averaged over ranks. Its weights
-    and Adam state are kept in trainer.safetensors under "discriminator.", so a resumed run
+    Its step runs after the model's (on_step_end): on `pending`, a loss with its graph that the
+    objective left (the critics), or on the gradients the model's backward already gave its
+    parameters (`from_model`: the log-variance). The step is skipped with the model's (a rejected
+    step) or when its own loss or gradients are not finite, decided on the device; under torchrun its
+    gradients are averaged over ranks. lr None follows the model optimizer's current learning rate.
+    Its weights and Adam state are kept in trainer.safetensors under "NAME.", so a resumed run
     continues bit for bit."""
 
-    name = "discriminator"
+    name = ""
+    from_model = False  # its gradients come from the model's loss (no pending loss of its own)
 
-    def __init__(self, latent_dim: int, width: int = 1000, layers: int = 6, lr: float = 1e-4):
-        dims = [latent_dim, *([width] * layers)]
-        stack: list[torch.nn.Module] = []
-        for a, b in zip(dims, dims[1:]):
-            stack += [torch.nn.Linear(a, b), torch.nn.LeakyReLU(0.2)]
-        self.net = torch.nn.Sequential(*stack, torch.nn.Linear(dims[-1], 2))
-        self.lr = lr
+    def __init__(self, net: torch.nn.Module, lr: float | None, betas: tuple[float, float] = (0.5, 0.9)):
+        self.net, self.lr, self.betas = net, lr, tuple(betas)
         self.optimizer: torch.optim.Adam | None = None
-        self.pending: Tensor | None = None  # this step's critic loss, with its graph
+        self.pending: Tensor | None = None  # this step's loss, with its graph
 
     def _ready(self, device: torch.device) -> None:
         if self.optimizer is None:
             self.net.to(device)
-            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.5, 0.9),
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr or 1e-3, betas=self.betas,
                                               fused=device.type in ("cpu", "cuda"))
-
-    def losses(self, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The TC estimate (differentiable in z, not in the critic) and the critic's metrics."""
-        self.net.requires_grad_(False)
-        logits = self.net(z)
-        self.net.requires_grad_(True)
-        tc = (logits[:, 0] - logits[:, 1]).float().mean()
-        codes = z.detach()
-        both = self.net(torch.cat([codes, permute_dims(codes)])).float()
-        target = torch.cat([torch.zeros(len(codes), dtype=torch.long, device=z.device),
-                            torch.ones(len(codes), dtype=torch.long, device=z.device)])
-        self.pending = torch.nn.functional.cross_entropy(both, target)
-        accuracy = (both.argmax(1) == target).float().mean()
-        return tc, {"disc_loss": self.pending.detach(), "disc_acc": accuracy}
 
     def on_train_start(self, trainer) -> None:
         self._ready(trainer.device)
 
     def on_step_end(self, trainer) -> None:
         loss, self.pending = self.pending, None
-        if loss is None:
+        if loss is None and not self.from_model:
             return
         params = list(self.net.parameters())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in params]
+        if loss is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         if trainer.dist.world > 1:
             flat = torch.cat([g.reshape(-1) for g in grads])
             torch.distributed.all_reduce(flat)
-            torch._foreach_copy_(grads, [g.view_as(p) / trainer.dist.world
-                                         for g, p in zip(flat.split([p.numel() for p in params]), params)])
-        total = torch.stack([g.sum() for g in grads] + [loss.detach()]).sum()
+            grads = [g.view_as(p) / trainer.dist.world for g, p in zip(flat.split([p.numel() for p in params]), params)]
+        for p, g in zip(params, grads):
+            p.grad = g
+        checked = loss.detach() if loss is not None else torch.zeros((), device=grads[0].device)
+        total = torch.stack([g.sum() for g in grads] + [checked.float()]).sum()
         accepted = ((total - total) == 0) & torch.as_tensor(trainer.state.applied, device=total.device)
+        if self.lr is None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = trainer.optimizer.param_groups[0]["lr"]
         if self.optimizer.defaults["fused"]:
             self.optimizer.found_inf = (~accepted).float()  # the fused Adam skips on the device
             self.optimizer.step()
         elif bool(accepted):
             self.optimizer.step()
+        if self.from_model:
+            self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self, trainer) -> dict[str, Tensor]:
         tensors = {f"net.{key}": value.detach().clone() for key, value in self.net.state_dict().items()}
@@ -285,6 +272,112 @@ class TCDiscriminator(Callback):
                 self.optimizer.state[params[int(index)]][what] = value.to(params[int(index)].device).clone()
 
 
+class TCDiscriminator(TrainedPart):
+    """FactorVAE's density-ratio critic (Kim & Mnih 2018), a trainer feature the objective brings:
+    an MLP on codes, `layers` x `width` with leaky ReLU 0.2 and two logits (class 0: a draw of the
+    aggregate posterior q(z), class 1: of prod_d q(z_d), the batch's codes permuted per dimension);
+    disentanglement_lib's is 6 x 1000, trained by Adam (lr 1e-4, betas 0.5 / 0.9). The TC estimate
+    is E_q[logit_0 - logit_1] (= log q(z) / prod_d q(z_d) for the optimal critic).
+
+    losses(z) is called inside the objective: the TC with gradients to the encoder only, and the
+    critic's cross-entropy on the detached codes and their permutation (both at this step's critic
+    weights, as disentanglement_lib's simultaneous update); its step is TrainedPart's."""
+
+    name = "discriminator"
+
+    def __init__(self, latent_dim: int, width: int = 1000, layers: int = 6, lr: float = 1e-4):
+        dims = [latent_dim, *([width] * layers)]
+        stack: list[torch.nn.Module] = []
+        for a, b in zip(dims, dims[1:]):
+            stack += [torch.nn.Linear(a, b), torch.nn.LeakyReLU(0.2)]
+        super().__init__(torch.nn.Sequential(*stack, torch.nn.Linear(dims[-1], 2)), lr, (0.5, 0.9))
+
+    def losses(self, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The TC estimate (differentiable in z, not in the critic) and the critic's metrics."""
+        self.net.requires_grad_(False)
+        logits = self.net(z)
+        self.net.requires_grad_(True)
+        tc = (logits[:, 0] - logits[:, 1]).float().mean()
+        codes = z.detach()
+        both = self.net(torch.cat([codes, permute_dims(codes)])).float()
+        target = torch.cat([torch.zeros(len(codes), dtype=torch.long, device=z.device),
+                            torch.ones(len(codes), dtype=torch.long, device=z.device)])
+        self.pending = torch.nn.functional.cross_entropy(both, target)
+        accuracy = (both.argmax(1) == target).float().mean()
+        return tc, {"disc_loss": self.pending.detach(), "disc_acc": accuracy}
+
+
+def patchgan(channels: int, width: int = 64, layers: int = 3) -> torch.nn.Sequential:
+    """The PatchGAN discriminator of pix2pix as taming-transformers' NLayerDiscriminator: a 4x4
+    stride-2 conv and LeakyReLU 0.2, then `layers` - 1 stride-2 and one stride-1 4x4 convs with
+    BatchNorm (widths doubling up to 8x), then a 4x4 conv to one logit per patch; weights N(0, 0.02),
+    BatchNorm scales N(1, 0.02)."""
+    stack: list[torch.nn.Module] = [torch.nn.Conv2d(channels, width, 4, 2, 1), torch.nn.LeakyReLU(0.2)]
+    mult = 1
+    for n in range(1, layers + 1):
+        previous, mult = mult, min(2 ** n, 8)
+        stack += [torch.nn.Conv2d(width * previous, width * mult, 4, 2 if n < layers else 1, 1, bias=False),
+                  torch.nn.BatchNorm2d(width * mult), torch.nn.LeakyReLU(0.2)]
+    stack.append(torch.nn.Conv2d(width * mult, 1, 4, 1, 1))
+    net = torch.nn.Sequential(*stack)
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, 0.0, 0.02)
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(module.weight, 1.0, 0.02)
+            torch.nn.init.zeros_(module.bias)
+    return net
+
+
+class PatchDiscriminator(TrainedPart):
+    """The latent-diffusion recipe's adversary (Esser et al. 2021; Rombach et al. 2022): a PatchGAN
+    (`patchgan`) trained with the hinge loss 0.5 (E relu(1 - D(x)) + E relu(1 + D(x^))) on the inputs
+    and the detached reconstructions of this step (a simultaneous update, like FactorVAE's critic)."""
+
+    name = "discriminator"
+
+    def __init__(self, channels: int, width: int = 64, layers: int = 3, lr: float | None = None,
+                 betas: tuple[float, float] = (0.5, 0.9)):
+        super().__init__(patchgan(channels, width, layers), lr, betas)
+
+    def losses(self, x: Tensor, x_hat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The generator's term -E D(x^) (differentiable in x^, not in D) and the hinge loss pending."""
+        self.net.requires_grad_(False)
+        g_loss = -self.net(x_hat).float().mean()
+        self.net.requires_grad_(True)
+        real, fake = self.net(torch.cat([x.detach(), x_hat.detach()]).to(x.dtype)).float().chunk(2)
+        self.pending = 0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
+        return g_loss, {"disc_loss": self.pending.detach(), "logits_real": real.mean().detach(),
+                        "logits_fake": fake.mean().detach()}
+
+
+class LogVariance(TrainedPart):
+    """The recipe's learned scalar log-variance s of the pixel term: nll = rec / e^s + s per pixel
+    (for L1 that is a Laplace likelihood of scale e^s, up to log 2 a pixel). Trained by the model's
+    loss with its own Adam (the model optimizer's learning rate, the objective's betas)."""
+
+    name = "pixel_logvar"
+    from_model = True
+
+    def __init__(self, init: float = 0.0, betas: tuple[float, float] = (0.5, 0.9)):
+        net = torch.nn.Module()
+        net.logvar = torch.nn.Parameter(torch.tensor(float(init)))
+        super().__init__(net, None, betas)
+
+    @property
+    def value(self) -> Tensor:
+        return self.net.logvar
+
+
+def adaptive_weight(nll_loss: Tensor, g_loss: Tensor, last_layer: Tensor, disc_weight: float) -> Tensor:
+    """The latent-diffusion adaptive weight of the generator term: ||grad_W nll|| / (||grad_W g|| +
+    1e-4) at the decoder's last weight W, clamped to [0, 1e4], detached, times disc_weight."""
+    nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+    g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    weight = torch.linalg.vector_norm(nll_grads) / (torch.linalg.vector_norm(g_grads) + 1e-4)
+    return weight.clamp(0.0, 1e4).detach() * disc_weight
+
+
 def factorvae(model, x: Tensor, y: Tensor | None, gamma: float, critic: TCDiscriminator,
               beta: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
     """FactorVAE (Kim & Mnih 2018, Eq. 2): the ELBO's loss (beta and the schedule on its KL) plus
@@ -295,6 +388,73 @@ def factorvae(model, x: Tensor, y: Tensor | None, gamma: float, critic: TCDiscri
     tc, critic_metrics = critic.losses(z)
     loss = beta * mean_kl - mean_log_px + gamma * tc
     return loss, {**_elbo_metrics(mean_log_px, mean_kl), "tc": tc.detach(), **critic_metrics, "loss": loss.detach()}
+
+
+@dataclass
+class Perceptual:
+    """objective=perceptual's settings and parts (the latent-diffusion autoencoder's loss, Rombach et
+    al. 2022, as taming-transformers' LPIPSWithDiscriminator computes it)."""
+
+    pixel: str = "l1"  # l1 | l2
+    perceptual: str = "none"  # none | msssim | lpips
+    perceptual_weight: float = 1.0
+    kl_weight: float = 1e-6
+    logvar: "LogVariance | None" = None  # the learned log-variance (None: fixed at logvar_init)
+    logvar_init: float = 0.0
+    lpips_weights: str | None = None
+    discriminator: "PatchDiscriminator | None" = None
+    disc_start: int = 0
+    disc_weight: float = 0.5
+    _lpips: torch.nn.Module | None = None
+
+    def distance(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        """The perceptual term per image (B,): 1 - MS-SSIM, or LPIPS."""
+        if self.perceptual == "msssim":
+            from .perceptual import ms_ssim
+
+            return 1 - ms_ssim(x, x_hat)
+        if self._lpips is None:
+            from .perceptual import LPIPS
+
+            self._lpips = LPIPS(self.lpips_weights)
+        self._lpips.to(x.device)
+        return self._lpips(x, x_hat)
+
+
+def perceptual(model, x: Tensor, y: Tensor | None, o: Perceptual, weight: float,
+               step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """The latent-diffusion autoencoder's loss: per pixel rec = |x - x^| (or squared) plus
+    perceptual_weight times the image's perceptual distance (1 - MS-SSIM or LPIPS; broadcast to its
+    pixels, as taming's LPIPSWithDiscriminator adds p_loss to rec_loss), nll = rec / e^s + s with the
+    learned scalar log-variance s, summed over pixels and averaged over images; plus kl_weight x the
+    closed-form KL to N(0, I) (x the KL schedule); from step disc_start, the generator's term
+    -E D(x^) weighted adaptively (adaptive_weight). x^ is the decoder's mean image, z one
+    reparameterized draw of q(z|x). Not a likelihood: the summary says so (Objective.measure)."""
+    posterior = model.encode(x, y)
+    z = posterior.rsample()
+    x_hat = model.decode(z, y).mean
+    rec = (x - x_hat).abs() if o.pixel == "l1" else (x - x_hat).square()
+    metrics = {"pixel": rec.detach().flatten(1).sum(1).mean()}
+    if o.perceptual != "none":
+        distance = o.distance(x, x_hat)
+        rec = rec + o.perceptual_weight * distance.view(-1, *([1] * (rec.dim() - 1)))
+        metrics[o.perceptual] = distance.detach().mean()
+    logvar = o.logvar.value if o.logvar is not None else torch.tensor(o.logvar_init, device=x.device)
+    nll_loss = (rec / logvar.exp() + logvar).flatten(1).sum(1).mean()
+    kl = model.prior_net.kl(posterior.base_dist).sum(-1).mean()
+    loss = nll_loss + o.kl_weight * weight * kl
+    metrics.update(nll=nll_loss.detach(), kl=kl.detach(), logvar=logvar.detach())
+    if o.discriminator is not None:
+        active = step >= o.disc_start
+        zero = torch.zeros((), device=x.device)
+        g_loss, d_metrics = o.discriminator.losses(x, x_hat) if active else (zero, {})
+        d_weight = adaptive_weight(nll_loss, g_loss, model.last_layer, o.disc_weight) if active else zero
+        loss = loss + d_weight * g_loss
+        metrics.update(g_loss=g_loss.detach(), d_weight=d_weight,
+                       disc_loss=d_metrics.get("disc_loss", zero), logits_real=d_metrics.get("logits_real", zero),
+                       logits_fake=d_metrics.get("logits_fake", zero))
+    metrics["loss"] = loss.detach()
+    return loss, metrics
 
 
 MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # the IMQ kernel's bandwidths (Tolstikhin et al.'s code)
@@ -402,6 +562,11 @@ def _factorvae(o, model, x, y, weight, step):
     return factorvae(model, x, y, o.gamma, o.critic, weight)
 
 
+@loss("perceptual", terms=("pixel", "msssim", "lpips", "nll", "logvar", "g_loss", "d_weight", "disc_loss"))
+def _perceptual(o, model, x, y, weight, step):
+    return perceptual(model, x, y, o.perceptual, weight, step)
+
+
 @loss("infovae", terms=("mmd",), batch_statistic=True)
 def _infovae(o, model, x, y, weight, step):
     return infovae(model, x, y, *o.mmd, weight)
@@ -424,15 +589,32 @@ class Objective:
     def __init__(self, name: str = "elbo", k: int = 1, schedule: KLSchedule | None = None,
                  free_bits: float = 0.0, tc_weights: tuple[float, float, float] = (1.0, 6.0, 1.0),
                  dip: tuple[str, float, float] = ("i", 10.0, 100.0), gamma: float = 10.0,
-                 critic: TCDiscriminator | None = None, mmd: tuple[float, float, str, float] = (0.0, 1000.0, "imq", 1.0)):
+                 critic: TCDiscriminator | None = None, mmd: tuple[float, float, str, float] = (0.0, 1000.0, "imq", 1.0),
+                 perceptual: Perceptual | None = None, adam_betas: tuple[float, float] = (0.9, 0.999)):
         if name not in LOSSES:
             raise ValueError(f"unknown objective {name!r}")
         self.name, self.k, self.free_bits, self.loss = name, k, free_bits, LOSSES[name]
         self.schedule = schedule or KLSchedule()
         self.tc_weights, self.dip, self.gamma, self.critic, self.mmd = tc_weights, dip, gamma, critic, mmd
-        self.callbacks = (critic,) if critic is not None else ()
+        self.perceptual, self.adam_betas = perceptual, tuple(adam_betas)  # adam_betas: the model optimizer's
+        parts = [critic] + ([perceptual.logvar, perceptual.discriminator] if perceptual is not None else [])
+        self.callbacks = tuple(part for part in parts if part is not None)
         self.terms = self.loss.terms + (("capacity",) if self.schedule.capacity > 0 else ())
         self.whole_batches = self.loss.batch_statistic  # the trainer drops a short last batch
+
+    def measure(self, model_measure):
+        """What the trained model's figures are (bounds.Measure): the model's own, or, for a loss
+        that is not a likelihood, not a bound to compare with one."""
+        if self.perceptual is None:
+            return model_measure
+        from .bounds import Measure
+
+        p = self.perceptual
+        names = {"msssim": "MS-SSIM", "lpips": "LPIPS"}
+        trained = p.pixel.upper() + (f" + {p.perceptual_weight:g} x {names[p.perceptual]}" if p.perceptual != "none"
+                                     else "") + (" + PatchGAN" if p.discriminator is not None else "")
+        return Measure(False, f"trained on {trained}, KL weight {p.kl_weight:g}: not a likelihood; the ELBO scores "
+                              "reconstructions, it is no bound to compare (vae eval-recon: PSNR, SSIM, LPIPS, rFID)")
 
     def __call__(self, model, x: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         weight = self.schedule.weight(step) if self.loss.scheduled else 1.0
@@ -446,10 +628,11 @@ def _given(value, default: float) -> float:
     return float(value) if value is not None else default
 
 
-def build(objective_cfg, kl_cfg, beta: float, total_steps: int, latent_dim: int = 0) -> Objective:
+def build(objective_cfg, kl_cfg, beta: float, total_steps: int, latent_dim: int = 0,
+          image_channels: int = 1) -> Objective:
     """From the config sections `objective` (the chosen member's card: objectives_config.py) and
-    `kl`, the run length (cyclic schedule) and the model's latent size (FactorVAE's critic reads
-    codes)."""
+    `kl`, the run length (cyclic schedule), the model's latent size (FactorVAE's critic reads
+    codes) and the images' channels (the PatchGAN reads images)."""
     def key(name: str, default: float) -> float:  # a key the chosen objective does not have: its default
         return _given(getattr(objective_cfg, name, None), default)
 
@@ -464,8 +647,17 @@ def build(objective_cfg, kl_cfg, beta: float, total_steps: int, latent_dim: int 
               if name == "factorvae" else None)
     mmd_settings = (key("alpha", 0.0), key("lambda_mmd", 1000.0 if name == "infovae" else 100.0),
                     getattr(objective_cfg, "kernel", None) or "imq", key("kernel_scale", 1.0))
+    betas = tuple(getattr(objective_cfg, "adam_betas", None) or (0.9, 0.999))
+    settings = _perceptual_settings(objective_cfg, image_channels, betas) if name == "perceptual" else None
     return Objective(name, int(key("k", 1)), schedule, kl_cfg.free_bits, weights, (kind, lambda_od, lambda_d),
-                     key("gamma", 10.0), critic, mmd_settings)
+                     key("gamma", 10.0), critic, mmd_settings, settings, betas)
+
+
+def _perceptual_settings(o, channels: int, betas: tuple[float, float]) -> Perceptual:
+    disc = (PatchDiscriminator(channels, o.disc_channels, o.disc_layers, o.disc_lr, betas) if o.adversarial else None)
+    return Perceptual(o.pixel, o.perceptual, o.perceptual_weight, o.kl_weight,
+                      LogVariance(o.logvar_init, betas) if o.learn_logvar else None, o.logvar_init, o.lpips_weights,
+                      disc, o.disc_start, o.disc_weight)
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from .registry import MISSING, Card, Need, Requirement, member, needs
 
@@ -155,3 +155,57 @@ class WAE(MMDKeys):
 
     def _message(self, run) -> str:
         return super()._message(run).replace("resnet with", "resnet (or model=ae) with")
+
+
+PIXEL_LOSSES = ("l1", "l2")
+PERCEPTUAL = ("none", "msssim", "lpips")
+
+
+@member("objective", "perceptual")
+@dataclass
+class Perceptual(Card):
+    """The latent-diffusion autoencoder's loss (Rombach et al. 2022; taming-transformers'
+    LPIPSWithDiscriminator): L1/L2 plus a perceptual distance, over a learned scalar log-variance, a
+    tiny KL weight, and optionally a PatchGAN adversary with the adaptive weight. Not a likelihood."""
+
+    pixel: str = MISSING  # l1 | l2
+    perceptual: str = MISSING  # none | msssim | lpips
+    perceptual_weight: float = MISSING
+    kl_weight: float = MISSING
+    learn_logvar: bool = MISSING
+    logvar_init: float = MISSING
+    lpips_weights: Optional[str] = None  # a VGG16 file (torchvision's vgg16-397923af.pth); null: torch's hub cache
+    adversarial: bool = MISSING
+    disc_start: int = MISSING
+    disc_weight: float = MISSING
+    disc_layers: int = MISSING
+    disc_channels: int = MISSING
+    disc_lr: Optional[float] = None  # null: trainer.lr
+    adam_betas: List[float] = MISSING
+
+    def check(self, run, need: Need) -> None:
+        need(self.pixel in PIXEL_LOSSES, f"objective.pixel must be l1 or l2 (got {self.pixel!r})")
+        need(self.perceptual in PERCEPTUAL,
+             f"objective.perceptual must be one of {', '.join(PERCEPTUAL)} (got {self.perceptual!r})")
+        need(self.perceptual_weight >= 0 and self.kl_weight >= 0,
+             f"objective.perceptual_weight and objective.kl_weight must be >= 0 (got {self.perceptual_weight}, "
+             f"{self.kl_weight})")
+        need(run.beta == 1.0, "objective=perceptual weights its KL by objective.kl_weight: leave beta at 1")
+        need(run.kl.free_bits == 0, "objective=perceptual has no free bits: drop kl.free_bits")
+        need(self.disc_start >= 0, f"objective.disc_start must be >= 0 (a training step; got {self.disc_start})")
+        need(self.disc_weight >= 0, f"objective.disc_weight must be >= 0 (got {self.disc_weight})")
+        need(self.disc_layers >= 1 and self.disc_channels >= 1,
+             f"objective.disc_layers and objective.disc_channels must be >= 1 (got {self.disc_layers}, "
+             f"{self.disc_channels})")
+        need(self.disc_lr is None or self.disc_lr > 0, f"objective.disc_lr must be > 0 or null (got {self.disc_lr})")
+        need(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+             f"objective.adam_betas must be two numbers in [0, 1), e.g. [0.5,0.9] (got {list(self.adam_betas)})")
+        size = run.dataset.image_size
+        need(not self.adversarial or size is None or size >= 2 ** (self.disc_layers + 1),
+             f"objective.disc_layers={self.disc_layers} halves {size} px images too often: use fewer layers")
+
+    def requires(self, run):
+        message = ("objective=perceptual compares the decoder's mean image with the input and weighs a closed-form "
+                   "KL to N(0, I): use model=autoencoder_kl, or model=mlp, conv or resnet with posterior=gaussian, "
+                   f"prior=normal and model.decoder=factorized (got {run.model.describe()}, prior={run.prior.name})")
+        return [Requirement((ONE_GAUSSIAN | {"pixel_mean"},), message)]

@@ -24,6 +24,7 @@ its own words (`lacks`): "model=ladder has its own hierarchical prior ...". The 
   standard_normal      the prior is N(0, I)
   density              the likelihood is a density on [0, 1] (dequantization applies)
   elbo_loss            the objective is the ELBO with its KL weight, schedule and free bits
+  pixel_mean           the decoder gives a mean image in one pass, differentiable in z (not a PixelCNN)
 
 Adding a member: its card module (a `@member` class) and its name in CARD_MODULES below, plus
 conf/FAMILY/NAME.yaml. tests/test_registry.py checks that every conf/ option has a card whose
@@ -45,6 +46,7 @@ CARD_MODULES = (
     "vaecli.models.vae_config",  # mlp, conv, resnet, ae, hvae (with categorical_config, autoregressive_config)
     "vaecli.models.vqvae_config",
     "vaecli.models.ladder_config",
+    "vaecli.models.autoencoder_kl_config",
     "vaecli.models.posteriors_config",
     "vaecli.models.likelihoods_config",
     "vaecli.models.priors_config",

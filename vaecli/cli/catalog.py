@@ -45,7 +45,7 @@ def table(title: str, rows):
     if shared or common:
         title += f"; every run: {' '.join(shared + common)}"
     if any(r.bound is False for r in rows):
-        title += "; * not a bound on -log p(x) (a grey-pixel Bernoulli, or a density without dequantization)"
+        title += "; * not a bound on -log p(x) (a grey-pixel Bernoulli, a density without dequantization, or objective=perceptual)"
     names = ["run"] + [key for key in ("dataset", "model") if not same[key]] + ["overrides"]
     left = len(names)
     names += ["epochs", "test ELBO", "KL", "active", "eval", "wall time", "state"]
@@ -83,6 +83,11 @@ def _evals(r) -> str:
         parts.append(f"MIG {r.mig:.3f}")
     names = {"dci": "DCI", "sap": "SAP", "factor_vae": "FactorVAE", "beta_vae": "BetaVAE"}
     parts += [f"{names[key]} {value:.3f}" for key, value in (r.factor_metrics or {}).items()]
+    if r.recon:
+        parts.append(f"PSNR {r.recon['psnr']:.2f} dB, SSIM {r.recon['ssim']:.3f}"
+                     + (f", LPIPS {r.recon['lpips']:.3f}" if r.recon.get("lpips") is not None else "")
+                     + (f", rFID {r.recon['rfid']:.1f} ({r.recon.get('features')})" if r.recon.get("rfid") is not None
+                        else ""))
     if r.fid:
         what = "recon" if r.fid.get("of") == "reconstructions" else r.fid.get("sampler")
         parts.append(f"FID {r.fid['fid']:.1f} ({what}, {r.fid.get('features')}, n={r.fid.get('n')})")

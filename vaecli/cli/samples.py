@@ -163,3 +163,58 @@ def _samples_table(r: dict, temperature, dataset: str):
             ("features", f"{r['features']} ({r['feature_dims']}-d)"),
             ("time", f"{r['seconds']:.1f} s")]
     return output.table(f"eval-samples: {what} vs {r['n']} {dataset} {r['split']} images", rows)
+
+
+@app.command("eval-recon")
+def eval_recon(
+    ckpt: Ckpt = None,
+    n: Annotated[int, typer.Option("--n", callback=at_least(1),
+                                   help="Images of the split to reconstruct (a fixed random subset).")] = 1000,
+    split: Annotated[str, typer.Option("--split", callback=one_of("test", "train"), help="test or train.")] = "test",
+    features: Annotated[str, typer.Option("--features", callback=one_of("inception", "pixels"),
+                                          help="rFID's features: inception (downloads its weights once) or pixels "
+                                               "(offline).")] = "inception",
+    inception_weights: Annotated[Optional[str], typer.Option(
+        "--inception-weights", help="torch-fidelity's Inception-v3 weights file.")] = None,
+    lpips_weights: Annotated[Optional[str], typer.Option(
+        "--lpips-weights", help="VGG16's ImageNet weights file for LPIPS (default: torch's hub cache, downloaded "
+                                "once; offline and missing: lpips is null, with the reason).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", callback=at_least(1), help="Images per batch.")] = 100,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    threads: Threads = 0,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """PSNR, SSIM, LPIPS, rFID and a sharpness ratio of reconstructions against their images.
+
+    Reconstructions are the decoder's mean image at the posterior mean, as vae reconstruct shows
+    them; sharpness is their high-frequency energy (mean squared Laplacian) over the originals'."""
+    from ..evaluation import reconstruction, sample_quality
+    from ..training import tracking
+
+    loaded = inputs.load(ckpt, device, threads)
+    model = loaded.model
+    if model.draws_pixel_by_pixel:
+        raise UsageError("eval-recon compares the decoder's mean image, and a PixelCNN decoder draws pixel by pixel: "
+                         "use eval-iwae or eval-samples --of reconstructions for it")
+    data = inputs.dataset(loaded, split, data_root)
+    sample_quality.reference_indices(len(data), n, split)  # refuses n > the split before loading anything
+    talk = not quiet and not as_json and output.stderr.is_terminal
+    extractor = sample_quality.extractor(features, model.device, inception_weights,
+                                         notice=(lambda text: output.stderr.print(f"note: {text}", markup=False,
+                                                                                  highlight=False)) if talk else None)
+    with output.Counter("eval-recon", n, enabled=not quiet and not as_json) as advance:
+        result = reconstruction.evaluate(model, data, split, n, extractor, batch_size, loaded.seed, lpips_weights,
+                                         on_batch=advance)
+    result.update({"ckpt": str(loaded.path), "dataset": loaded.dataset.name, "step": loaded.step})
+    tracking.append_eval(loaded.run_dir, {"kind": "recon", **{k: result[k] for k in (
+        "psnr", "ssim", "lpips", "rfid", "sharpness", "features", "n", "split")}, "step": loaded.step})
+    if result["lpips"] is None and not as_json and not quiet:
+        output.warn(f"lpips: {result['lpips_missing']}")
+    rows = [("PSNR", f"{result['psnr']:.2f} dB"), ("SSIM", f"{result['ssim']:.4f}"),
+            ("LPIPS", f"{result['lpips']:.4f}" if result["lpips"] is not None else "n/a (no VGG16 weights: see the note)"),
+            (f"rFID ({result['features']})", f"{result['rfid']:.3f}" if result["rfid"] is not None else "n/a (n < 2)"),
+            ("sharpness", f"{result['sharpness']:.3f} (high-frequency energy of reconstructions / originals)"),
+            ("time", f"{result['seconds']:.1f} s")]
+    output.emit(result, as_json, output.table(f"eval-recon: {result['n']} {loaded.dataset.name} {split} images", rows))

@@ -137,6 +137,10 @@ def build(cfg: DatasetConfig, split: str = "train", seed: int = 0, num_workers: 
         from .shapes import load
 
         data = load(cfg, split, seed)
+    elif cfg.name == "photos":
+        from .photos import load
+
+        data = load(cfg, split, seed)
     elif cfg.name == "folder":
         from .folder import load
 

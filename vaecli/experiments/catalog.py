@@ -37,6 +37,7 @@ class Row:
     mig: float | None = None  # the last eval-disentanglement
     factor_metrics: dict | None = None  # its other metrics: dci, sap, factor_vae, beta_vae (headline figures)
     fid: dict | None = None  # the last eval-samples: fid, features, sampler, of, n
+    recon: dict | None = None  # the last eval-recon: psnr, ssim, lpips, rfid, sharpness, features, n
     wall_seconds: float | None = None  # wall-clock time of all training sessions
     train_seconds: float | None = None
     started: float | None = None  # Unix time of the first session
@@ -138,6 +139,8 @@ def _bound(config: dict) -> bool | None:
     from .. import bounds
 
     likelihood = _get(config, "likelihood", "name")
+    if _get(config, "objective", "name") == "perceptual":  # trained on a loss that is not a likelihood
+        return False
     if likelihood not in bounds.LIKELIHOODS:
         return None
     dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
@@ -254,6 +257,8 @@ def _fill_from_evals(row: Row, evals: list[dict]) -> None:
         elif record.get("kind") == "factor_metrics":
             row.factor_metrics = {key: _number(record.get(key)) for key in ("dci", "sap", "factor_vae", "beta_vae")
                                   if _number(record.get(key)) is not None}
+        elif record.get("kind") == "recon" and _number(record.get("psnr")) is not None:
+            row.recon = {key: record.get(key) for key in ("psnr", "ssim", "lpips", "rfid", "sharpness", "features", "n")}
         elif record.get("kind") == "samples" and _number(record.get("fid")) is not None:
             row.fid = {key: record.get(key) for key in ("fid", "features", "sampler", "of", "n", "precision", "recall")}
 

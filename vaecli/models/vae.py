@@ -175,6 +175,11 @@ class LatentModel(nn.Module):
     def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.encode(x, y).mean
 
+    @property
+    def last_layer(self) -> Tensor:
+        """The decoder's last weight (a GAN term's adaptive weight compares gradients there)."""
+        return [p for p in self.decoder.parameters() if p.dim() > 1][-1]
+
     def decode_images(self, z: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None,
                       common: bool = False) -> Tensor:
         """Pictures of p(x|z) for latents (..., latent_dim): images (..., C, H, W) in [0, 1], the

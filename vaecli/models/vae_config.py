@@ -92,8 +92,9 @@ class FlatVAE(NetworkNodes, LatentKeys, DecoderKeys, ModelCard):
     def provides(self, run) -> set[str]:
         if self.categorical:
             return super().provides(run) | {"kl_per_dim"}
-        return super().provides(run) | {"importance_sampling", "gaussian_code", "kl_per_dim", "chosen_prior",
-                                        "chosen_posterior"}
+        mean = {"pixel_mean"} if self.decoder == "factorized" else set()
+        return super().provides(run) | mean | {"importance_sampling", "gaussian_code", "kl_per_dim", "chosen_prior",
+                                               "chosen_posterior"}
 
     def lacks(self, run) -> dict[str, str]:
         return self.categorical_lacks(run) if self.categorical else {}

@@ -177,7 +177,8 @@ class Trainer:
         # fused: one kernel for the whole update instead of ~10 per parameter tensor; the unfused
         # CPU Adam was a third of a training step (bench/RESULTS.md).
         fused = device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=fused)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=fused,
+                                          betas=getattr(objective, "adam_betas", (0.9, 0.999)))
         self.amp_dtype = devices.amp_dtype(t.precision, device)
         # fp16 needs loss scaling against gradient underflow
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
@@ -533,7 +534,8 @@ class Trainer:
             if not (self.run_dir / self.stage.model).exists():
                 self.save(self.state.step // self.steps_per_epoch)
         test, model = self.last_test, self.model
-        measure, dims = model.measure, math.prod(self.test_set.image_shape)
+        measure = self.objective.measure(model.measure) if hasattr(self.objective, "measure") else model.measure
+        dims = math.prod(self.test_set.image_shape)
         return TrainSummary(
             run_dir=str(self.run_dir), step=self.state.step, epochs=self.settings.epochs,
             test_elbo=test["elbo"], test_kl=test["kl"], kl_exact=model.exact_kl,
@@ -581,7 +583,8 @@ def build(composed: Composed, run_dir: Path, dist: Dist | None = None, callbacks
     if whole_batches is None:
         whole_batches = cfg.objective.name in objectives.BATCH_STATISTIC
     steps = t.epochs * steps_per_epoch(len(train_set), t.batch_size * dist.world, whole_batches)
-    objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, steps, model.latent_dim)
+    objective = objectives.build(cfg.objective, cfg.kl, cfg.beta, steps, model.latent_dim,
+                                  model.spec.image_shape[0])
     objective.whole_batches = whole_batches
     return Trainer(cfg, model, objective, train_set, test_set, run_dir, device, dist, callbacks)
 
