@@ -15,7 +15,7 @@ import typer
 
 from ..runtime import distributed
 from ..errors import Interrupted, VaeError
-from . import train, pictures, samples, evaluate, inspect, catalog  # noqa: F401,I001  (importing registers the commands, in this order)
+from . import train, pictures, samples, evaluate, latents, inspect, catalog  # noqa: F401,I001  (importing registers the commands, in this order)
 from .app import app
 from .output import stderr
 

@@ -17,6 +17,8 @@ N(0, I) is closed form; the spatial shape is `latent_shape`. The encoder sees pi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -179,6 +181,14 @@ class AutoencoderKL(LatentModel):
         self.prior_net = priors.build("normal", spec.latent_dim, spec.image_shape, 1)
         self.latent_shape = (spec.z_channels, h // f, w // f)
         self.factor = f
+        if not spec.train_encoder:  # the decoder trains alone (Stability's sd-vae-ft-* recipe)
+            self.encoder.requires_grad_(False)
+            self.quant_conv.requires_grad_(False)
+
+    def initialize(self) -> None:
+        """Before a new run trains: the weights of the diffusers folder it starts from, if any."""
+        if self.spec.pretrained:
+            load_diffusers(self, self.spec.pretrained)
 
     exact_kl = True
     convolutional = True
@@ -245,3 +255,82 @@ class AutoencoderKL(LatentModel):
         z = temperature * torch.randn(n, self.spec.latent_dim, generator=generator, device=self.device)
         return self.decode_images(z, y, generator)
 
+
+
+# -- diffusers' format ------------------------------------------------------------------------
+# The same tensors under the same names; only the decoder's last convolution differs, by the map
+# between our [0, 1] mean image and diffusers' [-1, 1] output: theirs = 2 ours - 1.
+
+MEAN_LIKELIHOODS = ("gaussian", "gaussian_learned")
+
+
+def _check_mean_image(model: AutoencoderKL) -> None:
+    lik = model.spec.likelihood
+    if lik.name not in MEAN_LIKELIHOODS or lik.per_pixel:
+        raise ValueError(f"diffusers' AutoencoderKL decodes a mean image; this model's likelihood={lik.name} "
+                         "decodes other parameters: train with likelihood=gaussian or gaussian_learned")
+
+
+def diffusers_config(model: AutoencoderKL, scaling_factor: float) -> dict:
+    spec = model.spec
+    widths = [spec.ch * m for m in spec.ch_mult]
+    if min(widths) < spec.norm_groups:
+        raise ValueError(f"diffusers' AutoencoderKL uses model.norm_groups={spec.norm_groups} groups in every "
+                         f"GroupNorm, and a level of this model has {min(widths)} channels; train with "
+                         f"model.norm_groups <= {min(widths)}")
+    c, h, _ = spec.image_shape
+    levels = len(widths)
+    return {"_class_name": "AutoencoderKL", "_diffusers_version": "0.30.0", "in_channels": c, "out_channels": c,
+            "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
+            "block_out_channels": widths, "layers_per_block": spec.num_res_blocks, "act_fn": "silu",
+            "latent_channels": spec.z_channels, "norm_num_groups": spec.norm_groups, "sample_size": h,
+            "scaling_factor": float(scaling_factor), "force_upcast": True, "use_quant_conv": True,
+            "use_post_quant_conv": True, "mid_block_add_attention": spec.attention}
+
+
+def diffusers_state(model: AutoencoderKL) -> dict[str, Tensor]:
+    """The model's tensors as diffusers names and scales them (no likelihood parameters)."""
+    _check_mean_image(model)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
+             if not k.startswith(("likelihood.", "prior_net."))}
+    state["decoder.conv_out.weight"] = state["decoder.conv_out.weight"] * 2
+    state["decoder.conv_out.bias"] = state["decoder.conv_out.bias"] * 2 - 1
+    return state
+
+
+def export_diffusers(model: AutoencoderKL, folder: Path, scaling_factor: float) -> None:
+    """Write a folder diffusers.AutoencoderKL.from_pretrained reads: config.json and the weights."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .autoencoder_kl_config import DIFFUSERS_CONFIG, DIFFUSERS_WEIGHTS
+
+    config, state = diffusers_config(model, scaling_factor), diffusers_state(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / DIFFUSERS_WEIGHTS), metadata={"format": "pt"})
+    (folder / DIFFUSERS_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_diffusers(model: AutoencoderKL, folder: str) -> None:
+    """Load a diffusers AutoencoderKL folder's weights (the inverse of diffusers_state)."""
+    from safetensors.torch import load_file
+
+    from .autoencoder_kl_config import DIFFUSERS_WEIGHTS
+
+    _check_mean_image(model)
+    path = Path(folder).expanduser() / DIFFUSERS_WEIGHTS
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # a damaged file
+        raise ValueError(f"cannot read {path}: {e}") from None
+    state["decoder.conv_out.weight"] = state["decoder.conv_out.weight"] / 2
+    state["decoder.conv_out.bias"] = (state["decoder.conv_out.bias"] + 1) / 2
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.startswith(("likelihood.", "prior_net.")))
+    wrong = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if missing or wrong:
+        first = missing[0] if missing else f"{wrong[0]} {tuple(state[wrong[0]].shape)} (this model: {tuple(own[wrong[0]].shape)})"
+        raise ValueError(f"{path} does not fit this model ({len(missing)} tensors missing, {len(wrong)} of another "
+                         f"shape, e.g. {first}): the images' channels must be the folder's in_channels")
+    model.load_state_dict({**own, **{k: v for k, v in state.items() if k in own}})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+import json
+from pathlib import Path
+from typing import List, Optional
 
 from ..registry import MISSING, Card, Need, member
 from . import spec as specs
@@ -19,6 +21,8 @@ class AutoencoderKLSpec(specs.ModelSpec):
     z_channels: int = 4  # the latent's channels
     attention: bool = True  # self-attention in the middle blocks
     norm_groups: int = 32  # GroupNorm groups (fewer where a level has fewer channels)
+    pretrained: Optional[str] = None  # the diffusers folder whose weights a new run started from (provenance)
+    train_encoder: bool = True  # false: the encoder is frozen and the decoder trains alone
 
     def __post_init__(self):
         super().__post_init__()
@@ -42,10 +46,24 @@ class AutoencoderKL(Card):
     z_channels: int = MISSING
     norm_groups: int = MISSING
 
+    pretrained: Optional[str] = None  # a diffusers AutoencoderKL folder to start from (its architecture wins)
+    train_encoder: bool = MISSING
+
     conditional = False  # (a class attribute, not a key: no class-conditional form)
     latent_dim = 0  # (fixed by the image size: z_channels x H/f x W/f, set in model_spec)
 
     def check(self, run, need: Need) -> None:
+        if self.pretrained:
+            try:
+                arch = diffusers_architecture(self.pretrained)
+            except ValueError as e:
+                need(False, f"model.pretrained: {e}")
+                return
+            need(run.likelihood.name in ("gaussian", "gaussian_learned") and not getattr(run.likelihood, "per_pixel",
+                                                                                         False),
+                 "model.pretrained decodes a mean image, as diffusers does: use likelihood=gaussian or gaussian_learned "
+                 f"(got likelihood={run.likelihood.name})")
+            self._apply(arch)
         need(self.ch >= 1, f"model.ch must be >= 1 (got {self.ch})")
         need(len(self.ch_mult) >= 1 and all(m >= 1 for m in self.ch_mult),
              f"model.ch_mult must list positive multipliers, e.g. [1,2,4] (got {self.ch_mult})")
@@ -78,9 +96,58 @@ class AutoencoderKL(Card):
     def body(self) -> specs.Body:
         return specs.Body("autoencoder_kl", [self.ch * m for m in self.ch_mult], "silu")
 
+    def _apply(self, arch: dict) -> None:
+        for key, value in arch.items():
+            setattr(self, key, value)
+
     def model_spec(self, common: dict, posterior, delta: float) -> specs.ModelSpec:
+        if self.pretrained:
+            self._apply(diffusers_architecture(self.pretrained))
         _, h, w = common["image_shape"]
         f = 2 ** (len(self.ch_mult) - 1)
         common = {**common, "latent_dim": self.z_channels * (h // f) * (w // f)}
         return AutoencoderKLSpec(**common, ch=self.ch, ch_mult=list(self.ch_mult), num_res_blocks=self.num_res_blocks,
-                                 z_channels=self.z_channels, attention=self.attention, norm_groups=self.norm_groups)
+                                 z_channels=self.z_channels, attention=self.attention, norm_groups=self.norm_groups,
+                                 pretrained=str(Path(self.pretrained).resolve()) if self.pretrained else None,
+                                 train_encoder=self.train_encoder)
+
+
+DIFFUSERS_CONFIG = "config.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def diffusers_architecture(folder: str) -> dict:
+    """The model.* keys of a diffusers AutoencoderKL folder (its config.json), or ValueError saying
+    why it is not one this model can take. Torch-free (the card reads it when composing)."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder (a diffusers AutoencoderKL folder holds {DIFFUSERS_CONFIG})")
+    try:
+        config = json.loads((path / DIFFUSERS_CONFIG).read_text())
+    except OSError:
+        raise ValueError(f"{path} has no readable {DIFFUSERS_CONFIG}: not a diffusers model folder") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path / DIFFUSERS_CONFIG} is not JSON ({e.msg})") from None
+    if not isinstance(config, dict) or config.get("_class_name") != "AutoencoderKL":
+        kind = config.get("_class_name") if isinstance(config, dict) else None
+        raise ValueError(f"{path} holds a {kind or 'model without _class_name'}, not an AutoencoderKL")
+    widths = [int(w) for w in config.get("block_out_channels", [64])]
+    if any(w % widths[0] for w in widths):
+        raise ValueError(f"block_out_channels {widths} are not multiples of the first")
+    blocks = set(config.get("down_block_types", ["DownEncoderBlock2D"])) | set(
+        config.get("up_block_types", ["UpDecoderBlock2D"]))
+    problems = [f"{blocks - {'DownEncoderBlock2D', 'UpDecoderBlock2D'}} blocks"
+                if blocks - {"DownEncoderBlock2D", "UpDecoderBlock2D"} else None,
+                f"act_fn {config.get('act_fn')}" if config.get("act_fn", "silu") != "silu" else None,
+                "no quant_conv" if not config.get("use_quant_conv", True) else None,
+                "no post_quant_conv" if not config.get("use_post_quant_conv", True) else None]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ValueError(f"{path}: an AutoencoderKL with {', '.join(problems)} is not the latent-diffusion "
+                         "autoencoder this model is")
+    if not (path / DIFFUSERS_WEIGHTS).is_file():
+        raise ValueError(f"{path} has no {DIFFUSERS_WEIGHTS} (save it with safe_serialization=True)")
+    return {"ch": widths[0], "ch_mult": [w // widths[0] for w in widths],
+            "num_res_blocks": int(config.get("layers_per_block", 1)), "z_channels": int(config.get("latent_channels", 4)),
+            "attention": bool(config.get("mid_block_add_attention", True)),
+            "norm_groups": int(config.get("norm_num_groups", 32))}

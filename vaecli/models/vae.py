@@ -175,6 +175,9 @@ class LatentModel(nn.Module):
     def latent_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         return self.encode(x, y).mean
 
+    def initialize(self) -> None:
+        """Before a new run trains (not on resume): weights from elsewhere, if the spec names any."""
+
     @property
     def last_layer(self) -> Tensor:
         """The decoder's last weight (a GAN term's adaptive weight compares gradients there)."""

@@ -100,7 +100,8 @@ class FlatVAE(NetworkNodes, LatentKeys, DecoderKeys, ModelCard):
         return self.categorical_lacks(run) if self.categorical else {}
 
     def describe(self) -> str:
-        return f"model={self.name}" + (", latent=categorical" if self.categorical else "")
+        return (f"model={self.name}" + (", latent=categorical" if self.categorical else "")
+                + (", model.decoder=pixelcnn" if self.decoder == "pixelcnn" else ""))
 
     def model_spec(self, common: dict, posterior, delta: float) -> specs.ModelSpec:
         q = specs.Posterior(posterior.name, getattr(posterior, "flows", 0), getattr(posterior, "hidden", 0), delta)

@@ -597,6 +597,11 @@ def fit(composed: Composed, run_dir: Path, resume: bool = False, dist: Dist | No
     trainer = build(composed, run_dir, dist, callbacks, whole_batches)
     if resume:
         trainer.resume()
+    else:
+        try:
+            trainer.model.initialize()  # weights a new run starts from (model=autoencoder_kl model.pretrained=DIR)
+        except ValueError as e:
+            raise UsageError(f"model.pretrained: {e}") from None
     if trainer.dist.main:
         runs.create(trainer.run_dir, composed.to_yaml())
     with runs.session(trainer.run_dir, composed.overrides, enabled=trainer.dist.main) as record_summary:
