@@ -14,12 +14,17 @@ from vaecli.training.trainer import fit
 
 TINY_SHAPES = ["dataset=shapes", "dataset.image_size=16", "dataset.scales=1", "dataset.rotations=2",
                "dataset.positions=4", "trainer.epochs=1", "trainer.batch_size=32", "trainer.log_every=1",
-               "model.latent_dim=3", "trainer.eval_batch_size=32"]
+               "trainer.eval_batch_size=32"]
 SIZES = {"mlp": ["model.hidden=[16]"], "conv": ["model.hidden=[4,8]"], "resnet": ["model.hidden=[4,8]"],
          "ae": ["model.hidden=[16]"], "hvae": ["model.hidden=[16]", "model.latent_dim2=2", "model.hidden2=[8]"],
          "vqvae": ["model.hidden=[4,8]", "model.code_dim=3", "model.codebook_size=8", "model.dead_after=2"],
          "ladder": ["model.hidden=[16]", "model.groups=2"]}
+SIZES = {model: sizes + ["model.latent_dim=3"] for model, sizes in SIZES.items()}
+# the latent-diffusion autoencoder: its latent is (z_channels, H/f, W/f), here 1 x 8 x 8
+SIZES["autoencoder_kl"] = ["model.ch=4", "model.ch_mult=[1,2]", "model.norm_groups=4", "model.z_channels=1"]
 EXTRA = {"mog": ["prior.components=3"], "vamp": ["prior.components=3"], "iwae": ["objective.k=3"],
+         "perceptual": ["objective.adversarial=true", "objective.disc_start=1", "objective.disc_channels=4",
+                        "objective.disc_layers=2"],
          "logistic": ["likelihood.mixtures=2"], "factorvae": ["objective.disc_width=16", "objective.disc_layers=2"]}
 
 
@@ -27,7 +32,13 @@ def sensible(model: str, prior: str, objective: str) -> bool:
     """The combinations config.validate accepts: an autoencoder has no posterior (so no IWAE)
     and no KL (so no learned prior); the hierarchical model keeps N(0, I) on its top layer;
     btcvae, dipvae, factorvae and infovae split or shape the KL of one Gaussian posterior to N(0, I);
-    wae matches the codes of a Gaussian or deterministic (ae) encoder to N(0, I)."""
+    wae matches the codes of a Gaussian or deterministic (ae) encoder to N(0, I); perceptual compares
+    a decoder's mean image (not the ae's: it has no KL, nor the ladder's groups) and a KL to N(0, I);
+    the latent-diffusion autoencoder keeps N(0, I) on its spatial latent."""
+    if objective == "perceptual":
+        return model in ("mlp", "conv", "resnet", "autoencoder_kl") and prior == "normal"
+    if model == "autoencoder_kl":
+        return prior == "normal"
     if objective in ("btcvae", "dipvae", "factorvae", "infovae"):
         return model in ("mlp", "conv", "resnet") and prior == "normal"
     if objective == "wae":
@@ -107,6 +118,8 @@ def check_combination(overrides, tmp_path, capsys):
     out = cli_json(capsys, "interpolate", "test:0", "test:1", "--ckpt", ckpt, "--steps", "3",
                    "--out", str(tmp_path / "i.png"))
     assert Image.open(out["out"]).size == (out["zoom"] * (3 * 16 + 4 * 2), out["zoom"] * (16 + 2 * 2))
+    if composed.cfg.objective.name == "perceptual":
+        assert summary["bound"] is False and "not a likelihood" in summary["measure"]
     if composed.cfg.model.name == "ae":
         assert run(["eval-iwae", "--ckpt", ckpt, "--k", "3", "--n", "4"]) == 2
         assert "deterministic autoencoder" in capsys.readouterr().err

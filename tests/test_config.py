@@ -20,7 +20,7 @@ def test_each_experiment_preset_composes_and_builds(experiment):
     cfg = load_config([f"experiment={experiment}"]).cfg
     size = cfg.dataset.image_size or 28
     model = models.build(spec_from_config(cfg.model, cfg.likelihood, cfg.prior, (1, size, size), dataset_cfg=cfg.dataset))
-    assert sum(p.numel() for p in model.parameters()) > 0 and model.spec.kind in ("vae", "hvae", "ladder")
+    assert sum(p.numel() for p in model.parameters()) > 0 and model.spec.kind in ("vae", "hvae", "ladder", "autoencoder_kl")
     if experiment.startswith("bmnist"):
         t = cfg.trainer
         assert (cfg.dataset.name, model.groups) == ("binarized_mnist", cfg.model.groups) and model.groups >= 4
@@ -42,14 +42,16 @@ def test_each_sampler_option_composes_and_validates(sampler):
 
 def test_every_group_option_has_a_file_and_the_defaults_are_the_documented_ones():
     assert set(group_options("dataset")) == {"mnist", "binarized_mnist", "fashion_mnist", "kmnist", "cifar10", "svhn",
-                                             "omniglot", "celeba", "folder", "shapes", "dsprites", "shapes3d"}
-    assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae", "vqvae", "ladder"}
+                                             "omniglot", "celeba", "folder", "shapes", "dsprites", "shapes3d", "photos"}
+    assert set(group_options("model")) == {"mlp", "conv", "resnet", "ae", "hvae", "vqvae", "ladder", "autoencoder_kl"}
     assert set(group_options("likelihood")) == {"bernoulli", "cbernoulli", "gaussian", "gaussian_learned", "logistic"}
     assert set(group_options("prior")) == {"normal", "mog", "vamp"}
-    assert set(group_options("objective")) == {"elbo", "iwae", "btcvae", "dipvae", "factorvae", "infovae", "wae"}
+    assert set(group_options("objective")) == {"elbo", "iwae", "btcvae", "dipvae", "factorvae", "infovae", "wae",
+                                                "perceptual"}
     assert set(group_options("experiment")) == {"burda_vae", "burda_iwae", "burda_hvae", "beta_vae_shapes", "bmnist_fast",
                                                 "bmnist_ladder", "bmnist_best", "burda_vae_omniglot", "btcvae_shapes",
-                                                "factorvae_shapes", "dipvae_shapes", "capacity_shapes"}
+                                                "factorvae_shapes", "dipvae_shapes", "capacity_shapes",
+                                                "autoencoder_kl_photos"}
     cfg = load_config().cfg
     assert (cfg.dataset.name, cfg.model.name, cfg.likelihood.name) == ("mnist", "mlp", "bernoulli")
     assert (cfg.beta, cfg.seed, cfg.model.latent_dim, cfg.model.hidden) == (1.0, 0, 20, [400])

@@ -80,11 +80,12 @@ def ms_ssim_settings(side: int) -> tuple[int, int]:
 def ms_ssim(x: Tensor, y: Tensor, data_range: float = 1.0, win_size: int | None = None,
             levels: int | None = None) -> Tensor:
     """MS-SSIM per image (B,): SSIM at the coarsest of `levels` scales times cs at the others, each to
-    its weight (the first `levels` of MS_SSIM_WEIGHTS, renormalized to sum 1)."""
+    its weight (the first `levels` of MS_SSIM_WEIGHTS, renormalized to sum 1 when fewer than five)."""
     auto_win, auto_levels = ms_ssim_settings(min(x.shape[-2:]))
     win, levels = gaussian_window(win_size or auto_win), levels or auto_levels
     weights = torch.tensor(MS_SSIM_WEIGHTS[:levels], device=x.device)
-    weights = weights / weights.sum()
+    if levels < len(MS_SSIM_WEIGHTS):  # fewer scales: their weights renormalized (all five: as published)
+        weights = weights / weights.sum()
     x, y = x.float(), y.float()
     terms = []
     for i in range(levels):

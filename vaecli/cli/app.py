@@ -48,10 +48,10 @@ def at_least(minimum: float, strict: bool = False):
 
 
 def one_of(*choices: str):
-    """An option callback: the value must be one of `choices`."""
+    """An option callback: the value must be one of `choices` (None, an optional option left out, passes)."""
 
     def check(ctx: typer.Context, param: typer.CallbackParam, value):
-        if value not in choices:
+        if value is not None and value not in choices:
             listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
             raise UsageError(f"{param.opts[0]} must be {listed} (got {value!r})")
         return value

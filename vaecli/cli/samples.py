@@ -168,8 +168,9 @@ def _samples_table(r: dict, temperature, dataset: str):
 @app.command("eval-recon")
 def eval_recon(
     ckpt: Ckpt = None,
-    n: Annotated[int, typer.Option("--n", callback=at_least(1),
-                                   help="Images of the split to reconstruct (a fixed random subset).")] = 1000,
+    n: Annotated[Optional[int], typer.Option("--n", callback=at_least(1),
+                                             help="Images of the split to reconstruct, a fixed random subset "
+                                                  "(default: 1000, or the whole split if smaller).")] = None,
     split: Annotated[str, typer.Option("--split", callback=one_of("test", "train"), help="test or train.")] = "test",
     features: Annotated[str, typer.Option("--features", callback=one_of("inception", "pixels"),
                                           help="rFID's features: inception (downloads its weights once) or pixels "
@@ -199,6 +200,7 @@ def eval_recon(
         raise UsageError("eval-recon compares the decoder's mean image, and a PixelCNN decoder draws pixel by pixel: "
                          "use eval-iwae or eval-samples --of reconstructions for it")
     data = inputs.dataset(loaded, split, data_root)
+    n = n if n is not None else min(1000, len(data))
     sample_quality.reference_indices(len(data), n, split)  # refuses n > the split before loading anything
     talk = not quiet and not as_json and output.stderr.is_terminal
     extractor = sample_quality.extractor(features, model.device, inception_weights,

@@ -165,30 +165,31 @@ class AutoencoderKL(LatentModel):
         super().__init__()
         self.spec = spec
         c, h, w = spec.image_shape
-        f = 2 ** (len(spec.ch_mult) - 1)
+        f = 2 ** (len(spec.levels.ch_mult) - 1)
         if h % f or w % f:
-            raise ValueError(f"model.ch_mult has {len(spec.ch_mult)} levels, so the image is downsampled by {f}: "
+            raise ValueError(f"model.ch_mult has {len(spec.levels.ch_mult)} levels, so the image is downsampled by {f}: "
                              f"{h}x{w} is not divisible by {f}; use fewer levels or another dataset.image_size")
-        if spec.latent_dim != spec.z_channels * (h // f) * (w // f):
+        levels = spec.levels
+        if spec.latent_dim != levels.z_channels * (h // f) * (w // f):
             raise ValueError(f"latent_dim {spec.latent_dim} is not z_channels x H/f x W/f")
-        widths = [spec.ch * m for m in spec.ch_mult]
+        widths = [levels.ch * m for m in levels.ch_mult]
         self.likelihood = likelihoods.build(spec)
-        self.encoder = Encoder(c, widths, spec.num_res_blocks, spec.z_channels, spec.norm_groups, spec.attention)
-        self.decoder = Decoder(c * self.likelihood.params_per_pixel, widths, spec.num_res_blocks, spec.z_channels,
-                               spec.norm_groups, spec.attention)
-        self.quant_conv = nn.Conv2d(2 * spec.z_channels, 2 * spec.z_channels, 1)
-        self.post_quant_conv = nn.Conv2d(spec.z_channels, spec.z_channels, 1)
+        self.encoder = Encoder(c, widths, levels.num_res_blocks, levels.z_channels, levels.norm_groups, levels.attention)
+        self.decoder = Decoder(c * self.likelihood.params_per_pixel, widths, levels.num_res_blocks, levels.z_channels,
+                               levels.norm_groups, levels.attention)
+        self.quant_conv = nn.Conv2d(2 * levels.z_channels, 2 * levels.z_channels, 1)
+        self.post_quant_conv = nn.Conv2d(levels.z_channels, levels.z_channels, 1)
         self.prior_net = priors.build("normal", spec.latent_dim, spec.image_shape, 1)
-        self.latent_shape = (spec.z_channels, h // f, w // f)
+        self.latent_shape = (levels.z_channels, h // f, w // f)
         self.factor = f
-        if not spec.train_encoder:  # the decoder trains alone (Stability's sd-vae-ft-* recipe)
+        if not spec.start.train_encoder:  # the decoder trains alone (Stability's sd-vae-ft-* recipe)
             self.encoder.requires_grad_(False)
             self.quant_conv.requires_grad_(False)
 
     def initialize(self) -> None:
         """Before a new run trains: the weights of the diffusers folder it starts from, if any."""
-        if self.spec.pretrained:
-            load_diffusers(self, self.spec.pretrained)
+        if self.spec.start.pretrained:
+            load_diffusers(self, self.spec.start.pretrained)
 
     exact_kl = True
     convolutional = True
@@ -272,20 +273,20 @@ def _check_mean_image(model: AutoencoderKL) -> None:
 
 
 def diffusers_config(model: AutoencoderKL, scaling_factor: float) -> dict:
-    spec = model.spec
-    widths = [spec.ch * m for m in spec.ch_mult]
-    if min(widths) < spec.norm_groups:
-        raise ValueError(f"diffusers' AutoencoderKL uses model.norm_groups={spec.norm_groups} groups in every "
+    spec, levels = model.spec, model.spec.levels
+    widths = [levels.ch * m for m in levels.ch_mult]
+    if min(widths) < levels.norm_groups:
+        raise ValueError(f"diffusers' AutoencoderKL uses model.norm_groups={levels.norm_groups} groups in every "
                          f"GroupNorm, and a level of this model has {min(widths)} channels; train with "
                          f"model.norm_groups <= {min(widths)}")
     c, h, _ = spec.image_shape
-    levels = len(widths)
+    count = len(widths)
     return {"_class_name": "AutoencoderKL", "_diffusers_version": "0.30.0", "in_channels": c, "out_channels": c,
-            "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
-            "block_out_channels": widths, "layers_per_block": spec.num_res_blocks, "act_fn": "silu",
-            "latent_channels": spec.z_channels, "norm_num_groups": spec.norm_groups, "sample_size": h,
+            "down_block_types": ["DownEncoderBlock2D"] * count, "up_block_types": ["UpDecoderBlock2D"] * count,
+            "block_out_channels": widths, "layers_per_block": levels.num_res_blocks, "act_fn": "silu",
+            "latent_channels": levels.z_channels, "norm_num_groups": levels.norm_groups, "sample_size": h,
             "scaling_factor": float(scaling_factor), "force_upcast": True, "use_quant_conv": True,
-            "use_post_quant_conv": True, "mid_block_add_attention": spec.attention}
+            "use_post_quant_conv": True, "mid_block_add_attention": levels.attention}
 
 
 def diffusers_state(model: AutoencoderKL) -> dict[str, Tensor]:

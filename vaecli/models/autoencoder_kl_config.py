@@ -11,22 +11,42 @@ from ..registry import MISSING, Card, Need, member
 from . import spec as specs
 
 
-@specs.kind("autoencoder_kl", model="vaecli.models.autoencoder_kl:AutoencoderKL")
 @dataclass
-class AutoencoderKLSpec(specs.ModelSpec):
-    kind: str = "autoencoder_kl"
+class Levels:
+    """The encoder/decoder's shape (diffusers' block_out_channels = ch x ch_mult, layers_per_block ...)."""
+
     ch: int = 128  # the first level's channels
     ch_mult: List[int] = field(default_factory=lambda: [1, 2, 4, 4])  # each level's channels / ch
     num_res_blocks: int = 2  # ResNet blocks per encoder level (the decoder has one more)
     z_channels: int = 4  # the latent's channels
     attention: bool = True  # self-attention in the middle blocks
     norm_groups: int = 32  # GroupNorm groups (fewer where a level has fewer channels)
+
+    def __post_init__(self):
+        self.ch_mult = [int(m) for m in self.ch_mult]
+
+
+@dataclass
+class Start:
+    """Where a run's weights came from, and what trains."""
+
     pretrained: Optional[str] = None  # the diffusers folder whose weights a new run started from (provenance)
     train_encoder: bool = True  # false: the encoder is frozen and the decoder trains alone
 
+
+@specs.kind("autoencoder_kl", model="vaecli.models.autoencoder_kl:AutoencoderKL")
+@dataclass
+class AutoencoderKLSpec(specs.ModelSpec):
+    kind: str = "autoencoder_kl"
+    levels: Levels = field(default_factory=Levels)
+    start: Start = field(default_factory=Start)
+
     def __post_init__(self):
         super().__post_init__()
-        self.ch_mult = [int(m) for m in self.ch_mult]
+        if isinstance(self.levels, dict):
+            self.levels = Levels(**self.levels)
+        if isinstance(self.start, dict):
+            self.start = Start(**self.start)
 
     @classmethod
     def from_flat(cls, common: dict, flat: dict) -> "AutoencoderKLSpec":  # no flat spec was ever written
@@ -106,10 +126,10 @@ class AutoencoderKL(Card):
         _, h, w = common["image_shape"]
         f = 2 ** (len(self.ch_mult) - 1)
         common = {**common, "latent_dim": self.z_channels * (h // f) * (w // f)}
-        return AutoencoderKLSpec(**common, ch=self.ch, ch_mult=list(self.ch_mult), num_res_blocks=self.num_res_blocks,
-                                 z_channels=self.z_channels, attention=self.attention, norm_groups=self.norm_groups,
-                                 pretrained=str(Path(self.pretrained).resolve()) if self.pretrained else None,
-                                 train_encoder=self.train_encoder)
+        return AutoencoderKLSpec(**common, levels=Levels(self.ch, list(self.ch_mult), self.num_res_blocks,
+                                                         self.z_channels, self.attention, self.norm_groups),
+                                 start=Start(str(Path(self.pretrained).resolve()) if self.pretrained else None,
+                                             self.train_encoder))
 
 
 DIFFUSERS_CONFIG = "config.json"
