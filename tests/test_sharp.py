@@ -5,7 +5,6 @@ encode/decode, and diffusers interop against the real diffusers package."""
 import json
 import math
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -97,18 +96,19 @@ def test_lpips_offline_says_which_file_and_where(monkeypatch, tmp_path):
         perceptual.LPIPS(None)
     with pytest.raises(UsageError, match="no such file"):
         perceptual.LPIPS(str(tmp_path / "missing.pth"))
-    net = perceptual.LPIPS(perceptual.RANDOM)  # untrained backbone, the package's linear heads: no download
-    x, noisy, _ = known_images(2, 32, 1)
-    d = net(x, noisy)
-    assert d.shape == (2,) and (d > 0).all() and torch.allclose(net(x, x), torch.zeros(2), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_lpips_loads_torchvisions_vgg16_layout(tmp_path):
     """A VGG16 checkpoint in torchvision's key layout (random weights) goes into lpips' five slices."""
     import torchvision
 
     from vaecli import perceptual
 
+    net = perceptual.LPIPS(perceptual.RANDOM)  # untrained backbone, the package's linear heads: no download
+    x, noisy, _ = known_images(2, 32, 1)
+    d = net(x, noisy)
+    assert d.shape == (2,) and (d > 0).all() and torch.allclose(net(x, x), torch.zeros(2), atol=1e-6)
     vgg = torchvision.models.vgg16(weights=None)
     torch.save(vgg.state_dict(), tmp_path / "vgg16.pth")
     net = perceptual.LPIPS(str(tmp_path / "vgg16.pth"))
@@ -119,6 +119,9 @@ def test_lpips_loads_torchvisions_vgg16_layout(tmp_path):
 
     with pytest.raises(VaeError, match="not torchvision's VGG16"):
         perceptual.LPIPS(str(tmp_path / "other.pth"))
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(VaeError, match="not torchvision's VGG16"):
+        perceptual.LPIPS(str(tmp_path / "garbage.pth"))
 
 
 # -- the objective's parts ---------------------------------------------------------------------------
@@ -215,6 +218,7 @@ def test_the_perceptual_loss_is_the_recipes_sum(monkeypatch):
 # -- training -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_adversarial_recipe_resumes_bit_exactly_with_its_discriminator(tmp_path):
     from safetensors.torch import load_file
 
@@ -234,6 +238,7 @@ def test_the_adversarial_recipe_resumes_bit_exactly_with_its_discriminator(tmp_p
     assert all(torch.equal(v, resumed[k]) for k, v in parts.items())
 
 
+@pytest.mark.slow
 def test_autoencoder_kl_trains_with_the_recipe_and_every_command_works(tmp_path, capsys):
     summary = fit(load_config(TINY + GAN + ["trainer.epochs=2"]), tmp_path / "run").to_dict()
     assert summary["latent_dim"] == 64 and summary["bound"] is False and "not a likelihood" in summary["measure"]
@@ -256,6 +261,7 @@ def test_autoencoder_kl_trains_with_the_recipe_and_every_command_works(tmp_path,
     assert runs["runs"][0]["recon"]["ssim"] == pytest.approx(recon["ssim"]) and runs["runs"][0]["bound"] is False
 
 
+@pytest.mark.slow
 def test_eval_recon_without_lpips_weights_still_gives_the_rest(tmp_path, capsys, monkeypatch):
     fit(load_config(TINY + ["trainer.epochs=1"]), tmp_path / "run")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
@@ -267,6 +273,7 @@ def test_eval_recon_without_lpips_weights_still_gives_the_rest(tmp_path, capsys,
             "--n 100000 is more than")
 
 
+@pytest.mark.slow
 def test_encode_then_decode_gives_the_reconstructions(tmp_path, capsys):
     fit(load_config(TINY + ["trainer.epochs=1"]), tmp_path / "run")
     ckpt, latents = str(tmp_path / "run"), tmp_path / "z.safetensors"
@@ -334,6 +341,7 @@ def test_export_to_diffusers_gives_the_same_encode_and_decode(tmp_path, capsys):
     refused(capsys, ["export", str(tmp_path / "run"), str(tmp_path / "hf")], "exists")
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_a_diffusers_folder_and_can_train_the_decoder_alone(tmp_path, capsys):
     diffusers = _diffusers()
     torch.manual_seed(0)
@@ -382,6 +390,7 @@ def test_bad_input_is_one_line_and_leaves_no_run_folder(overrides, needle, tmp_p
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_mnist_sized_images_that_the_levels_do_not_divide_are_refused_at_build(tmp_path, capsys):
     refused(capsys, ["train", *TINY, "model.ch_mult=[1,2,2,2]", "dataset.image_size=20",
                      "--run-dir", str(tmp_path / "r")], "not divisible by 8")
@@ -390,7 +399,7 @@ def test_mnist_sized_images_that_the_levels_do_not_divide_are_refused_at_build(t
 # -- photos ----------------------------------------------------------------------------------------
 
 
-def test_photos_are_seeded_crops_and_the_test_photographs_are_held_out():
+def test_photos_are_seeded_crops_and_the_test_photographs_are_held_out(monkeypatch):
     from vaecli.config import load_config as compose
     from vaecli.data import build, photos
 
@@ -398,17 +407,11 @@ def test_photos_are_seeded_crops_and_the_test_photographs_are_held_out():
     train, again, test = build(cfg, "train", 0), build(cfg, "train", 0), build(cfg, "test", 0)
     assert train.images.shape == (40, 3, 32, 32) and test.images.shape == (10, 3, 32, 32)
     assert torch.equal(train.images, again.images) and not torch.equal(train.images, build(cfg, "train", 1).images)
-    held = {Path(p).name for _, p in photos.PHOTOS if p in photos.TEST_PHOTOS}
-    assert held == {"coffee.png", "flower.jpg"} and len(photos._pyramids("train")) == len(photos.PHOTOS) - 2
-    # a test crop is found in a held-out photograph (coffee or flower), never in a training one
-    crop = test.images[0]
-    assert any(_contains(level, crop) for photo in photos._pyramids("test") for level in photo)
-    assert not any(_contains(level, crop) for photo in photos._pyramids("train") for level in photo)
-
-
-def _contains(picture: torch.Tensor, crop: torch.Tensor) -> bool:
-    size = crop.shape[-1]
-    if min(picture.shape[1:]) < size:
-        return False
-    windows = picture.unfold(1, size, 1).unfold(2, size, 1)  # (3, H', W', size, size)
-    return bool((windows == crop[:, None, None]).all(-1).all(-1).all(0).any())
+    held = photos._pyramids("test")
+    assert [tuple(p[-1].shape) for p in held] == [(3, 400, 600), (3, 427, 640)]  # coffee and flower, as stored
+    assert len(photos._pyramids("train")) == len(photos.PHOTOS) - 2
+    assert all(min(level.shape[1:]) == side for p in held for level, side in zip(p, photos.SCALES[:2]))
+    # a split's crops come from that split's photographs only
+    monkeypatch.setattr(photos, "_pyramids", lambda split: tuple(
+        (torch.full((3, 128, 160), 255 if split == "test" else 0, dtype=torch.uint8),) for _ in range(3)))
+    assert (photos.crops("test", 32, 20, 0) == 255).all() and (photos.crops("train", 32, 20, 0) == 0).all()

@@ -345,7 +345,9 @@ class PatchDiscriminator(TrainedPart):
         self.net.requires_grad_(False)
         g_loss = -self.net(x_hat).float().mean()
         self.net.requires_grad_(True)
-        real, fake = self.net(torch.cat([x.detach(), x_hat.detach()]).to(x.dtype)).float().chunk(2)
+        # real and fake in separate passes, as taming's discriminator step runs them: each BatchNorm
+        # normalises a batch of one kind (one mixed batch lets D separate them by batch statistics)
+        real, fake = self.net(x.detach()).float(), self.net(x_hat.detach()).float()
         self.pending = 0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
         return g_loss, {"disc_loss": self.pending.detach(), "logits_real": real.mean().detach(),
                         "logits_fake": fake.mean().detach()}

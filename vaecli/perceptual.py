@@ -138,14 +138,17 @@ class LPIPS(nn.Module):
         import io
         import warnings
 
+        path = None if weights == RANDOM else self._fetch(vgg16_file(weights))  # before building: fails fast
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-        if weights != RANDOM:
-            self._load_backbone(vgg16_file(weights))
+        if path is not None:
+            self._load_backbone(path)
         self.net.eval().requires_grad_(False)
 
-    def _load_backbone(self, path: Path) -> None:
+    @staticmethod
+    def _fetch(path: Path) -> Path:
+        """The VGG16 file, downloaded into torch's hub cache first where it is missing."""
         if not path.is_file():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +158,15 @@ class LPIPS(nn.Module):
                 raise VaeError(f"LPIPS needs VGG16's ImageNet weights {path.name} and they could not be downloaded "
                                f"({reason}): put {VGG16_URL} into {path.parent}/ or pass the file "
                                "(objective.lpips_weights=FILE, eval-recon --lpips-weights FILE)") from None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return path
+
+    def _load_backbone(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a torch file, or damaged
+            raise VaeError(f"{path} is not torchvision's VGG16 checkpoint ({type(e).__name__}); use {VGG16_URL}") from None
+        if not isinstance(state, dict):
+            state = {}
         mapped = {}
         for k, (start, stop) in enumerate(VGG_SLICES, start=1):
             for i in range(start, stop):
