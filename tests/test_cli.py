@@ -49,7 +49,7 @@ def test_print_config_prints_yaml_and_exits_zero(env):
 
 def test_bad_override_exits_2_with_one_line_listing_valid_keys(env):
     assert_one_line_error(vae("train", "trainer.epoch=3", env=env), 2, "unknown key 'trainer.epoch'", "epochs")
-    assert_one_line_error(vae("train", "model=transformer", env=env), 2, "choose one of: ae, conv, hvae, ladder, mlp, resnet")
+    assert_one_line_error(vae("train", "model=transformer", env=env), 2, "choose one of: ae, autoencoder_kl, conv, hvae, ladder, mlp, resnet")
     assert_one_line_error(vae("train", "beta=big", env=env), 2, "beta")
     assert_one_line_error(vae("sample", "--bogus", env=env), 2, "--bogus")
 

@@ -118,6 +118,8 @@ def check_combination(overrides, tmp_path, capsys):
     out = cli_json(capsys, "interpolate", "test:0", "test:1", "--ckpt", ckpt, "--steps", "3",
                    "--out", str(tmp_path / "i.png"))
     assert Image.open(out["out"]).size == (out["zoom"] * (3 * 16 + 4 * 2), out["zoom"] * (16 + 2 * 2))
+    recon = cli_json(capsys, "eval-recon", "--ckpt", ckpt, "--n", "4", "--features", "pixels", "--lpips-weights", "none")
+    assert recon["n"] == 4 and recon["psnr"] > 0 and recon["lpips"] is None and "skipped" in recon["lpips_missing"]
     if composed.cfg.objective.name == "perceptual":
         assert summary["bound"] is False and "not a likelihood" in summary["measure"]
     if composed.cfg.model.name == "ae":

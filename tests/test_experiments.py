@@ -273,7 +273,7 @@ def test_completion_offers_config_keys_group_options_and_run_folders(tmp_path, e
     assert complete_bash("vae train mod", tmp_path, env) == ["model=", "model."]
     assert "trainer." in complete_bash("vae train ", tmp_path, env)
     assert "trainer.epochs=" in complete_bash("vae train trainer.ep", tmp_path, env)
-    assert complete_bash("vae train model=", tmp_path, env) == ["ae", "conv", "hvae", "ladder", "mlp", "resnet", "vqvae"]
+    assert complete_bash("vae train model=", tmp_path, env) == ["ae", "autoencoder_kl", "conv", "hvae", "ladder", "mlp", "resnet", "vqvae"]
     assert complete_bash("vae train model=la", tmp_path, env) == ["ladder"]  # the part after '=' (bash's word)
     assert complete_bash("vae train trainer.logger=t", tmp_path, env) == ["tensorboard"]
     assert complete_bash("vae sample --ckpt ", tmp_path, env) == ["runs/first"]

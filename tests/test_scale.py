@@ -248,3 +248,26 @@ def test_factorvae_under_torchrun_trains_its_critic_on_every_rank(tmp_path, env)
     assert steps and all(int(s) == summary["step"] for s in steps)  # one critic step per training step
     result = torchrun("train", "--resume", str(run_dir), "trainer.epochs=2", "--json", env=env, cwd=tmp_path)
     assert one_json(result)["step"] == 2 * summary["step"]
+
+
+@pytest.mark.slow
+def test_the_perceptual_recipe_under_torchrun_trains_its_discriminator_and_log_variance(tmp_path, env):
+    """objective=perceptual's parts (the PatchGAN, the learned log-variance) live outside DDP like
+    FactorVAE's critic: averaged over the ranks by hand, saved by rank 0, continued by a resume."""
+    from safetensors.torch import load_file
+
+    args = ["dataset=mnist", "model.hidden=[32]", "model.latent_dim=4", "likelihood=gaussian", "trainer.log_every=2",
+            "trainer.sample_every=0", "objective=perceptual", "objective.adversarial=true", "objective.disc_start=0",
+            "objective.disc_layers=2", "objective.disc_channels=8", "trainer.batch_size=16"]
+    run_dir = tmp_path / "ddp"
+    summary = one_json(torchrun("train", *args, "trainer.epochs=1", "--run-dir", str(run_dir), "--json", env=env,
+                                cwd=tmp_path))
+    assert summary["processes"] == 2 and summary["bound"] is False
+    assert summary["objective_terms"]["d_weight"] > 0 and summary["objective_terms"]["disc_loss"] > 0
+    saved = load_file(str(run_dir / "trainer.safetensors"))
+    for part in ("discriminator", "pixel_logvar"):
+        steps = [v for k, v in saved.items() if k.startswith(f"callback.{part}.adam.") and k.endswith(".step")]
+        assert steps and all(int(s) == summary["step"] for s in steps)  # one step of each per training step
+    assert saved["callback.pixel_logvar.net.logvar"].item() != 0
+    assert one_json(torchrun("train", "--resume", str(run_dir), "trainer.epochs=2", "--json", env=env,
+                             cwd=tmp_path))["step"] == 2 * summary["step"]

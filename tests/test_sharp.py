@@ -249,6 +249,10 @@ def test_autoencoder_kl_trains_with_the_recipe_and_every_command_works(tmp_path,
                  ["traverse", "--dims", "2"]):
         out = cli_json(capsys, *args, "--ckpt", ckpt, "--out", str(tmp_path / f"{args[0]}.png"))
         assert Image.open(out["out"]).size[0] > 0
+    fitted = cli_json(capsys, "fit-sampler", "--ckpt", ckpt, "sampler=gmm", "sampler.components=2")
+    assert fitted["latent_dim"] == 64
+    out = cli_json(capsys, "sample", "--ckpt", ckpt, "--sampler", "gmm", "--n", "4", "--out", str(tmp_path / "g.png"))
+    assert Image.open(out["out"]).size[0] > 0
     iwae = cli_json(capsys, "eval-iwae", "--ckpt", ckpt, "--k", "3", "--n", "4")
     assert math.isfinite(iwae["iwae"]) and iwae["kl_exact"] is True
     recon = cli_json(capsys, "eval-recon", "--ckpt", ckpt, "--features", "pixels",
@@ -368,6 +372,18 @@ def test_a_run_starts_from_a_diffusers_folder_and_can_train_the_decoder_alone(tm
                      "model=autoencoder_kl", "likelihood=gaussian", f"model.pretrained={tmp_path / 'hf'}",
                      "--run-dir", str(tmp_path / "r2")], "in_channels")  # colour images, a grey model
     assert not (tmp_path / "r2").exists()
+
+
+@pytest.mark.slow
+def test_export_refuses_what_diffusers_cannot_hold(tmp_path, capsys):
+    fit(load_config(TINY[:8] + ["model=conv", "model.hidden=[4]", "model.latent_dim=2", "trainer.epochs=1"]),
+        tmp_path / "conv")
+    refused(capsys, ["export", str(tmp_path / "conv"), str(tmp_path / "a")], "exports model=autoencoder_kl runs")
+    fit(load_config(TINY + ["likelihood=logistic", "trainer.epochs=1"]), tmp_path / "logistic")
+    refused(capsys, ["export", str(tmp_path / "logistic"), str(tmp_path / "b")], "decodes other parameters")
+    fit(load_config(TINY + ["model.ch=4", "trainer.epochs=1"]), tmp_path / "groups")  # 4 channels, 8 groups
+    refused(capsys, ["export", str(tmp_path / "groups"), str(tmp_path / "c")], "model.norm_groups <= 4")
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 # -- bad input -----------------------------------------------------------------------------------------

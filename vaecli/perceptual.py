@@ -24,6 +24,8 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 K1, K2, SIGMA = 0.01, 0.03, 1.5
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 RANDOM = "random"  # lpips weights: a randomly initialised backbone (tests only: no download)
+NONE = "none"  # eval-recon --lpips-weights none: no LPIPS at all (no download tried)
+DOWNLOAD_TIMEOUT = 60  # seconds without a byte before a download of VGG16's weights gives up
 VGG_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))  # lpips' vgg16 slices of torchvision's features
 
 
@@ -150,7 +152,11 @@ class LPIPS(nn.Module):
     def _fetch(path: Path) -> Path:
         """The VGG16 file, downloaded into torch's hub cache first where it is missing."""
         if not path.is_file():
+            import socket
+
+            previous = socket.getdefaulttimeout()
             try:
+                socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # a firewall that drops packets must not hang us
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(VGG16_URL, str(path), progress=False)
             except Exception as e:  # offline, a proxy, a full disk
@@ -158,6 +164,8 @@ class LPIPS(nn.Module):
                 raise VaeError(f"LPIPS needs VGG16's ImageNet weights {path.name} and they could not be downloaded "
                                f"({reason}): put {VGG16_URL} into {path.parent}/ or pass the file "
                                "(objective.lpips_weights=FILE, eval-recon --lpips-weights FILE)") from None
+            finally:
+                socket.setdefaulttimeout(previous)
         return path
 
     def _load_backbone(self, path: Path) -> None:

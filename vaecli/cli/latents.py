@@ -48,9 +48,9 @@ def encode(
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Latents of images for a downstream model: (N, z_channels, H/f, W/f) for model=autoencoder_kl.
+    """Latents of images or a split, for a downstream model.
 
-    The file holds `latents` (unscaled; multiply by the stored scaling_factor, 1/std over the
+    (N, z_channels, H/f, W/f) for model=autoencoder_kl, (N, latent_dim) otherwise. The file holds `latents` (unscaled; multiply by the stored scaling_factor, 1/std over the
     training set, for a diffusion model) and, as metadata, the run, the mode and the names."""
     import torch
 
@@ -126,7 +126,9 @@ def decode(
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Images of latents (the inverse of vae encode): one PNG each in a folder, or a grid."""
+    """Pictures of a latents file (the inverse of vae encode).
+
+    One PNG each in a folder, or a grid."""
     from ..data.images import grid_rows, save_each, save_grid
     from ..evaluation import codes
 
@@ -165,8 +167,10 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
     as_json: Json = False,
 ) -> None:
-    """Hand a model=autoencoder_kl run to diffusers: `AutoencoderKL.from_pretrained(OUT)` loads it,
-    and its encode/decode give vaecli's on the same images (on diffusers' [-1, 1] pixel scale)."""
+    """Export a model=autoencoder_kl run for diffusers.
+
+    `AutoencoderKL.from_pretrained(OUT)` loads it, and its encode/decode give vaecli's on the same
+    images (on diffusers' [-1, 1] pixel scale)."""
     import shutil
     import tempfile
 

@@ -179,7 +179,7 @@ def eval_recon(
         "--inception-weights", help="torch-fidelity's Inception-v3 weights file.")] = None,
     lpips_weights: Annotated[Optional[str], typer.Option(
         "--lpips-weights", help="VGG16's ImageNet weights file for LPIPS (default: torch's hub cache, downloaded "
-                                "once; offline and missing: lpips is null, with the reason).")] = None,
+                                "once; offline and missing: lpips is null, with the reason); none: no LPIPS.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", callback=at_least(1), help="Images per batch.")] = 100,
     data_root: DataRoot = None,
     device: Device = "auto",
@@ -187,9 +187,9 @@ def eval_recon(
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """PSNR, SSIM, LPIPS, rFID and a sharpness ratio of reconstructions against their images.
+    """Reconstruction figures: PSNR, SSIM, LPIPS, rFID, sharpness.
 
-    Reconstructions are the decoder's mean image at the posterior mean, as vae reconstruct shows
+    Of reconstructions against their images. Reconstructions are the decoder's mean image at the posterior mean, as vae reconstruct shows
     them; sharpness is their high-frequency energy (mean squared Laplacian) over the originals'."""
     from ..evaluation import reconstruction, sample_quality
     from ..training import tracking
@@ -212,7 +212,7 @@ def eval_recon(
     result.update({"ckpt": str(loaded.path), "dataset": loaded.dataset.name, "step": loaded.step})
     tracking.append_eval(loaded.run_dir, {"kind": "recon", **{k: result[k] for k in (
         "psnr", "ssim", "lpips", "rfid", "sharpness", "features", "n", "split")}, "step": loaded.step})
-    if result["lpips"] is None and not as_json and not quiet:
+    if result["lpips"] is None and lpips_weights != "none" and not as_json and not quiet:
         output.warn(f"lpips: {result['lpips_missing']}")
     rows = [("PSNR", f"{result['psnr']:.2f} dB"), ("SSIM", f"{result['ssim']:.4f}"),
             ("LPIPS", f"{result['lpips']:.4f}" if result["lpips"] is not None else "n/a (no VGG16 weights: see the note)"),

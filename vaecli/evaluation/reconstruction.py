@@ -33,11 +33,12 @@ def evaluate(model, data, split: str, n: int, features, batch_size: int = 100, d
     started = time.perf_counter()
     index = sample_quality.reference_indices(len(data), n, split)
     stored = sample_quality.stored_images(data, data_seed)[index]
-    try:
-        lpips_net = perceptual.LPIPS(lpips_weights).to(model.device)
-        lpips_reason = None
-    except VaeError as e:
-        lpips_net, lpips_reason = None, str(e)
+    lpips_net, lpips_reason = None, "skipped (--lpips-weights none)"
+    if lpips_weights != perceptual.NONE:
+        try:
+            lpips_net, lpips_reason = perceptual.LPIPS(lpips_weights).to(model.device), None
+        except VaeError as e:
+            lpips_reason = str(e)
     sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0, "energy_recon": 0.0, "energy_data": 0.0}
     real_features, fake_features = [], []
     y_all = data.labels[index] if model.conditional and data.labels is not None else None
