@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vaecli-installed
 DEMO   := runs/demo
 
-.PHONY: install test test-slow test-all demo bench clean help
+.PHONY: install test test-slow test-all demo docs bench clean help
 
 help:
 	@echo "make install   create $(VENV) and install vaecli with its dev extra"
 	@echo "make test      install if needed, then run the fast test suite"
 	@echo "make test-slow only the slow tests (real MNIST when ../shared/data has it)"
 	@echo "make test-all  fast and slow tests"
+	@echo "make docs      build the documentation site into site/ (strict: a broken link fails; open site/index.html)"
 	@echo "make demo      train on the offline shapes dataset and write pictures to $(DEMO)/"
 	@echo "make bench     speed figures: vaecli vs the textbook loop vs the sgemm and bf16 ceilings (needs MNIST);"
 	@echo "               vaecli vs a careful hand loop and pythae's trainer (bench/trainers.py);"
@@ -53,6 +54,13 @@ demo: install
 	@echo "training images were encoded (vae fit-sampler). The prior's draws that land in its holes come out broken: lower"
 	@echo "precision and higher FID in the eval-samples tables above (pixel features: no download needed)."
 
+# The site, strict: a broken link, anchor or missing page fails. The reference pages are generated
+# from the code at build time (docs/hooks.py -> vaecli/reference.py).
+docs: install
+	@$(BIN)/python -c "import mkdocs, material" 2>/dev/null || { echo "make docs: the docs extra is not installed; run: $(BIN)/pip install -e '.[docs]'" >&2; exit 2; }
+	$(BIN)/python -m mkdocs build --strict --quiet
+	@echo "site built: site/index.html"
+
 bench: install
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/trainers.py
@@ -60,4 +68,4 @@ bench: install
 	$(BIN)/python bench/sharing.py
 
 clean:
-	rm -rf $(VENV) runs build dist .pytest_cache
+	rm -rf $(VENV) runs build dist site .pytest_cache

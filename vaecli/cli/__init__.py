@@ -17,7 +17,10 @@ from ..runtime import distributed
 from ..errors import Interrupted, VaeError
 from . import train, pictures, samples, evaluate, latents, inspect, catalog  # noqa: F401,I001  (importing registers the commands, in this order)
 from .app import app
+from .help import attach
 from .output import stderr
+
+attach(app)  # the short lines of `vae --help`, and each command's examples and page (help.py)
 
 __all__ = ["app", "main", "run"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from rich.console import Console
 from rich.table import Table
@@ -14,13 +15,40 @@ stdout = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatt
 stderr = Console(stderr=True, highlight=False)
 
 
-def emit(result: dict, as_json: bool, table: Table | None = None) -> None:
-    """Exactly one JSON object on stdout with --json, else the human table."""
+def emit(result: dict, as_json: bool, table: Table | None = None, schema: str | None = None) -> None:
+    """Exactly one JSON object on stdout with --json, else the human table. `schema` names the
+    declaration of its keys (json_keys.py; default: the running command's name)."""
+    if os.environ.get("VAECLI_CHECK_JSON"):
+        _check_keys(result, schema)
     if as_json:
         sys.stdout.write(json.dumps(_finite(result), allow_nan=False) + "\n")
         sys.stdout.flush()
     elif table is not None:
         stdout.print(table)
+
+
+def _check_keys(result: dict, schema: str | None) -> None:
+    """VAECLI_CHECK_JSON=1 (the test suite sets it): a key the declaration lacks is an error, so the
+    generated --json reference cannot fall behind the output."""
+    from .json_keys import undeclared
+
+    if schema is None:
+        ctx = _click_context()
+        schema = ctx.command.name if ctx is not None else "?"
+    missing = undeclared(schema, result)
+    if os.environ["VAECLI_CHECK_JSON"] == "log":
+        with open(os.environ.get("VAECLI_JSON_LOG", "/tmp/vaecli-json.log"), "a") as f:
+            f.write(json.dumps({"schema": schema, "keys": sorted(result), "missing": missing}) + "\n")
+    elif missing:
+        raise AssertionError(f"--json of {schema!r} has keys its declaration (vaecli/cli/json_keys.py) lacks: {missing}")
+
+
+def _click_context():
+    try:  # typer >= 0.16 vendors click as typer._click
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    return get_current_context(silent=True)
 
 
 def say(text: str, as_json: bool) -> None:

@@ -171,7 +171,7 @@ def _sweep_report(sweep_dir: Path, arguments: list[str], outcomes, resume_comman
         if best is not None:
             params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
             title += f"; best {optimize} {best['value']:.4g}: trial {best['trial']} ({best['run']}: {params})"
-        output.emit(result, as_json, table(title, rows))
+        output.emit(result, as_json, table(title, rows), schema="train -m")
     if failed:
         raise VaeError(f"{len(failed)} of {n} runs failed (state column); retry them with: {resume_command}")
 

@@ -20,26 +20,26 @@ _RUN_MARKERS = (runs.CONFIG_FILE, runs.MODEL_FILE, runs.STATUS_FILE, runs.METRIC
 @dataclass
 class Row:
     name: str  # the folder, relative to the listed one
-    path: str
+    path: str  # the run folder
     state: str  # finished | interrupted | running | crashed | broken | pending (a sweep job not started)
-    dataset: str | None = None
-    model: str | None = None
+    dataset: str | None = None  # dataset= of the run
+    model: str | None = None  # model= of the run
     overrides: list[str] = field(default_factory=list)  # as typed (dataset= and model= have their columns)
-    step: int | None = None
+    step: int | None = None  # optimizer steps done
     epoch: int | None = None  # epochs done (the last test evaluation)
     epochs: int | None = None  # trainer.epochs
-    test_elbo: float | None = None
-    test_kl: float | None = None
+    test_elbo: float | None = None  # the last test ELBO, nats
+    test_kl: float | None = None  # the last test KL, nats
     bound: bool | None = None  # the ELBO and IWAE figures bound -log P(x) of the data as stored (bounds.py)
-    active_units: int | None = None
-    latent_dim: int | None = None
+    active_units: int | None = None  # of the finished run's summary
+    latent_dim: int | None = None  # dimensions of z
     iwae: dict | None = None  # the last eval-iwae: {"bound", "se", "k", "n", "split"}
     mig: float | None = None  # the last eval-disentanglement
     factor_metrics: dict | None = None  # its other metrics: dci, sap, factor_vae, beta_vae (headline figures)
     fid: dict | None = None  # the last eval-samples: fid, features, sampler, of, n
     recon: dict | None = None  # the last eval-recon: psnr, ssim, lpips, rfid, sharpness, features, n
     wall_seconds: float | None = None  # wall-clock time of all training sessions
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # training time, evaluation excluded
     started: float | None = None  # Unix time of the first session
     note: str | None = None  # why it is broken or crashed
 

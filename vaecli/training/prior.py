@@ -60,24 +60,24 @@ def codes_of(vqvae, images: ImageSet, batch_size: int = 500) -> tuple[CodeSet, t
 class PriorSummary:
     """What `vae train-prior` reports; to_dict() is its --json object."""
 
-    run_dir: str
-    step: int
-    epochs: int
+    run_dir: str  # the VQ-VAE's run folder
+    step: int  # the prior's optimizer steps
+    epochs: int  # the prior's epochs done
     test_nll: float  # -log p(z_q) of the test images' codes, nats per image
-    bits_per_code: float
+    bits_per_code: float  # test_nll in bits per code of the grid
     test_recon: float  # -log p(x|z_q), nats per image
     test_bound: float  # log p(x|z_q) + log p(z_q): a lower bound on log p(x) when `bound`
     bits_per_dim: float | None  # of that bound; None when it is not one (the VQ-VAE's measure)
-    bound: bool
-    measure: str
+    bound: bool  # test_bound bounds log P(x) of the data as stored
+    measure: str  # what the figures are, in one line
     uniform_bound: float  # the same bound under the uniform prior, for comparison
-    train_seconds: float
-    img_per_s: float | None
-    processes: int
-    skipped_steps: int
-    device: str
-    prior: str
-    samples: str
+    train_seconds: float  # the prior's training time
+    img_per_s: float | None  # code grids per second
+    processes: int  # torchrun processes
+    skipped_steps: int  # updates skipped (non-finite)
+    device: str  # cpu, cuda, mps
+    prior: str  # RUN/prior.safetensors
+    samples: str  # the last sample grid (RUN/prior_samples/)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -49,30 +49,30 @@ class TrainState:
 class TrainSummary:
     """What `vae train` reports; to_dict() is its --json object."""
 
-    run_dir: str
-    step: int
-    epochs: int
-    test_elbo: float
-    test_kl: float
-    kl_exact: bool
-    active_units: int | None
-    latent_dim: int
-    kl_per_dim: list[float] | None
-    test_recon: float
+    run_dir: str  # the run folder
+    step: int  # optimizer steps taken
+    epochs: int  # epochs done
+    test_elbo: float  # mean ELBO of the test images, nats (EMA weights when trainer.ema is on)
+    test_kl: float  # mean KL(q(z|x) || p(z)) of the test images, nats
+    kl_exact: bool  # closed-form KL (false: a Monte Carlo estimate)
+    active_units: int | None  # latent units whose posterior mean varies over the test images (null where undefined)
+    latent_dim: int  # dimensions of z (all groups of a ladder)
+    kl_per_dim: list[float] | None  # KL of each latent dimension (closed-form models)
+    test_recon: float  # mean -E log p(x|z) of the test images, nats
     bound: bool  # the ELBO bounds log P(x) of the test images as stored (model.measure)
     measure: str  # what the figures are, in one line
     test_bits_per_dim: float | None  # -ELBO in bits/dim where it is a bound, else None
-    train_seconds: float
-    img_per_s: float | None
-    processes: int
-    skipped_steps: int
-    precision: str
-    device: str
+    train_seconds: float  # training time over all sessions, evaluation excluded
+    img_per_s: float | None  # training images per second (all processes)
+    processes: int  # torchrun processes (1 without torchrun)
+    skipped_steps: int  # updates skipped: non-finite loss or gradient, or trainer.skip_threshold
+    precision: str  # fp32, bf16 or fp16: what ran (trainer.precision=auto decided)
+    device: str  # cpu, cuda, mps
     threads: int  # torch's CPU threads (trainer.threads; 0 chose one per core)
-    dataset: str
-    model: str
-    checkpoint: str
-    samples: str
+    dataset: str  # dataset= of the run
+    model: str  # model= of the run
+    checkpoint: str  # RUN/model.safetensors
+    samples: str  # the last sample grid written
     codebook: dict | None = None  # VQ-VAE: test perplexity, dead codes, revived codes, size
     kl_per_group: list[float] | None = None  # model=ladder: test KL of each latent group, top first
     active_per_group: list[int] | None = None  # model=ladder: active units of each group
