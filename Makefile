@@ -58,7 +58,7 @@ demo: install
 # from the code at build time (docs/hooks.py -> vaecli/reference.py).
 docs: install
 	@$(BIN)/python -c "import mkdocs, material" 2>/dev/null || { echo "make docs: the docs extra is not installed; run: $(BIN)/pip install -e '.[docs]'" >&2; exit 2; }
-	$(BIN)/python -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet
 	@echo "site built: site/index.html"
 
 bench: install

@@ -1,4 +1,4 @@
-"""Samples above latent traversals, one panel per run (docs/RESULTS.md's posterior-collapse picture).
+"""Samples above latent traversals, one panel per run (docs/results/beyond-gaussian.md's posterior-collapse picture).
 
     python bench/collapse_figure.py --out docs/img/collapse.png RUN:TRAVERSE_PNG[=LABEL] ...
 

@@ -1,4 +1,4 @@
-"""Test bound against training minutes for one or more runs (docs/RESULTS.md's curves).
+"""Test bound against training minutes for one or more runs (docs/results/likelihood.md's curves).
 
     python bench/curves.py RUN[=LABEL] ... --out docs/img/curve.png
 

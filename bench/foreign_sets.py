@@ -1,4 +1,4 @@
-"""Foreign image folders for `vae score --against` from the MNIST test digits (docs/RESULTS.md,
+"""Foreign image folders for `vae score --against` from the MNIST test digits (docs/results/ood.md,
 "Per-image scores"): inverted/, noisy/ (Gaussian noise, sigma 0.3 of the range) and
 uniform_noise/, 2,000 PNGs each, seed 0, written into the current folder.
 

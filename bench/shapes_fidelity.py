@@ -9,7 +9,7 @@ counting only confident readings (probability >= 0.9) as a whole shape.
 The classifier is checked on the test originals first (it must read them near-perfectly, or its
 verdicts on reconstructions mean little); its accuracy there is printed beside the rest. It takes
 ~30 s to train on 2 CPU cores (15 epochs: at 6 it was unsure of a quarter of the test
-originals, which made its verdicts on samples too harsh). Used for the demo's figures in README.md and docs/RESULTS.md.
+originals, which made its verdicts on samples too harsh). Used for the demo's figures in docs/getting-started.md and docs/results/sample-quality.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One picture of reconstructions side by side: a row of test images, then a row per run
-(bench/sharpness.sh; docs/RESULTS.md "Sharp reconstructions").
+(bench/sharpness.sh; docs/results/sharp.md).
 
     python bench/side_by_side.py OUT.png RUN [RUN ...] [--n 8] [--zoom 2]
 """

@@ -21,10 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     """The tests' vae processes share cores through a registry of their own (sharing.py), so vae
-    processes running elsewhere on the machine do not change the tests' thread counts."""
+    processes running elsewhere on the machine do not change the tests' thread counts. The JSON
+    check is on."""
     import tempfile
 
     os.environ.setdefault("VAECLI_REGISTRY", tempfile.mkdtemp(prefix="vaecli-test-registry-"))
+    # every --json object the tests see is checked against its declaration (cli/json_keys.py), the
+    # source of the generated JSON reference: an undeclared key fails the command
+    os.environ.setdefault("VAECLI_CHECK_JSON", "1")
 
 TINY = ["model.hidden=[32]", "model.latent_dim=4", "trainer.batch_size=32", "trainer.epochs=1",
         "trainer.log_every=2", "trainer.eval_batch_size=64"]

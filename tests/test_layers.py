@@ -73,6 +73,7 @@ LAYERS = [
     ("training", ("vaecli.training",)),
     ("experiments", ("vaecli.experiments",)),
     ("cli", ("vaecli.cli", "vaecli.__main__")),
+    ("docs", ("vaecli.reference",)),
 ]
 
 

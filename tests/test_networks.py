@@ -1,5 +1,5 @@
 """Your own networks (model.encoder_net / model.decoder_net `_target_` nodes, models/networks.py):
-the README's example (docs/examples/mynets.py) trains, samples, evaluates and resumes; the run
+the documentation's example (docs/examples/mynets.py) trains, samples, evaluates and resumes; the run
 records the targets; a network that breaks the contract is refused in one line before any run
 folder exists."""
 

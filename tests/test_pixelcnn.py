@@ -16,7 +16,7 @@ from vaecli.models.autoregressive import PixelCNN
 
 
 def test_one_gated_3x3_layer_sees_six_pixels_above_and_one_to_the_left():
-    """The receptive field docs/RESULTS.md describes for the weak decoder (model.ar_layers=1,
+    """The receptive field docs/results/beyond-gaussian.md describes for the weak decoder (model.ar_layers=1,
     model.ar_kernel=3): the two rows above, three columns each, and the pixel to the left."""
     torch.manual_seed(0)
     net = PixelCNN(1, 4, 2, 1, 3, 8)

@@ -1,4 +1,4 @@
-"""A small encoder and decoder of your own for vaecli (README, "Your own networks").
+"""A small encoder and decoder of your own for vaecli (docs/guide/own-networks.md).
 
 vae train dataset=shapes model.encoder_net._target_=mynets.Encoder model.encoder_net.width=64 \
     model.decoder_net._target_=mynets.Decoder model.decoder_net.width=64

@@ -36,8 +36,12 @@ JSON.update({
         "zoom": "the enlargement of each pixel in the PNG", "ckpt": CKPT,
     },
     "reconstruct": {
-        "out": OUT, "n": "images", "images": "per image: {image, neg_elbo} (its -ELBO in nats)",
-        "mean_neg_elbo": "the mean -ELBO of these images, nats", "samples": "reconstructions drawn per image (--samples)",
+        "out": OUT, "n": "images",
+        "images": "per image: {image, neg_elbo} (its -ELBO in nats; neg_log_px for a model without a bound)",
+        "mean_neg_elbo": "the mean -ELBO of these images, nats",
+        "mean_neg_log_px": "a model without a bound (model=ae): the mean -log p(x|z) of these images, nats, "
+                           "in place of mean_neg_elbo (and each image's neg_log_px in place of neg_elbo)",
+        "samples": "reconstructions drawn per image (--samples)",
         "zoom": "the enlargement of each pixel", "ckpt": CKPT,
     },
     "interpolate": {
@@ -97,6 +101,9 @@ JSON.update({
         "kl_per_group": "model=ladder: KL of each latent group, top first", "active_per_group": "model=ladder: active units of each group",
         "active_groups": "model=ladder: groups carrying information",
         "code_prior": "VQ-VAE: learned (vae train-prior) or uniform",
+        "perplexity": "VQ-VAE: codebook perplexity, exp of the entropy of code use (mean over batches)",
+        "dead_codes": "VQ-VAE: codebook entries a batch leaves unused (mean over batches)",
+        "revived": "VQ-VAE: codes re-seeded during training (dead for model.dead_after steps)",
     },
     "score": {
         "sets": ("one object per scored set: {set, n, neg_iwae, neg_iwae_se, neg_iwae_median, nll, nll_se, nll_median, "

@@ -8,7 +8,7 @@ scales and positions (seed); the test split is `dataset.test_crops` crops of the
 photographs (TEST_PHOTOS: whole photographs the model never saw), drawn from seed + 1.
 
 Real natural-image sets (CIFAR-10, CelebA) stay what users bring: this one is for measuring
-sharpness offline (docs/RESULTS.md), with ~10 distinct photographs behind it.
+sharpness offline (docs/results/sharp.md), with ~10 distinct photographs behind it.
 """
 
 from __future__ import annotations

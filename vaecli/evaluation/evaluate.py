@@ -25,7 +25,7 @@ NOT_AVERAGED = ("elbo", "kl", "recon", "loss", "aux_loss", "kl_clamped", "kl_wei
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: unit u is active when Cov_x(E_q[z_u]) > 0.01
 # nats: latents whose mean KL is under one bit carry less than one bit about each image (KL >= I(x; z)):
 # collapsed, whatever the active-unit count (a collapsed PixelCNN-decoder VAE keeps a few units just
-# over Burda's covariance threshold at 0.15 nats in all; docs/RESULTS.md)
+# over Burda's covariance threshold at 0.15 nats in all; docs/results/likelihood.md)
 COLLAPSE_KL = math.log(2)
 # I(x; z) estimated from N images cannot exceed log N. Within this many nats of it, each image's
 # code is mostly explained by its own posterior (q(z_i|x_i) / (N q(z_i)) ~ e^-0.5 or more on

@@ -1,7 +1,7 @@
 """Your own encoder and decoder networks, as Hydra `_target_` nodes (model.encoder_net,
 model.decoder_net on model=mlp, conv, resnet and ae).
 
-The contract (docs: README, "Your own networks"):
+The contract (docs/guide/own-networks.md):
   encoder: constructed as Target(image_shape=(C, H, W), **other_keys); maps images (B, C, H, W)
            in [0, 1] to features (B, F). vaecli finds F by one dry run and adds the head that
            gives the posterior's parameters.

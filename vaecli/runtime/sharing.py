@@ -10,8 +10,8 @@ for each other's descheduled threads and both slow down many times over; GOMP_SP
 synchronise often (bench/RESULTS.md). With the cores split, no thread waits for a descheduled
 sibling, so libgomp's default spin stays, and a run alone keeps its full speed.
 
-Other programs are not in the registry: beside them, set trainer.threads / --threads (README
-"Sharing a CPU").
+Other programs are not in the registry: beside them, set trainer.threads / --threads (docs:
+guide/sharing-cpu.md).
 """
 
 from __future__ import annotations
