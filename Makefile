@@ -16,6 +16,8 @@ help:
 	@echo "make demo      train on the offline shapes dataset and write pictures to $(DEMO)/"
 	@echo "make bench     speed figures: vaecli vs the textbook loop vs the sgemm and bf16 ceilings (needs MNIST);"
 	@echo "               vaecli vs a careful hand loop and pythae's trainer (bench/trainers.py);"
+	@echo "               the image models (conv, resnet, conv ladder) in fp32/bf16/channels_last vs a hand loop of"
+	@echo "               the same network and pythae, and the malloc lever (bench/images.py);"
 	@echo "               eval-iwae vs pythae's get_nll (if installed) and the ladder presets' eval cost;"
 	@echo "               two trainings at once vs one alone under each thread policy (bench/sharing.py)"
 
@@ -62,8 +64,10 @@ docs: install
 	@echo "site built: site/index.html"
 
 bench: install
+	@$(BIN)/python -c "import pythae" 2>/dev/null || $(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/trainers.py
+	$(BIN)/python bench/images.py
 	$(BIN)/python bench/iwae.py
 	$(BIN)/python bench/sharing.py
 

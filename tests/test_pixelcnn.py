@@ -149,3 +149,60 @@ def test_the_committed_rate_keeps_every_dimension_above_delta():
 
     with pytest.raises(UsageError, match="kl.delta commits the rate"):  # no Gaussian posterior to commit
         load_config(["kl.delta=0.4", "model=ladder"])
+
+
+# -- model.decoder=linear_ar: a masked dense layer over the pixels before each pixel ---------------
+
+@pytest.mark.parametrize("shape, params", [((1, 4, 4), 1), ((3, 3, 3), 2)])
+def test_linear_ar_sees_every_earlier_pixel_and_no_later_one(shape, params):
+    from vaecli.models.autoregressive import MaskedLinear
+
+    torch.manual_seed(0)
+    net = MaskedLinear(shape, params)
+    with torch.no_grad():
+        net.weight.normal_()  # it starts at zero (the factorized decoder); any weights here
+    c, h, w = shape
+    x = torch.rand(1, *shape, requires_grad=True)
+    out = net(x, torch.zeros(1, params * c, h, w))
+    for i, j in itertools.product(range(h), range(w)):
+        (grad,) = torch.autograd.grad(out[0, :, i, j].sum(), x, retain_graph=True)
+        seen = grad[0].abs().sum(0) > 0
+        assert torch.equal(seen, torch.arange(h * w).view(h, w) < i * w + j), (i, j)
+
+
+def test_linear_ar_is_a_normalised_distribution_starting_from_the_factorized_decoder():
+    torch.manual_seed(0)
+    model = build(from_flat("mlp", (1, 2, 2), latent_dim=2, hidden=[8], levels=2, decoder="linear_ar")).eval()
+    factorized = build(from_flat("mlp", (1, 2, 2), latent_dim=2, hidden=[8], levels=2)).eval()
+    factorized.load_state_dict(model.state_dict(), strict=False)
+    z = torch.randn(1, 2)
+    images = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4))).view(16, 1, 2, 2)
+    with torch.no_grad():
+        start = model.decode(z.expand(16, -1)).log_prob(images)
+        assert torch.allclose(start, factorized.decode(z.expand(16, -1)).log_prob(images), atol=1e-6)
+        for p in model.likelihood.network.parameters():
+            p.normal_()
+        log_p = model.decode(z.expand(16, -1)).log_prob(images)
+    assert not torch.allclose(log_p, start)
+    assert torch.logsumexp(log_p, 0).exp().item() == pytest.approx(1.0, abs=1e-5)
+    assert model.draws_pixel_by_pixel and model.measure.bound
+    drawn = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert drawn.shape == (3, 1, 2, 2) and torch.equal(drawn, model.sample(3, generator=torch.Generator().manual_seed(1)))
+
+
+def test_a_ladder_with_linear_ar_trains_and_bounds(tmp_path):
+    from safetensors.torch import load_file
+
+    from vaecli.runtime import runs
+    from vaecli.training.trainer import fit
+
+    summary = fit(load_config(["dataset=shapes", "dataset.image_size=16", "dataset.scales=1", "dataset.rotations=2",
+                               "dataset.positions=4", "likelihood=bernoulli",
+                               "model=ladder", "model.groups=2", "model.hidden=[32]", "model.latent_dim=4",
+                               "model.decoder=linear_ar", "trainer.epochs=2", "trainer.sample_every=0"]),
+                  tmp_path / "run")
+    assert summary.model.startswith("ladder") and summary.test_elbo < 0 and summary.skipped_steps == 0
+    weights = load_file(str(tmp_path / "run" / runs.MODEL_FILE))
+    ar = weights["likelihood.network.weight"]
+    assert ar.shape == (256, 256) and ar.abs().sum() > 0  # trained away from its zero start
+    assert "likelihood.network.mask" not in weights  # the mask is rebuilt, not stored

@@ -210,6 +210,8 @@ def _report(summary, quiet: bool, as_json: bool) -> None:
         rows.append(("skipped steps", f"{s.skipped_steps} (non-finite loss or gradient)"))
     if s.processes > 1:
         rows.append(("processes", f"{s.processes} (torchrun)"))
+    if s.precision_check:
+        rows.append(("precision", f"{s.precision} ({s.precision_check['reason']})"))
     rows += [("train time", f"{s.train_seconds:.1f} s"),
              ("images/s", f"{s.img_per_s:,.0f}" if s.img_per_s else "-"),
              ("run", s.run_dir)]

@@ -104,20 +104,65 @@ class PixelCNN(nn.Module):
         return self.out(h)
 
 
-class PixelCNNLikelihood(nn.Module):
-    """The autoregressive decoder as a likelihood: the model's decoder body outputs the conditioning
-    map (params_per_pixel channels per image channel, like any likelihood's parameters), and this
+class AutoregressiveLikelihood(nn.Module):
+    """An autoregressive decoder as a likelihood: the model's decoder body outputs the conditioning
+    map (params_per_pixel channels per image channel, like any likelihood's parameters), `network`
+    maps (image, conditioning) to every pixel's parameters given the pixels before it, and this
     returns the distribution over images built on the per-pixel likelihood `inner`."""
+
+    inner: nn.Module
+    network: nn.Module
+    image_channels: int
+    params_per_pixel: int
+
+    def forward(self, cond: Tensor) -> "AutoregressiveImage":
+        return AutoregressiveImage(self, cond)
+
+
+class PixelCNNLikelihood(AutoregressiveLikelihood):
+    """model.decoder=pixelcnn: the gated PixelCNN above."""
 
     def __init__(self, inner: nn.Module, image_channels: int, layers: int, kernel: int, channels: int):
         super().__init__()
-        self.inner = inner
+        self.inner, self.image_channels = inner, image_channels
         self.params_per_pixel = channels  # conditioning channels per image channel
         self.network = PixelCNN(image_channels, channels * image_channels, inner.params_per_pixel * image_channels,
                                 layers, kernel, channels)
 
-    def forward(self, cond: Tensor) -> "AutoregressiveImage":
-        return AutoregressiveImage(self, cond)
+
+class MaskedLinear(nn.Module):
+    """Every pixel's parameters: the conditioning (the decoder body's output for that pixel) plus a
+    learned linear function of all the pixels before it in raster order, all channels of an earlier
+    pixel included and none of its own (a dense layer under MADE's mask, Germain et al. 2015, with
+    no hidden layer: the fully visible sigmoid belief net of Frey 1998 made conditional on z). One
+    GEMM of the image's size: cheap on a CPU where a PixelCNN's small convolutions are not. The
+    weights start at zero, so training starts from the factorized decoder."""
+
+    def __init__(self, image_shape: tuple[int, int, int], params_per_pixel: int):
+        super().__init__()
+        channels, height, width = image_shape
+        pixels = height * width
+        inputs, outputs = channels * pixels, params_per_pixel * channels * pixels
+        self.weight = nn.Parameter(torch.zeros(outputs, inputs))
+        self.bias = nn.Parameter(torch.zeros(outputs))
+        pixel_of_output = torch.arange(outputs) % pixels  # layout (P*C, H, W), as the other decoders
+        pixel_of_input = torch.arange(inputs) % pixels  # layout (C, H, W)
+        self.register_buffer("mask", (pixel_of_input[None, :] < pixel_of_output[:, None]).float(), persistent=False)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        flat = (x * 2 - 1).flatten(1)  # [0, 1] -> [-1, 1]
+        out = torch.nn.functional.linear(flat, self.weight * self.mask.to(self.weight.dtype), self.bias)
+        return cond + out.view(cond.shape)
+
+
+class LinearARLikelihood(AutoregressiveLikelihood):
+    """model.decoder=linear_ar: MaskedLinear on top of the decoder body's per-pixel parameters."""
+
+    def __init__(self, inner: nn.Module, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.inner, self.image_channels = inner, image_shape[0]
+        self.params_per_pixel = inner.params_per_pixel  # the body outputs the parameters themselves
+        self.network = MaskedLinear(image_shape, inner.params_per_pixel)
 
 
 class AutoregressiveImage(Distribution):
@@ -126,11 +171,10 @@ class AutoregressiveImage(Distribution):
     arg_constraints: dict = {}
     support = constraints.real
 
-    def __init__(self, head: PixelCNNLikelihood, cond: Tensor):
+    def __init__(self, head: AutoregressiveLikelihood, cond: Tensor):
         self.head, self.cond = head, cond
         self.lead = cond.shape[:-3]
-        channels = head.network.out[-1].out_channels // head.inner.params_per_pixel
-        super().__init__(self.lead, torch.Size([channels, *cond.shape[-2:]]), validate_args=False)
+        super().__init__(self.lead, torch.Size([head.image_channels, *cond.shape[-2:]]), validate_args=False)
 
     def _conditionals(self, x: Tensor) -> Distribution:
         """The per-pixel likelihood of every pixel given the pixels of x before it."""

@@ -1,6 +1,7 @@
 """The decoder family's keys (model.decoder on mlp, conv, resnet and ladder; the code is
-autoregressive.py): factorized pixels, or a gated PixelCNN (van den Oord et al. 2016) in which
-each pixel is conditioned on those before it."""
+autoregressive.py): factorized pixels, a gated PixelCNN (van den Oord et al. 2016) in which
+each pixel is conditioned on those before it, or linear_ar, where a masked dense layer adds a linear
+function of the pixels before it to each pixel's parameters."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from dataclasses import dataclass
 
 from ..registry import MISSING, Need
 
-DECODERS = ("factorized", "pixelcnn")
+DECODERS = ("factorized", "pixelcnn", "linear_ar")
 
 
 @dataclass
 class DecoderKeys:
-    decoder: str = MISSING  # factorized | pixelcnn
+    decoder: str = MISSING  # factorized | pixelcnn | linear_ar
     ar_layers: int = MISSING  # pixelcnn: gated layers
     ar_kernel: int = MISSING  # pixelcnn: mask size (odd, >= 3)
     ar_channels: int = MISSING  # pixelcnn: channels per layer

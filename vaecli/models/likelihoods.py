@@ -273,4 +273,9 @@ def build(spec) -> nn.Module:
         likelihood = PixelCNNLikelihood(likelihood, spec.image_shape[0], decoder.layers, decoder.kernel,
                                         decoder.channels)
         likelihood.measure = likelihood.inner.measure
+    elif decoder is not None and decoder.name == "linear_ar":  # ... given a linear function of those before it
+        from .autoregressive import LinearARLikelihood
+
+        likelihood = LinearARLikelihood(likelihood, tuple(spec.image_shape))
+        likelihood.measure = likelihood.inner.measure
     return likelihood

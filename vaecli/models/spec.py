@@ -59,7 +59,7 @@ class Posterior:
 
 @dataclass
 class Decoder:
-    name: str = "factorized"  # factorized per pixel, or pixelcnn (each pixel given those before it)
+    name: str = "factorized"  # factorized per pixel, pixelcnn or linear_ar (each pixel given those before it)
     layers: int = 5  # pixelcnn: gated layers
     kernel: int = 5  # pixelcnn: mask size
     channels: int = 32  # pixelcnn: channels of each layer

@@ -153,7 +153,7 @@ class LatentModel(nn.Module):
     @property
     def draws_pixel_by_pixel(self) -> bool:
         """Pictures cost one decoder pass per pixel (an autoregressive decoder)."""
-        return isinstance(getattr(self, "likelihood", None), autoregressive.PixelCNNLikelihood)
+        return isinstance(getattr(self, "likelihood", None), autoregressive.AutoregressiveLikelihood)
 
     @property
     def measure(self):

@@ -101,7 +101,7 @@ class FlatVAE(NetworkNodes, LatentKeys, DecoderKeys, ModelCard):
 
     def describe(self) -> str:
         return (f"model={self.name}" + (", latent=categorical" if self.categorical else "")
-                + (", model.decoder=pixelcnn" if self.decoder == "pixelcnn" else ""))
+                + (f", model.decoder={self.decoder}" if self.decoder != "factorized" else ""))
 
     def model_spec(self, common: dict, posterior, delta: float) -> specs.ModelSpec:
         q = specs.Posterior(posterior.name, getattr(posterior, "flows", 0), getattr(posterior, "hidden", 0), delta)

@@ -10,7 +10,7 @@ import shutil
 
 import torch
 
-from . import sharing
+from . import memory, sharing
 from ..config import check_device
 from ..errors import UsageError
 
@@ -45,6 +45,7 @@ def set_threads(requested: int = 0) -> int:
     cores among the vae processes running on them (sharing.py: one per core when alone, and
     re-balanced as others start and end) unless the environment already says (OMP_NUM_THREADS, as
     torchrun sets, or MKL_NUM_THREADS). Every such process is counted by the others."""
+    memory.tune()  # every command that computes passes here: glibc's malloc set for step loops
     fixed = requested > 0 or bool(os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"))
     if requested > 0:
         torch.set_num_threads(requested)
@@ -74,13 +75,20 @@ def forked_rng(device: torch.device):
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of trainer.precision (None for fp32). The networks run in it; the
-    distributions (log-likelihood, KL) stay fp32 (models cast). auto: bf16 where the device has
-    bf16 matrix units (bf16_units), else fp32."""
+    distributions (log-likelihood, KL) stay fp32 (models cast). auto starts as fp32: the trainer
+    decides on bf16 with a check of its own (training/precision.py). bf16 where the device has no
+    bf16 units (a CPU without AMX or AVX512-BF16, a GPU before Ampere) is refused: it would run
+    slower than fp32, silently."""
     if precision == "auto":
-        return torch.bfloat16 if bf16_units(device) else None
+        return None
     dtype = AMP_DTYPES.get(precision)
     if dtype is not None and device.type == "mps":
         raise UsageError(f"trainer.precision={precision} is supported on cuda and cpu, not mps; use fp32")
+    if dtype is torch.bfloat16 and bf16_units(device) is None:
+        where = ("this CPU has no bf16 matrix units (AMX or AVX512-BF16), so bf16 would run slower than fp32"
+                 if device.type == "cpu" else "this GPU has no native bf16 (Ampere or later has)")
+        raise UsageError(f"trainer.precision=bf16: {where}; use trainer.precision=auto (bf16 only where it "
+                         "pays) or fp32")
     return dtype
 
 

@@ -26,7 +26,8 @@ from ..data.images import save_grid
 from ..evaluation import evaluate, pictures
 from ..runtime import checkpoint, device as devices, distributed, runs, sharing
 from ..runtime.distributed import Dist
-from . import callbacks as features
+from . import callbacks as features, precision as precisions
+from .precision import TrainingPrecision
 from .callbacks import Callback  # noqa: F401 (the hook base class, re-exported for users of the trainer)
 from ..errors import Interrupted, UsageError, VaeError
 
@@ -66,7 +67,7 @@ class TrainSummary:
     img_per_s: float | None  # training images per second (all processes)
     processes: int  # torchrun processes (1 without torchrun)
     skipped_steps: int  # updates skipped: non-finite loss or gradient, or trainer.skip_threshold
-    precision: str  # fp32, bf16 or fp16: what ran (trainer.precision=auto decided)
+    precision: str  # fp32, bf16 or fp16: what ran ("auto: bf16" where trainer.precision=auto decided)
     device: str  # cpu, cuda, mps
     threads: int  # torch's CPU threads (trainer.threads; 0 chose one per core)
     dataset: str  # dataset= of the run
@@ -77,6 +78,7 @@ class TrainSummary:
     kl_per_group: list[float] | None = None  # model=ladder: test KL of each latent group, top first
     active_per_group: list[int] | None = None  # model=ladder: active units of each group
     objective_terms: dict[str, float] | None = None  # the objective's own terms (TC, MMD, ...), last log line
+    precision_check: dict | None = None  # trainer.precision=auto: its check on the first batch (precision, reason, loss_fp32, loss_bf16, step_seconds_fp32, step_seconds_bf16)
 
 
     def to_dict(self) -> dict:
@@ -179,7 +181,8 @@ class Trainer:
         fused = device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=fused,
                                           betas=getattr(objective, "adam_betas", (0.9, 0.999)))
-        self.amp_dtype = devices.amp_dtype(t.precision, device)
+        self.amp_dtype = devices.amp_dtype(t.precision, device)  # auto: fp32 until fit's check
+        self.precision_check: TrainingPrecision | None = None
         # fp16 needs loss scaling against gradient underflow
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
         self._skip_on_device = fused and not self.scaler.is_enabled()  # the fused Adam takes a found_inf tensor
@@ -263,6 +266,8 @@ class Trainer:
         self.labels = self.train_set.labels.to(self.device) if self.train_set.labels is not None else None
         self.fixed_noise = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.settings.precision == "auto":
+            self.choose_precision()
         if self.settings.compile:
             devices.compile_methods(self.model, getattr(self.model, "compiled_methods", ("terms", "log_weights")))
         self.loss_step = self.dist.wrap(_LossStep(self.model, self.objective), self.device)
@@ -278,6 +283,20 @@ class Trainer:
             return self.summary() if self.dist.main else None
         finally:  # a Python caller's process no longer counts as computing (the CLI's ends anyway)
             sharing.share().leave()
+
+    def choose_precision(self) -> None:
+        """trainer.precision=auto: bf16 only where the check on the first batch passes (precision.py),
+        on every rank."""
+        index = torch.arange(min(len(self.train_set), self.settings.batch_size), device=self.device)
+        x = self.train_set.to_float(self.images[index])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = None if self.labels is None else self.labels[index]
+        step = _LossStep(self.model, self.objective)
+        check = precisions.choose(lambda x, y: step(x, y, self.state.step), self.model, x, y, self.device)
+        if self.dist.any(check.precision != "bf16", self.device) and check.precision == "bf16":
+            check = TrainingPrecision("fp32", "another process's check kept fp32 (every process runs the same)")
+        self.precision_check, self.amp_dtype = check, check.dtype
 
     def run_epoch(self) -> None:
         epoch, offset = divmod(self.state.step, self.steps_per_epoch)
@@ -549,7 +568,8 @@ class Trainer:
             model=model.spec.body.arch if model.spec.kind == "vae" else f"{model.spec.kind} ({model.spec.body.arch})",
             checkpoint=str(self.run_dir / runs.MODEL_FILE), samples=str(self.run_dir / runs.SAMPLES_DIR),
             codebook=codebook_health(test, model), kl_per_group=test.get("kl_per_group"),
-            active_per_group=test.get("active_per_group"), objective_terms=self.objective_terms())
+            active_per_group=test.get("active_per_group"), objective_terms=self.objective_terms(),
+            precision_check=self.precision_check.to_dict() if self.precision_check else None)
 
     def objective_terms(self) -> dict[str, float] | None:
         """The objective's own terms (objective.terms: TC, MMD, the critic's loss...) as the last
