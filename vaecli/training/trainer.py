@@ -293,7 +293,8 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         y = None if self.labels is None else self.labels[index]
         step = _LossStep(self.model, self.objective)
-        check = precisions.choose(lambda x, y: step(x, y, self.state.step), self.model, x, y, self.device)
+        # the whole loss module: what an objective trains beside the model (a critic) is restored too
+        check = precisions.choose(lambda x, y: step(x, y, self.state.step), step, x, y, self.device)
         if self.dist.any(check.precision != "bf16", self.device) and check.precision == "bf16":
             check = TrainingPrecision("fp32", "another process's check kept fp32 (every process runs the same)")
         self.precision_check, self.amp_dtype = check, check.dtype
