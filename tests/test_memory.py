@@ -40,7 +40,7 @@ def test_tuned_malloc_keeps_a_freed_step_tensor_for_the_next_and_glibc_defaults_
     said, kept = probe()
     assert said == "tuned True" and kept >= 60  # once per process; the 64 MiB stayed resident
     said, kept = probe(VAECLI_MALLOC="glibc")
-    assert said == "off (VAECLI_MALLOC=glibc) True" and kept < 8  # glibc unmapped it
+    assert said == "off (VAECLI_MALLOC=glibc) True" and kept < 32  # glibc unmapped it (other pages may fault in)
 
 
 @glibc
