@@ -156,7 +156,7 @@ def latent_diagnostics(model, data: ImageSet, mean_kl: float, batch_size: int = 
 
 COLLAPSE_ADVICE = ("posterior collapse: the latents carry less than one bit about each image (KL {kl:.3f} "
                    "nats, {active} active units), so the decoder models the data alone. Likely causes: a "
-                   "decoder strong enough to ignore z (model.decoder=pixelcnn), a large beta, or the KL "
+                   "decoder strong enough to ignore z (model.decoder=pixelcnn or linear_ar), a large beta, or the KL "
                    "term winning early in training. Remedies: free bits (kl.free_bits=0.5), a committed "
                    "rate (kl.delta=0.25), KL warm-up (kl.schedule=linear), a weaker decoder "
                    "(model.ar_layers=1) or a smaller beta.")
