@@ -173,6 +173,22 @@ def test_resume_with_every_feature_on_matches_an_uninterrupted_run(tmp_path, mod
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+def test_weight_decay_is_decoupled_and_applies_from_a_resume(tmp_path):
+    # the same seed, data and first gradient: with AdamW's decoupled decay the first update differs
+    # from plain Adam's by exactly -lr * weight_decay * w0, on every parameter
+    plain, decayed = Recorder(), Recorder()
+    run(tmp_path / "a", "trainer.epochs=1", callbacks=[plain])
+    run(tmp_path / "b", "trainer.epochs=1", "trainer.weight_decay=0.1", callbacks=[decayed])
+    for w0, a, b in zip(plain.weights[0], plain.weights[1], decayed.weights[1]):
+        torch.testing.assert_close(b - a, -1e-3 * 0.1 * w0, rtol=1e-3, atol=2e-8)  # rounding of w ~ 1e-9
+    assert not all(torch.equal(a, b) for a, b in zip(plain.weights[-1], decayed.weights[-1]))
+    # a resume takes the weight decay given to it (like lr and adam_eps)
+    trainer = build(resume_config(tmp_path / "a", ["trainer.epochs=2", "trainer.weight_decay=0.3"]), tmp_path / "a")
+    trainer.resume()
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.3]
+    assert all(g["decoupled_weight_decay"] for g in trainer.optimizer.param_groups)
+
+
 def test_ema_cannot_be_switched_on_or_off_by_a_resume(tmp_path):
     fit(load_config(SMALL + ["trainer.epochs=1", "trainer.ema=0.9"]), tmp_path / "r")
     with pytest.raises(UsageError, match="trainer.ema on: it cannot be turned off"):
@@ -186,6 +202,7 @@ def test_ema_cannot_be_switched_on_or_off_by_a_resume(tmp_path):
     ("trainer.warmup_steps=-1", "trainer.warmup_steps must be >= 0"),
     ("trainer.lr_min=1", "trainer.lr_min must be in [0, trainer.lr]"),
     ("trainer.grad_clip=-1", "trainer.grad_clip must be >= 0"),
+    ("trainer.weight_decay=-0.1", "trainer.weight_decay must be in [0, 1)"),
     ("trainer.skip_threshold=-2", "trainer.skip_threshold must be >= 0"),
 ])
 def test_bad_feature_settings_are_refused(override, message):

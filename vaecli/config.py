@@ -94,6 +94,7 @@ class TrainerConfig:
     log_every: int = MISSING
     eval_batch_size: int = MISSING
     adam_eps: float = MISSING
+    weight_decay: float = MISSING
     lr_schedule: str = MISSING
     precision: str = MISSING
     max_bad_steps: int = MISSING
@@ -455,6 +456,7 @@ def validate(cfg: Config) -> None:
     need(str(t.channels_last).lower() in CHANNELS_LAST,
          f"trainer.channels_last must be one of {', '.join(CHANNELS_LAST)} (got {t.channels_last!r})")
     need(t.adam_eps > 0, f"trainer.adam_eps must be > 0 (got {t.adam_eps})")
+    need(0 <= t.weight_decay < 1, f"trainer.weight_decay must be in [0, 1) (got {t.weight_decay}); e.g. 0.01")
     _validate_features(t, need)
 
 

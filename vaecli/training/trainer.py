@@ -179,8 +179,10 @@ class Trainer:
         # fused: one kernel for the whole update instead of ~10 per parameter tensor; the unfused
         # CPU Adam was a third of a training step (bench/RESULTS.md).
         fused = device.type in ("cpu", "cuda")
+        # weight_decay: decoupled (AdamW, Loshchilov & Hutter 2019) on every parameter; 0 is plain Adam
         self.optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, eps=t.adam_eps, fused=fused,
-                                          betas=getattr(objective, "adam_betas", (0.9, 0.999)))
+                                          betas=getattr(objective, "adam_betas", (0.9, 0.999)),
+                                          weight_decay=t.weight_decay, decoupled_weight_decay=True)
         self.amp_dtype = devices.amp_dtype(t.precision, device)  # auto: fp32 until fit's check
         self.precision_check: TrainingPrecision | None = None
         # fp16 needs loss scaling against gradient underflow
@@ -233,8 +235,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        for group in self.optimizer.param_groups:  # a changed lr or eps applies from here on
-            group["lr"], group["eps"] = t.lr, t.adam_eps
+        for group in self.optimizer.param_groups:  # a changed lr, eps or weight decay applies from here on
+            group["lr"], group["eps"], group["weight_decay"] = t.lr, t.adam_eps, t.weight_decay
+            group["decoupled_weight_decay"] = True
         devices.set_rng_state(state["rng"], self.device)
         self.load_callback_states(state["callbacks"])
         self.state.step = state["step"]
